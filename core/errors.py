@@ -1,0 +1,20 @@
+"""User-facing input errors: each names the problem and what to do about it."""
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A user-supplied file cannot be used.
+
+    Attributes:
+        code: short machine-readable reason, one of ``unreadable``, ``no_video``,
+            ``no_audio``, ``no_face``, ``multiple_faces``, ``face_lost``,
+            ``too_short``, ``too_long``, ``wrong_weights``, ``corrupt``.
+        problem: what is wrong, in plain words.
+        fix: what the user can do.
+    """
+
+    def __init__(self, code: str, problem: str, fix: str) -> None:
+        self.code = code
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem} {fix}")
