@@ -1,0 +1,197 @@
+"""Loading a processed-clip folder (written by :mod:`core.preprocess`) for training.
+
+``ProcessedClip.load(folder)`` checks the manifest (format, version, file hashes) and
+returns the clip's tensors; frames and labels stay ``uint8`` in memory (a 5-minute clip at
+256² holds about 2 GB) and are converted per frame by :meth:`ProcessedClip.sample`.
+Time splits follow METHOD.md §8: train on the first N seconds, test on held-out later
+seconds of the same clip.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from core.errors import InputError
+from core.masks import Label
+from core.preprocess import FORMAT_VERSION, FPS, sha256_file
+
+_FILES = ("frames.mp4", "arrays.safetensors", "labels.npz")
+
+
+@dataclass
+class FrameSample:
+    """One training frame as float tensors (res x res pixels).
+
+    Attributes:
+        index: frame index in the clip.
+        image: (H, W, 3) float32 in [0, 1], the recorded frame.
+        face: (H, W) bool, face without the mouth interior.
+        mouth: (H, W) bool, mouth interior (inner-lip polygon).
+        head: (H, W) bool, face + mouth + hair.
+        torso_plate: (H, W, 3) float32, the frame with the head replaced by the background
+            plate (what the rendered head is composited onto).
+        viewmat: (4, 4) float32 world-to-camera; K: (3, 3) float32 intrinsics.
+        expr: (6,) float32 expression input (AU01, 04, 05, 06, 07, blink).
+        lips_box: (4,) int32 ``x0, y0, x1, y1`` outer-lips box in pixels (end-exclusive).
+    """
+
+    index: int
+    image: torch.Tensor
+    face: torch.Tensor
+    mouth: torch.Tensor
+    head: torch.Tensor
+    torso_plate: torch.Tensor
+    viewmat: torch.Tensor
+    K: torch.Tensor
+    expr: torch.Tensor
+    lips_box: torch.Tensor
+
+
+@dataclass
+class ProcessedClip:
+    """A processed clip in memory.
+
+    Attributes:
+        root: the folder; manifest: its parsed ``manifest.json``.
+        frames: (T, res, res, 3) uint8 RGB at 25 fps.
+        labels: (T, res, res) uint8, :class:`core.masks.Label` values.
+        bg: (res, res, 3) uint8 static background plate.
+        arrays: every tensor of ``arrays.safetensors`` (see :mod:`core.preprocess`),
+            cut to the loaded frames.
+    """
+
+    root: Path
+    manifest: dict
+    frames: torch.Tensor
+    labels: torch.Tensor
+    bg: torch.Tensor
+    arrays: dict[str, torch.Tensor]
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, folder: str | Path, max_frames: int | None = None,
+             verify: bool = True) -> ProcessedClip:
+        """Load a processed-clip folder.
+
+        Args:
+            folder: written by ``python -m core.preprocess``.
+            max_frames: load only the first N frames (e.g. the training seconds).
+            verify: check every file's sha256 against the manifest.
+
+        Raises:
+            InputError('corrupt'): missing or damaged files, or an unknown format version.
+        """
+        from core.media import iter_frames
+
+        root = Path(folder)
+        mpath = root / "manifest.json"
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError("corrupt", f"{root} is not a processed clip ({e.__class__.__name__}: "
+                             f"missing or unreadable manifest.json).",
+                             "Run `python -m core.preprocess CLIP --out DIR` again.") from e
+        if manifest.get("format") != "instag-processed-clip" or \
+                manifest.get("format_version") != FORMAT_VERSION:
+            raise InputError("corrupt", f"{root}: unknown processed-clip format "
+                             f"{manifest.get('format')!r} v{manifest.get('format_version')}.",
+                             "Preprocess the clip again with this version of the code.")
+        for name in _FILES:
+            p = root / name
+            if not p.is_file():
+                raise InputError("corrupt", f"{root}: {name} is missing.",
+                                 "Preprocess the clip again.")
+            if verify and sha256_file(p) != manifest["files"][name]:
+                raise InputError("corrupt", f"{root}: {name} is damaged (checksum mismatch).",
+                                 "Preprocess the clip again.")
+        T = int(manifest["num_frames"]) if max_frames is None else min(int(max_frames), int(manifest["num_frames"]))
+        res = int(manifest["res"])
+        frames = np.empty((T, res, res, 3), np.uint8)
+        n = 0
+        for n, img in enumerate(iter_frames(root / "frames.mp4", fps=FPS, max_frames=T), 1):
+            frames[n - 1] = img
+        if n != T:
+            raise InputError("corrupt", f"{root}: frames.mp4 holds {n} frames, expected {T}.",
+                             "Preprocess the clip again.")
+        with np.load(root / "labels.npz") as z:
+            labels = z["labels"][:T]
+        arrays = load_file(str(root / "arrays.safetensors"))
+        spf = int(manifest["sample_rate"] / manifest["fps"])
+        per_frame = ("points2d", "points3d", "valid", "viewmats", "expr", "au", "signals", "lips_box")
+        for k in per_frame:
+            arrays[k] = arrays[k][:T]
+        arrays["audio"] = arrays["audio"][: T * spf]
+        arrays["audio_steps"] = arrays["audio_steps"][: 2 * T]
+        bg = arrays.pop("bg")
+        return cls(root=root, manifest=manifest, frames=torch.from_numpy(frames),
+                   labels=torch.from_numpy(np.ascontiguousarray(labels)), bg=bg, arrays=arrays)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def res(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def viewmats(self) -> torch.Tensor:
+        """(T, 4, 4) float32 world-to-camera matrices."""
+        return self.arrays["viewmats"]
+
+    @property
+    def K(self) -> torch.Tensor:
+        """(3, 3) float32 intrinsics at ``res``."""
+        return self.arrays["K"]
+
+    @property
+    def expr(self) -> torch.Tensor:
+        """(T, 6) float32 expression inputs."""
+        return self.arrays["expr"]
+
+    def audio_features(self) -> torch.Tensor:
+        """(T, 16, D) float32 per-frame audio windows (see ``core.audio.frame_windows``)."""
+        from core.audio import frame_windows
+
+        return frame_windows(self.arrays["audio_steps"], self.num_frames,
+                             int(self.manifest["audio"]["window"]))
+
+    def mouth_area(self) -> torch.Tensor:
+        """(T,) float32 mouth-interior pixels per frame (the lips-apart curriculum signal)."""
+        return (self.labels == Label.MOUTH).flatten(1).sum(1).float()
+
+    # ------------------------------------------------------------------ splits and samples
+    def split(self, train_seconds: float, test_seconds: float | None = None,
+              gap_seconds: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame indices ``(train, test)`` by time (METHOD.md §8).
+
+        ``train`` = the first ``train_seconds``; ``test`` = the last ``test_seconds`` (all
+        frames after the training part and the gap when None), never overlapping train.
+
+        Raises:
+            ValueError: the clip is too short for the requested split.
+        """
+        T = self.num_frames
+        n_train = int(round(train_seconds * FPS))
+        first_test = n_train + int(round(gap_seconds * FPS))
+        if n_train < 1 or n_train > T:
+            raise ValueError(f"train_seconds={train_seconds} needs {n_train} frames; the clip has {T}")
+        start = first_test if test_seconds is None else max(first_test, T - int(round(test_seconds * FPS)))
+        return torch.arange(n_train), torch.arange(min(start, T), T)
+
+    def sample(self, i: int) -> FrameSample:
+        """Frame ``i`` with its masks, plate, camera and conditioning as float tensors."""
+        lab = self.labels[i]
+        head = lab >= Label.HAIR
+        img = self.frames[i].float() / 255.0
+        plate = torch.where(head[..., None], self.bg.float() / 255.0, img)
+        return FrameSample(
+            index=int(i), image=img, face=lab == Label.FACE, mouth=lab == Label.MOUTH,
+            head=head, torso_plate=plate, viewmat=self.viewmats[i], K=self.K,
+            expr=self.expr[i], lips_box=self.arrays["lips_box"][i])

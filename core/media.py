@@ -1,0 +1,672 @@
+"""The project's one media reader/writer (PyAV only: no ffmpeg CLI, no cv2 video IO).
+
+Timeline rule
+    Every file has one time origin ``t0`` = the earliest start time of its first video
+    and first audio stream (usually 0). Output video frame ``i`` shows the source frame
+    displayed at ``t0 + i / fps`` (the last frame whose pts <= that time; the first
+    frame before the video starts), and audio sample ``n`` is at ``t0 + n / sample_rate``.
+    So ``iter_frames(p)`` frame ``i`` and ``read_audio(p)[640*i : 640*(i+1)]`` line up
+    exactly at 25 fps / 16 kHz (core conventions). A frame is only emitted when its
+    whole interval ``[i/fps, (i+1)/fps)`` lies inside the video, so a clip yields
+    ``floor(video_duration * fps)`` frames, and :func:`num_frames` gives
+    ``floor(min(video_end, audio_end) * fps)``.
+
+Rotation
+    Display-matrix rotation (portrait phone videos) is applied on read; ``width`` /
+    ``height`` and crop boxes are in the *displayed* (upright) orientation.
+
+Writing
+    :func:`write_video` writes H.264 (libx264, present in the PyAV 16.1 wheel) + AAC
+    mp4 atomically. Fallback when libx264 is missing: ``libopenh264`` (bitrate-driven,
+    4:2:0 only, ``crf`` ignored) then ``mpeg4`` (qscale from ``crf``). ``pix_fmt``:
+    ``'yuv420p'`` (players), ``'yuv444p'`` (+ ``crf=0``: lossless in YUV, near-lossless
+    in RGB after 8-bit colour conversion) or ``'rgb24'`` (libx264rgb, truly lossless
+    RGB; few players show it; for processed training frames).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from core.errors import InputError
+
+VIDEO_EXTENSIONS = ("mp4", "mov", "mkv", "webm", "mpg")
+_UNREADABLE_FIX = (
+    "Use a normal video file (mp4, mov, mkv, webm or mpg) or audio file "
+    "(wav, mp3, m4a, flac, ogg); re-export it from your phone or editor if it is damaged."
+)
+_NO_AUDIO_FIX = (
+    "Record with the microphone on, or use a clip with speech in it "
+    "(or pass a separate audio file)."
+)
+_EPS = 1e-6  # seconds; tolerance for 'whole frame interval inside the stream'
+
+Size = int | tuple[int, int] | None
+Crop = tuple[int, int, int, int] | None
+
+
+# ----------------------------------------------------------------------------- probing
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a media file holds. Times in seconds on the file's timeline (see module doc).
+
+    Attributes:
+        path: the file.
+        container: demuxer name, e.g. ``'mov,mp4,m4a,3gp,3g2,mj2'``, ``'mpeg'``, ``'wav'``.
+        duration_s: container duration (s), or the longest stream end if unknown.
+        has_video / has_audio: whether a video / audio stream exists.
+        fps: average video frame rate (frames/s; 0 if no video). VFR files report
+            their average; ``nominal_fps`` is the stream's base (tick) rate.
+        width, height: displayed frame size in pixels (after rotation).
+        rotation: counter-clockwise display rotation in degrees (0, 90, 180, 270)
+            applied on read; 0 when the file has none.
+        video_codec / audio_codec: decoder names ('' when absent).
+        num_video_frames: frame count from the header (0 when the container lacks it).
+        audio_sample_rate: Hz (0 if no audio); audio_channels: channel count.
+        t0: time origin (s) = min start of the first video and audio stream.
+        video_end_s / audio_end_s: stream end relative to ``t0`` (s; 0 if absent).
+    """
+
+    path: Path
+    container: str
+    duration_s: float
+    has_video: bool
+    has_audio: bool
+    fps: float = 0.0
+    nominal_fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    rotation: int = 0
+    video_codec: str = ""
+    num_video_frames: int = 0
+    audio_codec: str = ""
+    audio_sample_rate: int = 0
+    audio_channels: int = 0
+    t0: float = 0.0
+    video_end_s: float = 0.0
+    audio_end_s: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    """Open for reading; every failure becomes InputError('unreadable')."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("unreadable", f"Media file not found: {p}.", "Check the path and file name.")
+    try:
+        return av.open(str(p), mode="r")
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(
+            "unreadable", f"Cannot read {p.name} as audio or video ({exc.__class__.__name__}).",
+            _UNREADABLE_FIX) from exc
+
+
+def _stream_span(stream: av.stream.Stream, container: av.container.InputContainer
+                 ) -> tuple[float, float]:
+    """(start, end) in seconds on the container timeline from header metadata."""
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if (stream.start_time is not None and tb) else None
+    if start is None:
+        start = container.start_time / av.time_base if container.start_time is not None else 0.0
+    if stream.duration is not None and stream.duration > 0 and tb:
+        end = start + float(stream.duration * tb)
+    elif container.duration is not None and container.duration > 0:
+        c0 = container.start_time / av.time_base if container.start_time is not None else 0.0
+        end = c0 + container.duration / av.time_base
+    else:
+        end = start
+    return start, end
+
+
+def _time_origin(container: av.container.InputContainer) -> float:
+    starts = [_stream_span(s, container)[0]
+              for s in (container.streams.video[:1] + container.streams.audio[:1])]
+    return min(starts) if starts else 0.0
+
+
+def _display_rotation(frame: av.VideoFrame) -> int:
+    """Counter-clockwise display rotation of a decoded frame, snapped to 0/90/180/270."""
+    try:
+        rot = frame.rotation
+    except (AttributeError, av.FFmpegError):  # pragma: no cover - older PyAV
+        return 0
+    if not rot:
+        return 0
+    return round(rot / 90.0) % 4 * 90
+
+
+def probe(path: str | os.PathLike, require_video: bool = True) -> MediaInfo:
+    """Read the headers (and decode one frame for the rotation) of a media file.
+
+    Raises:
+        InputError('unreadable'): missing file, not media, or damaged header.
+        InputError('no_video'): ``require_video`` and the file has no video stream.
+    """
+    p = Path(path)
+    with _open(p) as c:
+        vs = c.streams.video[0] if c.streams.video else None
+        as_ = c.streams.audio[0] if c.streams.audio else None
+        if vs is None and as_ is None:
+            raise InputError("unreadable", f"{p.name} contains no audio or video stream.",
+                             _UNREADABLE_FIX)
+        if vs is None and require_video:
+            raise InputError("no_video", f"{p.name} has no video track (audio only?).",
+                             "Use a video of the person talking to the camera "
+                             "(mp4, mov, mkv, webm or mpg).")
+        t0 = _time_origin(c)
+        ends: list[float] = []
+        info: dict = {"path": p, "container": c.format.name, "has_video": vs is not None,
+                      "has_audio": as_ is not None, "t0": t0,
+                      "metadata": {str(k): str(v) for k, v in c.metadata.items()}}
+        if vs is not None:
+            _, vend = _stream_span(vs, c)
+            ends.append(vend)
+            rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+            rotation, w, h = 0, vs.codec_context.width, vs.codec_context.height
+            try:
+                first = next(c.decode(vs))
+                rotation, w, h = _display_rotation(first), first.width, first.height
+            except (StopIteration, av.FFmpegError) as exc:
+                raise InputError("unreadable", f"{p.name}: the video track cannot be decoded.",
+                                 _UNREADABLE_FIX) from exc
+            if rotation in (90, 270):
+                w, h = h, w
+            info.update(fps=float(rate) if rate else 0.0,
+                        nominal_fps=float(vs.base_rate) if vs.base_rate else 0.0,
+                        width=int(w), height=int(h), rotation=rotation,
+                        video_codec=vs.codec_context.name, num_video_frames=int(vs.frames or 0),
+                        video_end_s=vend - t0)
+        if as_ is not None:
+            _, aend = _stream_span(as_, c)
+            ends.append(aend)
+            info.update(audio_codec=as_.codec_context.name,
+                        audio_sample_rate=int(as_.codec_context.sample_rate or as_.rate or 0),
+                        audio_channels=int(as_.codec_context.channels or 0),
+                        audio_end_s=aend - t0)
+        if c.duration is not None and c.duration > 0:
+            info["duration_s"] = c.duration / av.time_base
+        else:
+            info["duration_s"] = max(ends) - t0 if ends else 0.0
+    return MediaInfo(**info)
+
+
+def num_frames(info: MediaInfo, fps: float = 25.0) -> int:
+    """Frame count T of a clip at ``fps``: ``floor(min(video_end, audio_end) * fps)``.
+
+    Without audio: ``floor(video_end * fps)``. Ends are relative to the time origin.
+    """
+    if not info.has_video:
+        return 0
+    end = info.video_end_s
+    if info.has_audio:
+        end = min(end, info.audio_end_s)
+    return max(0, math.floor(end * fps + _EPS))
+
+
+# ----------------------------------------------------------------------------- video
+def _target_size(size: Size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)):
+        w = h = int(size)
+    else:
+        w, h = (int(s) for s in size)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return w, h
+
+
+def _convert(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None, crop: Crop
+             ) -> np.ndarray:
+    """Decoded frame -> (H, W, 3) uint8 RGB, upright, cropped, resized (area filter).
+
+    The YUV matrix follows the frame's colorspace tag (BT.601 when untagged); full-range
+    frames are honoured (PyAV treats a plain ``yuv420p`` frame as limited range unless
+    told, even when it is tagged full range).
+    """
+    rng = {"src_color_range": "JPEG"} if frame.color_range == 2 else {}  # AVCOL_RANGE_JPEG
+    if crop is None and rotation == 0:  # one swscale pass: YUV -> RGB at the target size
+        if size is None:
+            return frame.to_ndarray(format="rgb24", **rng)
+        return frame.to_ndarray(format="rgb24", width=size[0], height=size[1],
+                                interpolation="AREA", **rng)
+    img = frame.to_ndarray(format="rgb24", **rng)
+    if rotation:
+        img = np.rot90(img, k=rotation // 90)
+    if crop is not None:
+        x0, y0, x1, y1 = crop
+        img = img[y0:y1, x0:x1]
+    img = np.ascontiguousarray(img)
+    if size is not None and (img.shape[1], img.shape[0]) != size:
+        img = av.VideoFrame.from_ndarray(img, format="rgb24").to_ndarray(
+            format="rgb24", width=size[0], height=size[1], interpolation="AREA")
+    return img
+
+
+def _check_crop(crop: Crop, width: int, height: int, name: str) -> Crop:
+    if crop is None:
+        return None
+    x0, y0, x1, y1 = (round(v) for v in crop)
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"crop {crop} is outside the {width}x{height} frame of {name}")
+    return x0, y0, x1, y1
+
+
+def iter_frames(path: str | os.PathLike, fps: float = 25.0, size: Size = None,
+                crop: Crop = None, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Stream frames resampled to exactly ``fps`` (see the module's timeline rule).
+
+    Args:
+        path: video file (mp4, mov, mkv, webm, mpg, ...); CFR or VFR.
+        fps: output frame rate (frames/s).
+        size: output size: ``None`` (unchanged), ``s`` (``s x s``; stretches a
+            non-square input, so crop to a square first) or ``(w, h)`` in pixels.
+        crop: ``(x0, y0, x1, y1)`` in displayed source pixels (after rotation),
+            applied before resizing.
+        max_frames: stop after this many output frames.
+
+    Returns:
+        An iterator of ``(H, W, 3) uint8`` RGB frames; it holds at most a few decoded
+        frames in memory. The file is checked eagerly (errors raise on the call).
+
+    Raises:
+        InputError('unreadable' | 'no_video').
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    p = Path(path)
+    with _open(p) as c:
+        if not c.streams.video:
+            raise InputError("no_video", f"{p.name} has no video track.",
+                             "Use a video of the person talking to the camera "
+                             "(mp4, mov, mkv, webm or mpg).")
+    return _iter_frames(p, fps, _target_size(size), crop, max_frames)
+
+
+def _iter_frames(p: Path, fps: float, tsize: tuple[int, int] | None, crop: Crop,
+                 max_frames: int | None) -> Iterator[np.ndarray]:
+    limit = math.inf if max_frames is None else int(max_frames)
+    if limit <= 0:
+        return
+    c = _open(p)
+    try:
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        t0 = _time_origin(c)
+        tb = float(vs.time_base) if vs.time_base else None
+        rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+        nominal_dt = 1.0 / float(rate) if rate else 1.0 / 25.0
+
+        i = 0                        # next output frame index
+        prev = None                  # (ts, frame) most recent source frame
+        prev_img: np.ndarray | None = None
+        last_dt = nominal_dt
+        rotation = 0
+        checked_crop: Crop = None
+        pending: list[tuple[int, np.ndarray]] = []
+        first_img: np.ndarray | None = None
+
+        def image_of(frame: av.VideoFrame) -> np.ndarray:
+            return _convert(frame, rotation, tsize, checked_crop)
+
+        def flush(end_known: float) -> Iterator[np.ndarray]:
+            nonlocal pending
+            while pending and (pending[0][0] + 1) / fps <= end_known + _EPS:
+                yield pending.pop(0)[1]
+            # entries past end_known wait until the stream end is known better
+
+        n_src = 0
+        for frame in c.decode(vs):
+            if frame.pts is not None and tb:
+                ts = frame.pts * tb - t0
+            else:
+                ts = (prev[0] + nominal_dt) if prev is not None else 0.0
+            if prev is not None and ts <= prev[0]:
+                continue  # duplicate / non-monotonic timestamp: keep the earlier frame
+            if n_src == 0:
+                rotation = _display_rotation(frame)
+                w, h = frame.width, frame.height
+                if rotation in (90, 270):
+                    w, h = h, w
+                checked_crop = _check_crop(crop, w, h, p.name)
+            n_src += 1
+            if prev is not None:
+                last_dt = ts - prev[0]
+            # output times t_i < ts are shown by prev (or this frame if it is the first)
+            while i < limit and i / fps < ts - _EPS:
+                if prev is None:  # before the first frame: show the first frame
+                    if first_img is None:
+                        first_img = image_of(frame)
+                    src_img = first_img
+                else:
+                    if prev_img is None:
+                        prev_img = image_of(prev[1])
+                    src_img = prev_img
+                pending.append((i, src_img))
+                i += 1
+            # a frame exists at ts, so the video lasts at least until ts
+            yield from flush(ts)
+            if i >= limit and not pending:
+                return
+            prev, prev_img = (ts, frame), (first_img if prev is None else None)
+        if prev is None:
+            raise InputError("unreadable", f"{p.name}: no video frame could be decoded.",
+                             _UNREADABLE_FIX)
+        dur = prev[1].duration
+        last = dur * tb if (dur and tb) else last_dt
+        end = prev[0] + last
+        while i < limit and (i + 1) / fps <= end + _EPS:
+            if prev_img is None:
+                prev_img = image_of(prev[1])
+            pending.append((i, prev_img))
+            i += 1
+        yield from flush(end)
+    except av.FFmpegError as exc:
+        raise InputError("unreadable", f"{p.name}: decoding failed ({exc}).",
+                         _UNREADABLE_FIX) from exc
+    finally:
+        c.close()
+
+
+# ----------------------------------------------------------------------------- audio
+def _decode_audio(c: av.container.InputContainer, name: str, sample_rate: int
+                  ) -> tuple[np.ndarray, float | None]:
+    """Decode the first audio stream to float32 mono at ``sample_rate``.
+
+    Returns (samples, time in s of the first sample on the container timeline or None).
+    Channels are averaged (stereo -> (L+R)/2): libswresample's own mono down-mix uses
+    0.707*(L+R), which can clip, and mishandles layouts of unknown order ('2 channels').
+    """
+    if not c.streams.audio:
+        raise InputError("no_audio", f"{name} has no audio track.", _NO_AUDIO_FIX)
+    st = c.streams.audio[0]
+    resampler = av.AudioResampler(format="fltp", layout=None, rate=sample_rate)
+    chunks: list[np.ndarray] = []
+    first_t: float | None = None
+    try:
+        for frame in c.decode(st):
+            if first_t is None and frame.pts is not None and frame.time_base:
+                first_t = float(frame.pts * frame.time_base)
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().mean(axis=0))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().mean(axis=0))
+    except av.FFmpegError as exc:
+        raise InputError("unreadable", f"{name}: the audio track cannot be decoded ({exc}).",
+                         _UNREADABLE_FIX) from exc
+    audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else \
+        np.zeros(0, np.float32)
+    if audio.size == 0:
+        raise InputError("no_audio", f"{name} has an audio track with no samples.", _NO_AUDIO_FIX)
+    return audio, first_t
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+    """Read any audio file (wav, mp3, m4a, flac, ogg, ...) or a video's audio track.
+
+    Returns:
+        ``(N,) float32`` mono in about [-1, 1] (resampling a clipped source can
+        overshoot slightly; not clipped) at ``sample_rate`` Hz. For a file with video,
+        sample 0 is at the time origin shared with :func:`iter_frames` (leading
+        silence is inserted / early samples dropped if the audio starts late / early).
+
+    Raises:
+        InputError('unreadable' | 'no_audio').
+    """
+    p = Path(path)
+    with _open(p) as c:
+        t0 = _time_origin(c)
+        has_video = bool(c.streams.video)
+        audio, first_t = _decode_audio(c, p.name, sample_rate)
+    if has_video and first_t is not None:
+        shift = round((first_t - t0) * sample_rate)
+        if shift > 0:
+            audio = np.concatenate([np.zeros(shift, np.float32), audio])
+        elif shift < 0:
+            audio = audio[-shift:]
+    return audio
+
+
+def fit_length(audio: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad a 1-D signal to exactly ``n`` samples."""
+    if audio.shape[0] >= n:
+        return audio[:n]
+    return np.concatenate([audio, np.zeros(n - audio.shape[0], audio.dtype)])
+
+
+@dataclass
+class Clip:
+    """A short clip in memory, frames and audio exactly aligned.
+
+    Attributes:
+        frames: ``(T, H, W, 3) uint8`` RGB at ``fps``.
+        audio: ``(T * sample_rate / fps,) float32`` mono (640 samples per frame at
+            16 kHz / 25 fps), trimmed or zero-padded to that length.
+        fps: frames/s; sample_rate: Hz; info: the source's :class:`MediaInfo`.
+    """
+
+    frames: np.ndarray
+    audio: np.ndarray
+    fps: float
+    sample_rate: int
+    info: MediaInfo
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def samples_per_frame(self) -> int:
+        return round(self.sample_rate / self.fps)
+
+
+def read_clip(path: str | os.PathLike, fps: float = 25.0, sample_rate: int = 16000,
+              size: Size = None, crop: Crop = None, max_frames: int | None = None,
+              max_bytes: int = 3 << 30) -> Clip:
+    """Read a short talking clip fully: T frames + exactly T * sample_rate/fps samples.
+
+    ``T = floor(min(video_end, audio_end) * fps)`` (capped by ``max_frames``, and by
+    the frames actually decodable). For long clips use :func:`iter_frames`.
+
+    Raises:
+        InputError('unreadable' | 'no_video' | 'no_audio'), InputError('too_long')
+        when the frames would need more than ``max_bytes`` of memory.
+    """
+    spf = sample_rate / fps
+    if abs(spf - round(spf)) > 1e-9:
+        raise ValueError(f"sample_rate/fps must be an integer, got {sample_rate}/{fps}")
+    spf_i = round(spf)
+    info = probe(path)
+    if not info.has_audio:
+        raise InputError("no_audio", f"{info.path.name} has no audio track.", _NO_AUDIO_FIX)
+    T = num_frames(info, fps)
+    if max_frames is not None:
+        T = min(T, int(max_frames))
+    w, h = _target_size(size) or (
+        (crop[2] - crop[0], crop[3] - crop[1]) if crop else (info.width, info.height))
+    need = T * w * h * 3
+    if need > max_bytes:
+        raise InputError("too_long", f"{info.path.name}: {T} frames of {w}x{h} need "
+                         f"{need / 2**30:.1f} GiB of memory.",
+                         "Use a shorter clip, a smaller size, or stream it with iter_frames().")
+    frames = np.empty((T, h, w, 3), np.uint8)
+    n = 0
+    for n, img in enumerate(iter_frames(path, fps=fps, size=size, crop=crop, max_frames=T), 1):
+        frames[n - 1] = img
+    frames = frames[:n]
+    audio = fit_length(read_audio(path, sample_rate), n * spf_i)
+    return Clip(frames=frames, audio=audio, fps=fps, sample_rate=sample_rate, info=info)
+
+
+# ----------------------------------------------------------------------------- writing
+def _video_codec(pix_fmt: str) -> str:
+    if pix_fmt in ("rgb24", "bgr24", "bgr0"):
+        if "libx264rgb" not in av.codecs_available:
+            raise RuntimeError("pix_fmt 'rgb24' needs libx264rgb, missing from this PyAV build")
+        return "libx264rgb"
+    for name in ("libx264", "libopenh264", "mpeg4"):
+        if name in av.codecs_available:
+            return name
+    raise RuntimeError("no H.264 or MPEG-4 encoder in this PyAV build")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0,
+                audio: np.ndarray | None = None, sample_rate: int = 16000,
+                metadata: dict[str, str] | None = None, crf: int = 18,
+                pix_fmt: str = "yuv420p", preset: str = "medium",
+                audio_bitrate: int = 96_000) -> Path:
+    """Write an mp4 (H.264 + AAC) atomically: a temp file in the same folder, then rename.
+
+    Args:
+        path: output ``.mp4``.
+        frames: iterable of ``(H, W, 3) uint8`` RGB, all the same size (streamed; a
+            generator is fine). 4:2:0 needs even width and height.
+        fps: frames/s.
+        audio: optional ``(N,) float32`` mono in about [-1, 1] (resampling a clipped source can
+        overshoot slightly; not clipped) at ``sample_rate``; it is
+            trimmed / zero-padded to ``T * sample_rate / fps`` so sample ``640*i`` starts
+            with frame ``i`` (16 kHz / 25 fps).
+        metadata: container tags, e.g. ``{'title': ..., 'comment': ...}``; any key is
+            kept (mp4 ``use_metadata_tags``).
+        crf: x264 constant rate factor (0 = lossless, 18 = visually lossless).
+        pix_fmt: ``'yuv420p'`` (plays everywhere), ``'yuv444p'`` (no chroma
+            subsampling; with ``crf=0`` near-lossless) or ``'rgb24'`` (libx264rgb,
+            lossless RGB with ``crf=0``).
+        preset: x264 speed preset.
+        audio_bitrate: AAC bit rate (bit/s).
+
+    Returns:
+        The final path. On any error the temp file is removed and nothing is left.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    codec = _video_codec(pix_fmt)
+    spf = sample_rate / fps
+    if audio is not None:
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if abs(spf - round(spf)) > 1e-9:
+            raise ValueError(f"sample_rate/fps must be an integer, got {sample_rate}/{fps}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".tmp.mp4", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a finished file gets normal rights
+    c = None
+    try:
+        c = av.open(str(tmp), mode="w", format="mp4",
+                    options={"movflags": "+faststart+use_metadata_tags"})
+        for k, v in (metadata or {}).items():
+            c.metadata[str(k)] = str(v)
+        vs = None
+        as_ = None
+        a_pos = 0  # audio samples sent to the encoder
+        rate = Fraction(fps).limit_denominator(100000)
+        for n, img in enumerate(frames):
+            img = np.asarray(img)
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise ValueError(f"frames must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
+            if vs is None:
+                h, w = img.shape[:2]
+                if pix_fmt.endswith("420p") and (w % 2 or h % 2):
+                    raise ValueError(f"{pix_fmt} needs an even frame size, got {w}x{h}")
+                vs = c.add_stream(codec, rate=rate)
+                vs.width, vs.height = w, h
+                vs.pix_fmt = "yuv420p" if codec == "libopenh264" else pix_fmt
+                if codec.startswith("libx264"):
+                    vs.options = {"crf": str(int(crf)), "preset": preset}
+                elif codec == "mpeg4":
+                    vs.codec_context.qscale = max(1, min(31, 1 + crf // 3))
+                else:
+                    vs.bit_rate = 8 * w * h * round(fps) // 10
+                if codec != "libx264rgb":
+                    cc = vs.codec_context  # tag what the RGB->YUV conversion below does
+                    cc.colorspace = 6        # AVCOL_SPC_SMPTE170M (BT.601 matrix)
+                    cc.color_primaries = 6   # AVCOL_PRI_SMPTE170M
+                    cc.color_trc = 6         # AVCOL_TRC_SMPTE170M
+                    cc.color_range = 1       # AVCOL_RANGE_MPEG (limited, 16-235)
+                if audio is not None:
+                    as_ = c.add_stream("aac", rate=sample_rate, layout="mono")
+                    as_.bit_rate = audio_bitrate
+            elif img.shape[:2] != (vs.height, vs.width):
+                raise ValueError(f"frame {n} is {img.shape[1]}x{img.shape[0]}, "
+                                 f"expected {vs.width}x{vs.height}")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            if codec != "libx264rgb":
+                vf = vf.reformat(format=vs.pix_fmt, dst_colorspace="ITU601",
+                                 dst_color_range="MPEG")
+            vf.pts = n
+            for pkt in vs.encode(vf):
+                c.mux(pkt)
+            if as_ is not None:  # interleave: audio up to the end of frame n
+                a_pos = _encode_audio(c, as_, audio, a_pos, (n + 1) * round(spf), sample_rate)
+        if vs is None:
+            raise ValueError("write_video got no frames")
+        for pkt in vs.encode(None):
+            c.mux(pkt)
+        if as_ is not None:
+            for pkt in as_.encode(None):
+                c.mux(pkt)
+        c.close()
+        c = None
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        if c is not None:
+            with contextlib.suppress(Exception):  # best effort while failing anyway
+                c.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _encode_audio(c: av.container.OutputContainer, stream: av.audio.stream.AudioStream,
+                  audio: np.ndarray, start: int, stop: int, sample_rate: int) -> int:
+    """Encode samples [start, stop) of ``audio`` (zero beyond its end); returns stop."""
+    if stop <= start:
+        return start
+    chunk = audio[start:stop]
+    if chunk.shape[0] < stop - start:
+        chunk = np.concatenate([chunk, np.zeros(stop - start - chunk.shape[0], np.float32)])
+    af = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[None, :]), format="flt",
+                                    layout="mono")
+    af.sample_rate = sample_rate
+    af.pts = start
+    for pkt in stream.encode(af):
+        c.mux(pkt)
+    return stop
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 arrays of the same shape (inf if identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+
+
+__all__: Sequence[str] = (
+    "VIDEO_EXTENSIONS",
+    "Clip",
+    "MediaInfo",
+    "fit_length",
+    "iter_frames",
+    "num_frames",
+    "probe",
+    "psnr",
+    "read_audio",
+    "read_clip",
+    "write_video",
+)
