@@ -1,0 +1,90 @@
+"""Training objectives shared by pre-training and adaptation (METHOD.md §4-5).
+
+Images are (H, W, 3) float32 in [0, 1]; masks (H, W) bool.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SSIM_WEIGHT = 0.2        # L1 + 0.2 (1 - SSIM)
+ALPHA_WEIGHT = 1e-3      # (1 - alpha) inside the head + alpha outside
+MOTION_WEIGHT = 1e-5     # |dxyz| + |drot| + |dscale| + |p_xyz|
+GATE_WEIGHT = 1e-4       # eye gate off the lips box, both gates off hair
+CONTRAST_WEIGHT = 1.0    # negative contrast loss (pre-training)
+MOUTH_OUTSIDE_WEIGHT = 1e-2  # mouth alpha outside the lips box
+
+
+def _gauss_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Mean SSIM of two (H, W, C) images in [0, 1]: Gaussian window 11x11, sigma 1.5,
+    C1 = 0.01², C2 = 0.03², 'same' zero-padded filtering (the 3DGS training loss form)."""
+    c = a.shape[-1]
+    g = _gauss_window(window, sigma).to(a)
+    w = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
+    x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
+
+    def filt(t: Tensor) -> Tensor:
+        return F.conv2d(t, w, padding=window // 2, groups=c)
+
+    mx, my = filt(x), filt(y)
+    sxx = filt(x * x) - mx * mx
+    syy = filt(y * y) - my * my
+    sxy = filt(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return s.mean()
+
+
+def photometric(pred: Tensor, target: Tensor) -> Tensor:
+    """``L1 + 0.2 (1 - SSIM)`` over the whole image (METHOD §5)."""
+    return (pred - target).abs().mean() + SSIM_WEIGHT * (1.0 - ssim(pred, target))
+
+
+def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error over the pixels where ``mask`` (H, W) is True (0 if none)."""
+    m = mask.to(pred.dtype)[..., None]
+    return ((pred - target).abs() * m).sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+def alpha_loss(alpha: Tensor, inside: Tensor) -> Tensor:
+    """``mean((1 - alpha) [inside] + alpha [outside])`` for alpha (H, W, 1), inside (H, W)."""
+    a = alpha[..., 0]
+    m = inside.to(a.dtype)
+    return ((1.0 - a) * m + a * (1.0 - m)).mean()
+
+
+def box_mask(box: Tensor, height: int, width: int, pad: int = 0) -> Tensor:
+    """(H, W) bool mask of an ``x0, y0, x1, y1`` pixel box (end-exclusive), grown by ``pad``."""
+    x0, y0, x1, y1 = [int(v) for v in box.tolist()]
+    m = torch.zeros(height, width, dtype=torch.bool)
+    m[max(0, y0 - pad):min(height, y1 + pad), max(0, x0 - pad):min(width, x1 + pad)] = True
+    return m
+
+
+def gate_loss(gates_img: Tensor, lips: Tensor, hair: Tensor) -> Tensor:
+    """Gate regulariser on rendered gate magnitudes ``gates_img`` (H, W, 2) = (audio, eye):
+    the eye gate should be silent on the lips box, both gates silent on hair."""
+    audio_g, eye_g = gates_img[..., 0], gates_img[..., 1]
+    l_eye = (eye_g * lips.to(eye_g)).mean()
+    l_hair = ((audio_g + eye_g) * hair.to(eye_g)).mean()
+    return l_eye + l_hair
+
+
+def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+    """PSNR in dB of [0, 1] images, over ``mask`` (H, W) pixels if given."""
+    d = (pred.detach().float() - target.detach().float()) ** 2
+    if mask is not None:
+        m = mask.to(d.dtype)[..., None].expand_as(d)
+        mse = float((d * m).sum() / m.sum().clamp_min(1.0))
+    else:
+        mse = float(d.mean())
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))

@@ -1,0 +1,217 @@
+"""One optimisation step of each training stage (face, mouth, fuse), shared by pre-training
+and adaptation (METHOD.md §4-5), and the frame tensors they read.
+
+Targets:
+
+* **face**: the head (face + hair) over a flat background, the mouth interior set to
+  background, so face Gaussians become transparent inside the mouth. The flat colour is drawn
+  at random every step (a transparent pixel cannot pass for a background-coloured one, so
+  no "delete Gaussians of the background colour" rule is needed).
+* **mouth**: inside the lips box, the mouth interior over the flat background (mouth
+  Gaussians learn teeth/tongue/cavity and stay transparent elsewhere in the box), plus an
+  alpha penalty outside the lips box.
+* **fuse**: the full composited frame against the recorded frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.dataset import ProcessedClip
+from core.head import (FrameCond, Identity, UMF, composite, face_motion, hook_from_face,
+                       mouth_motion, render_branch)
+from core.masks import Label
+from core.motion_field import Motion, audio_windows, motion_magnitude_loss
+from core.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, MOTION_WEIGHT, MOUTH_OUTSIDE_WEIGHT,
+                             alpha_loss, box_mask, gate_loss, photometric)
+
+
+@dataclass
+class TrainFrames:
+    """Frames of one clip at the training resolution, ready for the stage steps.
+
+    images, plates: (n, H, W, 3) float32 [0, 1]; labels: (n, H, W) uint8 (Label);
+    viewmats: (n, 4, 4); K: (3, 3) at (H, W); expr: (n, 6); lips_box: (n, 4) int pixels;
+    audio: (T, 16, D) per-frame audio windows of the frames the windows may read;
+    index: (n,) positions of these frames in ``audio``; lips_apart, blink: (n,) float
+    curriculum signals; mouth_px: (n,) mouth-interior pixels.
+    """
+
+    images: Tensor
+    plates: Tensor
+    labels: Tensor
+    viewmats: Tensor
+    K: Tensor
+    expr: Tensor
+    lips_box: Tensor
+    audio: Tensor
+    index: Tensor
+    lips_apart: Tensor
+    blink: Tensor
+    mouth_px: Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def res(self) -> int:
+        return int(self.images.shape[1])
+
+    @classmethod
+    def from_clip(cls, clip: ProcessedClip, frames: Tensor, res: int | None = None,
+                  audio_limit: int | None = None) -> "TrainFrames":
+        """Frames ``frames`` (indices) of ``clip`` resized to ``res`` (default: clip res).
+
+        ``audio_limit``: audio windows may only read frames ``< audio_limit`` (keep the
+        training part's windows out of held-out audio); default: the whole clip.
+        """
+        res = res or clip.res
+        idx = frames.long()
+        imgs = clip.frames[idx].float() / 255.0
+        labels = clip.labels[idx]
+        head = labels >= Label.HAIR
+        plates = torch.where(head[..., None], clip.bg.float()[None] / 255.0, imgs)
+        scale = res / clip.res
+        if res != clip.res:
+            imgs = _resize(imgs, res)
+            plates = _resize(plates, res)
+            labels = F.interpolate(labels[:, None].float(), size=(res, res), mode="nearest")[:, 0].to(torch.uint8)
+        K = clip.K.clone()
+        K[:2] *= scale
+        K[0, 2] = K[1, 2] = res / 2.0
+        audio = clip.audio_features()
+        limit = audio_limit if audio_limit is not None else clip.num_frames
+        audio = audio[:limit]
+        signals = clip.arrays["signals"][idx]
+        names = clip.manifest["signal_names"]
+        lips = signals[:, names.index("lips_apart")]
+        blink = 0.5 * (signals[:, names.index("blink_left")] + signals[:, names.index("blink_right")])
+        box = (clip.arrays["lips_box"][idx].float() * scale).round().int()
+        return cls(images=imgs, plates=plates, labels=labels, viewmats=clip.viewmats[idx].clone(),
+                   K=K, expr=clip.expr[idx].clone(), lips_box=box, audio=audio,
+                   index=idx.clamp_max(limit - 1), lips_apart=lips, blink=blink,
+                   mouth_px=(labels == Label.MOUTH).flatten(1).sum(1))
+
+    def cond(self, j: int) -> FrameCond:
+        return FrameCond(viewmat=self.viewmats[j], K=self.K, width=self.res, height=self.res,
+                         audio_win=audio_windows(self.audio, int(self.index[j]))[0],
+                         expr=self.expr[j])
+
+
+def _resize(x: Tensor, res: int) -> Tensor:
+    """(n, H, W, 3) -> (n, res, res, 3), area filter."""
+    return F.interpolate(x.permute(0, 3, 1, 2), size=(res, res), mode="area").permute(0, 2, 3, 1).contiguous()
+
+
+@dataclass
+class StepResult:
+    """Loss (scalar, with graph), the render whose ``means2d.grad`` feeds densification, the
+    motion, and float logs."""
+
+    loss: Tensor
+    render: object
+    motion: Motion | None
+    logs: dict[str, float]
+
+
+def _gate_channels(m: Motion) -> Tensor | None:
+    if m is None or m.audio_gate is None or m.eye_gate is None:
+        return None
+    return torch.stack([m.audio_gate.abs().mean(-1), m.eye_gate.abs().mean(-1)], -1)
+
+
+def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor,
+              static: bool = False, use_aligner: bool = True,
+              contrast_fields: list | None = None, contrast_weight: float = 1.0) -> StepResult:
+    """Face stage loss for frame ``j`` over the flat background ``bg`` (3,).
+
+    static: no motion (pre-training warm-up). contrast_fields: other identities'
+    personalised face fields (pre-training negative contrast loss)."""
+    from core.head import personal_face_offsets
+    from core.motion_field import negative_contrast_loss
+
+    cond = frames.cond(j)
+    lab = frames.labels[j]
+    head = (lab == Label.FACE) | (lab == Label.HAIR)
+    target = torch.where(head[..., None], frames.images[j], bg)
+    m = None if static else face_motion(umf, ident, cond, use_aligner=use_aligner)
+    gates = _gate_channels(m)
+    out = render_branch(ident.face, m, cond, background=bg, extra=gates)
+    pred = out.image[..., :3]
+    loss = photometric(pred, target) + ALPHA_WEIGHT * alpha_loss(out.alpha, head)
+    logs = {}
+    if m is not None:
+        loss = loss + MOTION_WEIGHT * motion_magnitude_loss(m)
+        if gates is not None:
+            lips = box_mask(frames.lips_box[j], frames.res, frames.res)
+            loss = loss + GATE_WEIGHT * gate_loss(out.image[..., 3:5], lips, lab == Label.HAIR)
+        if contrast_fields and ident.face_personal is not None:
+            a, e = umf.face.encode(cond.audio_win, cond.expr[:5], cond.expr[5])
+            own = ident.face_personal(ident.face.means, a, e).d_xyz
+            others = personal_face_offsets(contrast_fields, umf, ident.face.means, cond)
+            lc = negative_contrast_loss(own, others)
+            loss = loss + contrast_weight * lc
+            logs["contrast"] = float(lc.detach())
+    logs["loss"] = float(loss.detach())
+    return StepResult(loss, out, m, logs)
+
+
+def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor, hook_k: int,
+               static: bool = False, use_aligner: bool = True,
+               contrast_fields: list | None = None, contrast_weight: float = 1.0) -> StepResult:
+    """Mouth stage loss for frame ``j``: the mouth interior inside the lips box (see module
+    doc); the face field only supplies the hook (no gradient)."""
+    from core.head import personal_mouth_offsets
+    from core.motion_field import negative_contrast_loss
+
+    cond = frames.cond(j)
+    lab = frames.labels[j]
+    mouth = lab == Label.MOUTH
+    with torch.no_grad():
+        hook = hook_from_face(face_motion(umf, ident, cond, use_aligner=use_aligner), hook_k)
+    m = None if static else mouth_motion(umf, ident, cond, hook, use_aligner=use_aligner)
+    out = render_branch(ident.mouth, m, cond, background=bg)
+    pred = out.image[..., :3]
+    target = torch.where(mouth[..., None], frames.images[j], bg)
+    box = frames.lips_box[j]
+    x0, y0, x1, y1 = [int(v) for v in box.tolist()]
+    pad = max(2, (x1 - x0) // 8)
+    y0, y1 = max(0, y0 - pad), min(frames.res, y1 + pad)
+    x0, x1 = max(0, x0 - pad), min(frames.res, x1 + pad)
+    inside = torch.zeros_like(mouth)
+    inside[y0:y1, x0:x1] = True
+    if (y1 - y0) >= 11 and (x1 - x0) >= 11:
+        loss = photometric(pred[y0:y1, x0:x1], target[y0:y1, x0:x1])
+    else:
+        loss = (pred[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
+    loss = loss + MOUTH_OUTSIDE_WEIGHT * (out.alpha[..., 0] * (~inside).to(pred)).mean()
+    logs = {}
+    if m is not None:
+        loss = loss + MOTION_WEIGHT * motion_magnitude_loss(m)
+        if contrast_fields and ident.mouth_personal is not None:
+            a = umf.mouth.encode(cond.audio_win)
+            own = ident.mouth_personal(ident.mouth.means, a, hook).d_xyz
+            others = personal_mouth_offsets(contrast_fields, umf, ident.mouth.means, cond, hook)
+            lc = negative_contrast_loss(own, others)
+            loss = loss + contrast_weight * lc
+            logs["contrast"] = float(lc.detach())
+    logs["loss"] = float(loss.detach())
+    return StepResult(loss, out, m, logs)
+
+
+def fuse_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, hook_k: int = 10,
+              dilate: int = 1) -> StepResult:
+    """Fuse stage loss: the composited frame against the recorded frame (motion fixed)."""
+    cond = frames.cond(j)
+    with torch.no_grad():
+        fm = face_motion(umf, ident, cond)
+        mm = mouth_motion(umf, ident, cond, hook_from_face(fm, hook_k))
+    face = render_branch(ident.face, fm, cond)
+    mouth = render_branch(ident.mouth, mm, cond)
+    pred = composite(face, mouth, frames.plates[j], dilate)
+    loss = photometric(pred, frames.images[j])
+    return StepResult(loss, face, fm, {"loss": float(loss.detach())})

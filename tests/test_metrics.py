@@ -1,0 +1,234 @@
+"""Known-answer tests of eval/metrics.py and eval/lpips_net.py."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from core.media import read_clip
+from eval.lpips_net import LPIPSAlex, LPIPSWeights, load_lpips, try_load_lpips
+from eval.metrics import (
+    FACE_IDX,
+    MOUTH_IDX,
+    MetricUnavailable,
+    au_error,
+    detect,
+    face_mask,
+    image_metrics,
+    is_available,
+    landmark_box,
+    landmark_distance,
+    landmark_metrics,
+    lpips,
+    mask_box,
+    psnr,
+    ssim,
+    video_landmark_metrics,
+    video_lmd,
+)
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def may_frames(clips_dir) -> np.ndarray:
+    """First 30 frames of may_5s at 256 x 256."""
+    return read_clip(clips_dir / "may_5s.mp4", size=256, max_frames=30).frames
+
+
+@pytest.fixture(scope="session")
+def may_track(may_frames):
+    return detect(may_frames)
+
+
+def _clipped_rounded_mse(mu: float, sigma: float) -> float:
+    """Exact E[(Q(mu + n) - mu)^2] for n ~ N(0, sigma^2), Q = round and clip to 0..255."""
+    k = np.arange(256, dtype=np.float64)
+    hi = np.where(k == 255, np.inf, (k + 0.5 - mu) / sigma)
+    lo = np.where(k == 0, -np.inf, (k - 0.5 - mu) / sigma)
+    p = norm.cdf(hi) - norm.cdf(lo)
+    return float((p * (k - mu) ** 2).sum())
+
+
+# ----------------------------------------------------------------------------- PSNR / SSIM
+@pytest.mark.parametrize("mu, sigma", [(128.0, 5.0), (128.0, 20.0), (245.0, 12.0)])
+def test_psnr_known_noise(mu, sigma):
+    rng = np.random.default_rng(0)
+    gt = np.full((256, 256, 3), mu, np.uint8)
+    noisy = np.clip(np.round(mu + rng.normal(0, sigma, gt.shape)), 0, 255).astype(np.uint8)
+    expected = 10 * math.log10(255.0 ** 2 / _clipped_rounded_mse(mu, sigma))
+    assert psnr(noisy, gt) == pytest.approx(expected, abs=0.05)
+    if mu == 128.0:  # no clipping: the textbook value (+1/12 for rounding)
+        assert expected == pytest.approx(10 * math.log10(255.0 ** 2 / (sigma ** 2 + 1 / 12)),
+                                         abs=1e-3)
+    if mu == 245.0:  # clipping at 255 lowers the error: PSNR above the unclipped value
+        assert expected > 10 * math.log10(255.0 ** 2 / sigma ** 2) + 0.3
+
+
+def test_psnr_float_and_identical_and_mask():
+    rng = np.random.default_rng(1)
+    gt = np.full((128, 128, 3), 0.5, np.float32)
+    noisy = gt + rng.normal(0, 0.02, gt.shape).astype(np.float32)
+    assert psnr(noisy, gt) == pytest.approx(20 * math.log10(1 / 0.02), abs=0.05)
+    assert psnr(gt, gt) == math.inf
+    # noise only outside the face mask: face PSNR is inf, full-frame PSNR finite
+    mask = np.zeros((128, 128), bool)
+    mask[32:96, 40:90] = True
+    outside = gt.copy()
+    outside[~mask] = noisy[~mask]
+    assert psnr(outside, gt, mask=mask) == math.inf
+    assert math.isfinite(psnr(outside, gt))
+    inside = gt.copy()
+    inside[mask] = noisy[mask]
+    mse = float(((noisy[mask] - gt[mask]).astype(np.float64) ** 2).mean())
+    assert psnr(inside, gt, mask=mask) == pytest.approx(10 * math.log10(1 / mse), abs=1e-9)
+    with pytest.raises(ValueError):
+        psnr(gt, gt, mask=np.zeros((128, 128), bool))
+    with pytest.raises(ValueError):
+        psnr(gt, np.zeros((128, 128, 3), np.uint8))
+
+
+def test_ssim_known_answers(may_frames):
+    f = may_frames[0]
+    assert ssim(f, f) == pytest.approx(1.0, abs=1e-12)
+    assert ssim(f, f, box=(60, 80, 200, 240)) == pytest.approx(1.0, abs=1e-12)
+    rng = np.random.default_rng(2)
+    noisy = np.clip(f + rng.normal(0, 10, f.shape), 0, 255).astype(np.uint8)
+    s = ssim(noisy, f)
+    assert 0.3 < s < 0.99
+    assert ssim(f, noisy) == pytest.approx(s, abs=1e-9)  # symmetric
+    assert ssim(np.clip(f + rng.normal(0, 30, f.shape), 0, 255).astype(np.uint8), f) < s
+
+
+def test_face_region_helpers(may_frames, may_track):
+    labels = np.zeros((256, 256), np.uint8)
+    labels[100:150, 90:170] = 3  # FACE
+    labels[130:140, 110:150] = 4  # MOUTH
+    labels[10:20, 10:20] = 2  # HAIR: not face
+    m = face_mask(labels)
+    assert m.sum() == 50 * 80
+    assert mask_box(m) == (90, 100, 170, 150)
+    box = landmark_box(may_track.points[0], 256, 256)
+    x0, y0, x1, y1 = box
+    assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256 and (x1 - x0) > 60
+
+
+def test_image_metrics_clip(may_frames, may_track):
+    gt = may_frames[:4]
+    rng = np.random.default_rng(3)
+    pred = np.clip(gt + rng.normal(0, 8, gt.shape), 0, 255).astype(np.uint8)
+    boxes = [landmark_box(p, 256, 256) for p in may_track.points[:4]]
+    r = image_metrics(pred, gt, face_boxes=boxes, use_lpips=False)
+    assert r.num_frames == 4
+    assert r.psnr == pytest.approx(np.mean([psnr(p, g) for p, g in zip(pred, gt)]))
+    assert 25 < r.psnr < 32 and 25 < r.psnr_face < 32
+    assert 0 < r.ssim < 1 and 0 < r.ssim_face < 1
+    assert isinstance(r.lpips, MetricUnavailable) and not is_available(r.lpips)
+    assert str(r.lpips).startswith("unavailable")
+    same = image_metrics(gt, gt, use_lpips=False)
+    assert same.psnr == math.inf and same.ssim == pytest.approx(1.0)
+    assert same.psnr_face is None
+
+
+# ----------------------------------------------------------------------------- LPIPS
+def _random_lpips(seed: int = 0) -> LPIPSAlex:
+    torch.manual_seed(seed)
+    net = LPIPSAlex()
+    with torch.no_grad():
+        for i in range(5):
+            w = getattr(net, f"lin{i}").model[1].weight
+            w.copy_(w.abs())  # lpips' learned heads are non-negative
+    return net
+
+
+def test_lpips_structure_random_weights(may_frames):
+    net = _random_lpips()
+    a, b = may_frames[:2], may_frames[2:4]
+    d = net.distance(a, b)
+    assert d.shape == (2,) and np.all(np.isfinite(d)) and np.all(d > 0)
+    assert np.allclose(net.distance(a, a), 0.0, atol=1e-7)
+    assert np.allclose(net.distance(b, a), d, rtol=1e-5)
+    assert lpips(a[0], b[0], net) == pytest.approx(d[0], rel=1e-5)
+    r = image_metrics(b, a, face_boxes=[(40, 40, 200, 220)] * 2, lpips_net=net)
+    assert r.lpips == pytest.approx(float(d.mean()), rel=1e-5)
+    assert is_available(r.lpips_face) and r.lpips_face > 0
+
+
+def test_lpips_weight_files_round_trip(tmp_path, may_frames):
+    """Weights saved in the original files' layouts load into the re-implementation."""
+    net = _random_lpips(1)
+    sd = net.state_dict()
+    torch.save({k: v for k, v in sd.items() if k.startswith("features.")}
+               | {"classifier.1.weight": torch.zeros(4096, 9216)}, tmp_path / "alex_backbone.pth")
+    torch.save({k: v for k, v in sd.items() if k.startswith("lin")}, tmp_path / "alex.pth")
+    loaded = load_lpips(LPIPSWeights(backbone=tmp_path / "alex_backbone.pth",
+                                     linear=tmp_path / "alex.pth"))
+    a, b = may_frames[0], may_frames[5]
+    assert loaded.distance(a, b)[0] == pytest.approx(net.distance(a, b)[0], rel=1e-6)
+
+
+def test_lpips_unavailable_path(tmp_path):
+    cfg = LPIPSWeights(backbone=tmp_path / "missing_backbone.pth", linear=tmp_path / "missing.pth")
+    net, reason = try_load_lpips(cfg)
+    assert net is None and "AlexNet" in reason and "alex.pth" in reason
+    img = np.zeros((64, 64, 3), np.uint8)
+    assert lpips(img, img, weights=cfg) is None  # never a made-up number
+    u = MetricUnavailable(reason)
+    assert str(u).startswith("unavailable: ") and u.reason == reason and not is_available(u)
+
+
+# ----------------------------------------------------------------------------- LMD
+def test_landmark_distance_known_answers():
+    rng = np.random.default_rng(4)
+    gt = rng.uniform(50, 200, (6, 478, 2))
+    assert landmark_distance(gt, gt) == 0.0
+    assert landmark_distance(gt, gt, FACE_IDX) == 0.0
+    moved = gt + np.array([3.0, 4.0])  # pure translation: removed by centring
+    assert landmark_distance(moved, gt) == pytest.approx(0.0, abs=1e-9)
+    assert landmark_distance(moved, gt, normalise_center=False) == pytest.approx(5.0)
+    # move 10 of the 40 mouth points down by 2 px: the centre moves 0.5 px, so after
+    # centring 10 points are off by 1.5 px and 30 by 0.5 px -> mean 0.75 px
+    pred = gt.copy()
+    pred[:, list(MOUTH_IDX[:10]), 1] += 2.0
+    assert landmark_distance(pred, gt) == pytest.approx((10 * 1.5 + 30 * 0.5) / 40)
+    assert landmark_distance(pred, gt, normalise_center=False) == pytest.approx(0.5)
+    # frames with NaN are skipped
+    pred[0] = np.nan
+    assert landmark_distance(pred, gt) == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        landmark_distance(gt[:, :10], gt)
+
+
+def test_video_lmd_real_frames(may_frames):
+    frames = may_frames[:12]
+    assert video_lmd(frames, frames) == 0.0
+    # the same clip moved 6 px right, 4 px down (edge-padded): centred mouth LMD stays
+    # near 0, the uncentred distance is the shift
+    shifted = np.pad(frames, ((0, 0), (4, 0), (6, 0), (0, 0)), mode="edge")[:, :256, :256]
+    ts, tg = detect(shifted), detect(frames)
+    lmd = landmark_distance(ts.points, tg.points)
+    raw = landmark_distance(ts.points, tg.points, normalise_center=False)
+    assert lmd < 1.0
+    assert raw == pytest.approx(math.hypot(6, 4), abs=1.0)
+    same = video_landmark_metrics(frames, frames)
+    assert (same.lmd_mouth, same.lmd_face, same.aue_upper, same.aue_lower) == (0, 0, 0, 0)
+    assert same.valid_fraction == 1.0
+    with pytest.raises(ValueError):
+        video_lmd(frames, frames[:, :200, :200])
+
+
+# ----------------------------------------------------------------------------- AUE
+def test_au_error(may_track):
+    pts = may_track.filled()
+    e0 = au_error(pts, pts)
+    assert e0.upper == 0.0 and e0.lower == 0.0
+    closed = pts.copy()
+    closed[:, 14] = closed[:, 13]  # lower inner lip on the upper: mouth shut, eyes untouched
+    e = au_error(closed, pts)
+    assert e.lower > 0.1
+    assert e.upper < 0.02
+    assert set(e.per_au) == {"AU01", "AU04", "AU05", "AU06", "AU07", "AU45", "AU25"}
+    s = landmark_metrics(closed, pts)
+    assert s.aue_lower == pytest.approx(e.lower) and s.lmd_mouth > 0 and s.valid_fraction == 1.0
