@@ -482,7 +482,13 @@ class DensifyConfig:
         split_n: samples per split Gaussian (2).
         split_scale_div: split children get scale / this (1.6 = 0.8 * split_n, as 3DGS).
         min_opacity_start, min_opacity_end: the opacity prune threshold ramps linearly from
-            start (step 0) to end (end of the densification window) (0.05 -> 0.30).
+            start (at ``start_step``, the first densification) to end (end of the
+            densification window) (0.05 -> 0.30). Starting the ramp at the first
+            densification keeps short stages from pruning Gaussians that have not had time
+            to gain opacity (init 0.1).
+        min_keep: a prune never leaves fewer than this many Gaussians (the most opaque are
+            kept), so a branch cannot vanish (an empty set has no gradient to recover with);
+            the face/mouth presets keep 64.
         max_world_scale_frac: prune if max scale > this * scene_extent (0.1, as 3DGS; 2 cm);
             like 3DGS only after the first opacity reset.
         max_screen_frac: prune if the max 2D radius seen since the last densification exceeds
@@ -509,10 +515,11 @@ class DensifyConfig:
     max_screen_frac: float | None = None
     opacity_reset_interval: int = 3000
     reset_opacity: float = 0.01
+    min_keep: int = 1
 
 
-FACE_DENSIFY = DensifyConfig(grad_threshold=5e-4)
-MOUTH_DENSIFY = DensifyConfig(grad_threshold=2e-4)
+FACE_DENSIFY = DensifyConfig(grad_threshold=5e-4, min_keep=64)
+MOUTH_DENSIFY = DensifyConfig(grad_threshold=2e-4, min_keep=64)
 
 
 @dataclass
@@ -554,10 +561,12 @@ class Densifier:
     # -- schedule ---------------------------------------------------------------------------
     def min_opacity(self, step: int, total_steps: int) -> float:
         """Opacity prune threshold at ``step`` of a ``total_steps`` stage: linear ramp from
-        ``min_opacity_start`` at step 0 to ``min_opacity_end`` at the end of the densification
-        window (``until_frac * total_steps``), so the last densification uses the end value."""
+        ``min_opacity_start`` at ``start_step`` to ``min_opacity_end`` at the end of the
+        densification window (``until_frac * total_steps``), so the last densification uses
+        the end value."""
         c = self.config
-        t = min(1.0, max(0.0, step / max(1.0, c.until_frac * total_steps)))
+        span = max(1.0, c.until_frac * total_steps - c.start_step)
+        t = min(1.0, max(0.0, (step - c.start_step) / span))
         return c.min_opacity_start + (c.min_opacity_end - c.min_opacity_start) * t
 
     def should_densify(self, step: int, total_steps: int) -> bool:
@@ -692,6 +701,10 @@ class Densifier:
                        > c.max_world_scale_frac * c.scene_extent)
             if c.max_screen_frac is not None:
                 remove |= radii > c.max_screen_frac
+        keep_n = min(c.min_keep, remove.numel())
+        if int((~remove).sum()) < keep_n:  # never empty a branch: keep the most opaque
+            top = torch.topk(gaussians.opacities.detach(), keep_n).indices
+            remove[top] = False
         n_pruned = int(remove.sum())
         prune_gaussians(gaussians, ~remove, optimizer)
         self.reset_stats(gaussians.num, self.grad_accum.device)

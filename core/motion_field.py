@@ -637,7 +637,7 @@ def motion_magnitude_loss(motion: Motion) -> Tensor:
     """``mean|Δxyz| + mean|Δquat| + mean|Δscale| + mean|p_xyz|`` over the terms present
     (METHOD §5, weight 1e-5 in the training loop)."""
     terms = [motion.d_xyz, motion.d_quat, motion.d_scale, motion.p_xyz]
-    return sum(t.abs().mean() for t in terms if t is not None)
+    return sum(t.abs().sum() / max(1, t.numel()) for t in terms if t is not None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -233,10 +233,21 @@ def test_opacity_reset_and_prune_helper():
     _check_optimizer(g, opt)
 
 
+def test_prune_never_empties_a_branch():
+    g = GaussianSet(0).init_random(100, generator=_gen(3))
+    dens = Densifier(DensifyConfig(min_keep=10), g.num)
+    with torch.no_grad():
+        g.opacity_logits.copy_(torch.linspace(-9.0, -5.0, 100))   # all below any threshold
+    stats = dens.densify_and_prune(g, None, min_opacity=0.5)
+    assert g.num == 10 and stats.pruned == 90
+    assert torch.allclose(g.opacity_logits, torch.linspace(-9.0, -5.0, 100)[-10:])
+
+
 def test_densify_schedule():
     d = Densifier(DensifyConfig())
     assert d.min_opacity(0, 10000) == pytest.approx(0.05)
-    assert d.min_opacity(4500, 10000) == pytest.approx(0.175)      # half of the 9000-step window
+    assert d.min_opacity(500, 10000) == pytest.approx(0.05)        # ramp starts at start_step
+    assert d.min_opacity(4750, 10000) == pytest.approx(0.175)      # half of the [500, 9000] window
     assert d.min_opacity(9000, 10000) == pytest.approx(0.30)
     assert d.min_opacity(10000, 10000) == pytest.approx(0.30)
     assert not d.should_densify(400, 10000) and d.should_densify(500, 10000)

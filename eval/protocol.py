@@ -1,0 +1,111 @@
+"""The evaluation protocol of METHOD.md §8: held-out frames of the adaptation clip.
+
+Adaptation uses the first ``train_seconds`` of a processed clip; the test part is the last
+``test_seconds`` (paper: 12 s; never overlapping the training part), driven by its own
+audio, poses and expressions and composited on its own recorded torso/background plate.
+:func:`render_heldout` renders those frames with an avatar's model; :func:`score_frames`
+computes the image and landmark metrics against the recorded frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.avatar import Avatar, load_avatar
+from core.dataset import ProcessedClip
+from core.head import render_frame
+from core.masks import Label
+from core.stages import TrainFrames
+
+TEST_SECONDS = 12.0
+
+
+def test_indices(clip: ProcessedClip, train_seconds: float,
+                 test_seconds: float | None = TEST_SECONDS) -> torch.Tensor:
+    """Held-out frame indices: the last ``test_seconds`` after the training part (all frames
+    after it when the clip is shorter)."""
+    _, test = clip.split(train_seconds, test_seconds)
+    if test.numel() == 0:
+        raise ValueError(f"{clip.root.name}: no frames after the first {train_seconds} s")
+    return test
+
+
+def heldout_frames(clip: ProcessedClip, idx: torch.Tensor, res: int) -> TrainFrames:
+    """The test frames at ``res`` with audio windows read from the whole clip."""
+    return TrainFrames.from_clip(clip, idx, res)
+
+
+@torch.no_grad()
+def render_heldout(avatar: Avatar | str | Path, frames: TrainFrames) -> np.ndarray:
+    """(n, res, res, 3) uint8 frames of the avatar driven by the test frames' own audio,
+    poses and expressions, over their own plates."""
+    av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
+    out = np.empty((frames.n, frames.res, frames.res, 3), np.uint8)
+    for j in range(frames.n):
+        img = render_frame(av.umf, av.ident, frames.cond(j), frames.plates[j])
+        out[j] = (img * 255.0).round().to(torch.uint8).numpy()
+    return out
+
+
+def ground_truth(frames: TrainFrames) -> tuple[np.ndarray, np.ndarray]:
+    """(n, res, res, 3) uint8 recorded frames and (n, res, res) bool face masks
+    (face + mouth interior labels)."""
+    gt = (frames.images * 255.0).round().to(torch.uint8).numpy()
+    lab = frames.labels.numpy()
+    return gt, (lab == Label.FACE) | (lab == Label.MOUTH)
+
+
+@dataclass
+class HeldoutScores:
+    """Metrics of one method on one clip's held-out frames (see :mod:`eval.metrics`)."""
+
+    psnr: float
+    ssim: float
+    psnr_face: float
+    ssim_face: float
+    lpips: float | str
+    lmd_mouth: float
+    lmd_face: float
+    aue_upper: float
+    aue_lower: float
+    num_frames: int
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("psnr", "ssim", "psnr_face", "ssim_face", "lpips",
+                                           "lmd_mouth", "lmd_face", "aue_upper", "aue_lower",
+                                           "num_frames")}
+        d.update(self.extra)
+        return d
+
+
+def score_frames(pred: np.ndarray, gt: np.ndarray, face: np.ndarray,
+                 landmarks: bool = True) -> HeldoutScores:
+    """Image metrics (full frame and face region) and landmark metrics of ``pred`` vs ``gt``
+    (both (n, H, W, 3) uint8; ``face`` (n, H, W) bool)."""
+    from eval.metrics import image_metrics, video_landmark_metrics
+
+    im = image_metrics(pred, gt, face_masks=face)
+    nan = float("nan")
+    lm = video_landmark_metrics(pred, gt) if landmarks else None
+    return HeldoutScores(
+        psnr=im.psnr, ssim=im.ssim, psnr_face=im.psnr_face, ssim_face=im.ssim_face,
+        lpips=im.lpips if isinstance(im.lpips, float) else str(im.lpips),
+        lmd_mouth=lm.lmd_mouth if lm else nan, lmd_face=lm.lmd_face if lm else nan,
+        aue_upper=lm.aue_upper if lm else nan, aue_lower=lm.aue_lower if lm else nan,
+        num_frames=int(pred.shape[0]))
+
+
+def evaluate_avatar(avatar: Avatar | str | Path, clip: ProcessedClip | str | Path,
+                    train_seconds: float, test_seconds: float | None = TEST_SECONDS,
+                    landmarks: bool = True) -> HeldoutScores:
+    """Render and score an avatar on the held-out part of its clip."""
+    av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
+    c = clip if isinstance(clip, ProcessedClip) else ProcessedClip.load(clip)
+    frames = heldout_frames(c, test_indices(c, train_seconds, test_seconds), av.res)
+    pred = render_heldout(av, frames)
+    gt, face = ground_truth(frames)
+    return score_frames(pred, gt, face, landmarks)

@@ -1,0 +1,150 @@
+"""The InsTaG model end to end at a tiny scale on real clips: pre-training, adaptation,
+resume, checkpoints, synthesis."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import checkpoint
+from core.adapt import PRESETS as ADAPT_PRESETS, adapt, load_prior
+from core.audio import AudioFeatureSpec
+from core.avatar import load_avatar
+from core.dataset import ProcessedClip
+from core.errors import InputError
+from core.head import Identity, UMF, render_frame
+from core.objectives import psnr
+from core.preprocess import PreprocessConfig, preprocess
+from core.pretrain import PRESETS as PRETRAIN_PRESETS, pretrain
+from core.stages import TrainFrames
+from core.synthesize import pingpong, synthesize
+
+TINY = replace(ADAPT_PRESETS["tiny"], seconds=3.0)
+
+
+@pytest.fixture(scope="module")
+def clips(clips_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("clips")
+    cfg = PreprocessConfig(res=128, max_frames=75)
+    return {name: preprocess(clips_dir / f"{name}.mp4", root / name, cfg)
+            for name in ("may_5s", "man_suit_5s", "vox_input_00010_224")}
+
+
+@pytest.fixture(scope="module")
+def prior(clips: dict[str, Path], tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prior")
+    return pretrain([clips["man_suit_5s"], clips["vox_input_00010_224"]], root / "prior.safetensors",
+                    PRETRAIN_PRESETS["tiny"], work=root / "work")
+
+
+@pytest.fixture(scope="module")
+def avatar(clips: dict[str, Path], prior: Path, tmp_path_factory) -> Path:
+    return adapt(clips["may_5s"], tmp_path_factory.mktemp("av") / "may", prior, TINY)
+
+
+def test_prior_holds_the_ema_weights(prior: Path) -> None:
+    t, meta = checkpoint.load(prior, kind="prior")
+    assert meta["audio"]["kind"] == "mel" and len(meta["identities"]) == 2
+    assert meta["ema_updates"] > 0
+    state, _ = checkpoint.load(prior.parent / "work" / "pretrain.safetensors", kind="pretrain-state")
+    name = "face.field.mlp.0.weight"
+    assert torch.equal(t[f"umf.{name}"], state[f"ema.shadow.{name}"])
+    assert not torch.equal(t[f"umf.{name}"], state[f"umf.{name}"])  # the average, not the raw
+    assert prior.stat().st_size < 8 << 20  # a few MB
+
+
+def test_adaptation_end_to_end_improves_the_fit(avatar: Path, clips: dict[str, Path]) -> None:
+    av = load_avatar(avatar)
+    assert av.meta["run"]["n_train"] == 75 and av.ident.face_aligner is not None
+    clip = ProcessedClip.load(clips["may_5s"])
+    fr = TrainFrames.from_clip(clip, torch.arange(75), av.res)
+    untrained = Identity(sh_degree=1, aligners=True).init_gaussians(clip.arrays["canonical"])
+    before, after = [], []
+    for j in (5, 30, 60):
+        before.append(psnr(render_frame(UMF(80), untrained, fr.cond(j), fr.plates[j]), fr.images[j]))
+        after.append(psnr(render_frame(av.umf, av.ident, fr.cond(j), fr.plates[j]), fr.images[j]))
+    print(f"\nPSNR before {np.mean(before):.2f} dB, after {np.mean(after):.2f} dB")
+    assert np.mean(after) > np.mean(before) + 2.0
+
+
+def test_resume_continues_from_the_saved_step(clips: dict[str, Path], prior: Path,
+                                              tmp_path: Path) -> None:
+    cfg = replace(TINY, face_steps=30, mouth_steps=10, fuse_steps=4, ckpt_every=20)
+    full = adapt(clips["may_5s"], tmp_path / "full", prior, cfg)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_25(text: str, frac: float) -> None:
+        if text.startswith("face 25/"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        adapt(clips["may_5s"], tmp_path / "resumed", prior, cfg, progress=stop_at_25)
+    assert not (tmp_path / "resumed").exists()
+    seen: list[str] = []
+    adapt(clips["may_5s"], tmp_path / "resumed", prior, cfg, resume=True,
+          progress=lambda text, frac: seen.append(text))
+    assert seen[0].startswith("face 21/30")  # continued after the step-20 checkpoint
+    a, _ = checkpoint.load(full / "model.safetensors")
+    b, _ = checkpoint.load(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k  # same result as an uninterrupted run
+
+
+def test_corrupt_or_wrong_checkpoints_are_refused(avatar: Path, prior: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(avatar, bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-100] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(InputError) as e:
+        load_avatar(bad)
+    assert e.value.code == "corrupt"
+    (bad / "model.safetensors").write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(InputError) as e:
+        load_avatar(bad)
+    assert e.value.code == "corrupt"
+    with pytest.raises(InputError) as e:  # a prior is not an avatar
+        checkpoint.load(prior, kind="avatar")
+    assert e.value.code == "wrong_weights"
+    with pytest.raises(InputError) as e:  # audio feature type mismatch
+        load_prior(prior, AudioFeatureSpec("hubert", 1024, "facebook/hubert-large-ls960-ft"))
+    assert e.value.code == "wrong_weights" and "mel" in str(e.value)
+
+
+def test_synthesis_length_audio_and_mark(avatar: Path, audio_dir: Path, tmp_path: Path) -> None:
+    from core.media import probe, read_audio, read_clip, write_video
+
+    src = read_audio(audio_dir / "zh_news.wav")[: int(2.3 * 16000)]  # 48 kHz source, 2.3 s
+    clip_path = tmp_path / "speech.mp4"  # drive it from the audio track of a video
+    write_video(clip_path, (np.zeros((64, 64, 3), np.uint8) for _ in range(58)), audio=src)
+    r = synthesize(avatar, clip_path, tmp_path / "out.mp4")
+    info = probe(r.path)
+    T = int(np.ceil(read_audio(clip_path).shape[0] / 640))  # the track's length (AAC pads it)
+    assert abs(T - 58) <= 2
+    assert r.frames == T and info.num_video_frames == T
+    assert info.has_audio and abs(info.audio_end_s - T / 25) < 0.05
+    assert "AI-generated" in info.metadata.get("comment", "")
+    out = read_clip(r.path)
+    assert out.num_frames == T
+    # the driving audio is in the file, aligned with the frames
+    ref = read_audio(clip_path)[: out.audio.shape[0]]
+    assert np.corrcoef(out.audio[: ref.shape[0]], ref)[0, 1] > 0.95
+    # the visible mark: a dark label box with white text in the bottom-left corner
+    h = out.frames.shape[1]
+    corner = out.frames[:, int(0.8 * h):, : h // 2].astype(int)
+    assert (corner.max(-1) > 200).mean() > 0.01 and (corner.max(-1) < 40).mean() > 0.05
+    assert r.render_fps > 0
+
+
+def test_pingpong_loops_without_jumps() -> None:
+    seq = [pingpong(t, 4) for t in range(10)]
+    assert seq == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert all(pingpong(t, 1) == 0 for t in range(5))
