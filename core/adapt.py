@@ -33,13 +33,13 @@ from core.audio import AudioFeatureSpec
 from core.avatar import ident_from_tensors, ident_tensors, save_avatar
 from core.dataset import ProcessedClip
 from core.errors import InputError
-from core.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig, GaussianLR
+from core.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig
 from core.head import Identity, UMF, mouth_dilation
-from core.motion_field import HOOK_K_RANGE, TriPlaneEncoder
-from core.stages import TrainFrames, face_step, fuse_step, mouth_step
+from core.progress import ProgressBar, ProgressFn, format_seconds
+from core.motion_field import HOOK_K_RANGE
+from core.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
+                         mouth_step)
 
-#: ``progress(text, fraction)`` -- text like "face 300/1500, 2:10 left", fraction of the job.
-ProgressFn = Callable[[str, float], None]
 STAGES = ("face", "mouth", "fuse")
 
 
@@ -97,18 +97,6 @@ PRESETS: dict[str, AdaptConfig] = {
     "cpu": AdaptConfig(),
     "tiny": AdaptConfig(res=96, face_steps=40, mouth_steps=20, fuse_steps=10, ckpt_every=20),
 }
-
-
-def umf_optimizer(umf: UMF, cfg: AdaptConfig) -> torch.optim.AdamW:
-    """AdamW over the UMF: grids at ``umf_lr_grid``, the rest at ``umf_lr_mlp``
-    (``base_lr`` kept in each group for the schedule)."""
-    grid_ids = {id(p) for m in umf.modules() if isinstance(m, TriPlaneEncoder) for p in m.parameters()}
-    grids = [p for p in umf.parameters() if id(p) in grid_ids]
-    rest = [p for p in umf.parameters() if id(p) not in grid_ids]
-    return torch.optim.AdamW([
-        {"params": grids, "lr": cfg.umf_lr_grid, "base_lr": cfg.umf_lr_grid, "name": "grids"},
-        {"params": rest, "lr": cfg.umf_lr_mlp, "base_lr": cfg.umf_lr_mlp, "name": "mlps"},
-    ], weight_decay=cfg.weight_decay)
 
 
 def umf_lr_factor(step: int, stage_steps: int, cfg: AdaptConfig, has_prior: bool) -> float:
@@ -178,16 +166,14 @@ def _densifier(base: DensifyConfig, stage_steps: int, cfg: AdaptConfig, n: int) 
     return Densifier(replace(base, start_step=start), n)
 
 
-def _gauss_opt(gs, fuse: bool = False) -> torch.optim.Adam:
-    groups = gs.param_groups(GaussianLR(), scene_extent=0.2)
-    if fuse:
-        groups = [g for g in groups if g["name"] in ("sh_dc", "sh_rest", "opacity_logits")]
-    return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
-
-
 def load_prior(path: str | os.PathLike, spec: AudioFeatureSpec | None = None) -> tuple[UMF, dict]:
-    """The prior's UMF (EMA weights) and metadata; refuses a mismatched audio feature type."""
-    t, meta = checkpoint.load(path, kind="prior")
+    """The prior's UMF (EMA weights) and metadata; refuses a mismatched audio feature type.
+
+    ``path``: a .safetensors file or a name from ``weights/manifest.json``
+    (:func:`core.weights.resolve_prior`)."""
+    from core.weights import resolve_prior
+
+    t, meta = checkpoint.load(resolve_prior(path), kind="prior")
     prior_spec = AudioFeatureSpec.from_dict(meta["audio"])
     if spec is not None:
         prior_spec.check_matches(spec)
@@ -199,7 +185,9 @@ def load_prior(path: str | os.PathLike, spec: AudioFeatureSpec | None = None) ->
 def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathLike | None,
           cfg: AdaptConfig | None = None, progress: ProgressFn | None = None,
           resume: bool = False, work: str | os.PathLike | None = None,
-          log: Callable[[str], None] | None = None) -> Path:
+          log: Callable[[str], None] | None = None,
+          observe: Callable[[int, UMF, Identity], None] | None = None,
+          observe_every: int = 250) -> Path:
     """Create an avatar folder from a clip.
 
     Args:
@@ -211,6 +199,9 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         resume: continue from the work folder's checkpoint.
         work: work folder (default: ``.<out name>.work`` beside ``out``); removed on success.
         log: receives one line per logged step (default: silent).
+        observe: called as ``observe(steps_done, umf, ident)`` every ``observe_every``
+            steps over all stages (and after the last step), e.g. to score held-out frames
+            along training (the benchmark's PSNR-vs-steps curve). It must not change them.
 
     Returns:
         The avatar folder.
@@ -223,8 +214,9 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     say = log or (lambda line: None)
 
     clip = Path(clip)
+    n_want = int(round(cfg.seconds * 25))  # only the training seconds are loaded
     if clip.is_dir():
-        pclip = ProcessedClip.load(clip)
+        pclip = ProcessedClip.load(clip, max_frames=n_want)
     else:
         from core.preprocess import PreprocessConfig, preprocess
 
@@ -233,7 +225,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             report("preprocessing the clip", 0.0)
             preprocess(clip, pdir, PreprocessConfig(res=max(cfg.res, 256)),
                        progress=lambda s, f: report(f"preprocessing: {s}", 0.1 * f), overwrite=True)
-        pclip = ProcessedClip.load(pdir)
+        pclip = ProcessedClip.load(pdir, max_frames=n_want)
     spec = AudioFeatureSpec.from_dict(pclip.manifest["audio"])
     n_train = min(pclip.num_frames, int(round(cfg.seconds * 25)))
     frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, audio_limit=n_train)
@@ -292,16 +284,16 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         gs = ident.face if stage == "face" else ident.mouth
         opts: dict[str, torch.optim.Optimizer] = {}
         if stage in ("face", "mouth"):
-            opts["gauss"] = _gauss_opt(gs)
-            opts["umf"] = umf_optimizer(umf, cfg)
+            opts["gauss"] = gaussian_optimizer(gs)
+            opts["umf"] = field_optimizer(umf, cfg.umf_lr_grid, cfg.umf_lr_mlp, cfg.weight_decay)
             aligner = ident.face_aligner if stage == "face" else ident.mouth_aligner
             if aligner is not None:
                 opts["aligner"] = torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner_lr,
                                                     weight_decay=cfg.weight_decay)
             d = _densifier(FACE_DENSIFY if stage == "face" else MOUTH_DENSIFY, steps, cfg, gs.num)
         else:
-            opts["face"] = _gauss_opt(ident.face, fuse=True)
-            opts["mouth"] = _gauss_opt(ident.mouth, fuse=True)
+            opts["face"] = gaussian_optimizer(ident.face, colours_and_opacity_only=True)
+            opts["mouth"] = gaussian_optimizer(ident.mouth, colours_and_opacity_only=True)
             d = None
         if opt_state and state.step > 0:
             for name, o in opts.items():
@@ -360,10 +352,13 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             el = time.perf_counter() - t_start
             rate = (done - done_before) / max(el, 1e-6)
             left = (cfg.total_steps - done) / max(rate, 1e-6)
-            report(f"{stage} {state.step}/{steps}, {_fmt(left)} left", done / cfg.total_steps)
+            report(f"{stage} {state.step}/{steps}, {format_seconds(left)} left", done / cfg.total_steps)
             if state.step % 50 == 0 or state.step == steps:
                 say(f"{stage} {state.step}/{steps} loss {running:.4f} "
                     f"gaussians {ident.face.num}+{ident.mouth.num} {rate:.2f} steps/s")
+            if observe is not None and (done % observe_every == 0 or done == cfg.total_steps):
+                with torch.no_grad():
+                    observe(done, umf, ident)
             if state.step % cfg.ckpt_every == 0 and state.step < steps:
                 save_ckpt(opts, d)
         save_ckpt(opts, None)
@@ -387,15 +382,12 @@ def _steps_done(state: AdaptState, cfg: AdaptConfig) -> int:
     return before[state.stage] + state.step
 
 
-def _fmt(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.adapt", description=__doc__.split("\n")[0])
     p.add_argument("clip", help="video file or processed-clip folder")
-    p.add_argument("--prior", required=True, help="prior checkpoint, or 'none' (from scratch)")
+    p.add_argument("--prior", default="prior_mel_cpu",
+                   help="prior file or weights/manifest.json name (default: the shipped "
+                        "prior_mel_cpu), or 'none' to train from scratch")
     p.add_argument("--out", required=True, help="avatar folder to write")
     p.add_argument("--seconds", type=float, default=None, help="training seconds (default 5)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -416,21 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.seed is not None:
         cfg = replace(cfg, seed=a.seed)
     prior = None if a.prior.lower() == "none" else a.prior
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, bar_format="{l_bar}{bar}| {elapsed} {desc}")
-
-    def progress(text: str, frac: float) -> None:
-        bar.set_description_str(text, refresh=False)
-        bar.update(round(frac * 1000) - bar.n)
-
-    try:
-        out = adapt(a.clip, a.out, prior, cfg, progress, resume=a.resume, log=bar.write)
-    except InputError as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bar.close()
+    with ProgressBar() as bar:
+        try:
+            out = adapt(a.clip, a.out, prior, cfg, bar, resume=a.resume, log=bar.write)
+        except InputError as e:
+            bar.close()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(f"avatar written to {out}")
     return 0
 

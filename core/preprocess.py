@@ -53,22 +53,19 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from core.errors import InputError
+from core.progress import ProgressBar, ProgressFn
 
 FORMAT_VERSION = 1
 FPS = 25.0
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = 640
 
-#: ``progress(stage, fraction)``: stage is a short human-readable label, fraction in [0, 1]
-#: of the whole preprocessing job.
-ProgressFn = Callable[[str, float], None]
 
 
 @dataclass
@@ -315,21 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PreprocessConfig(res=a.res or default_res(), audio=a.audio, hubert_model=a.hubert_model,
                            allow_download=a.allow_download, max_seconds=a.max_seconds,
                            max_frames=a.max_frames)
-    from tqdm import tqdm
-
-    bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed} {desc}")
-
-    def progress(stage: str, frac: float) -> None:
-        bar.set_description_str(stage)
-        bar.update(round(frac * 100) - bar.n)
-
-    try:
-        out = preprocess(a.clip, a.out, cfg, progress, overwrite=a.overwrite)
-    except InputError as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bar.close()
+    with ProgressBar() as bar:
+        try:
+            out = preprocess(a.clip, a.out, cfg, bar, overwrite=a.overwrite)
+        except InputError as e:
+            bar.close()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     m = json.loads((out / "manifest.json").read_text())
     tr = m["tracking"]
     print(f"{out}: {m['num_frames']} frames at {m['res']}², focal {m['focal']:.0f} px, "

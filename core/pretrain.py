@@ -27,15 +27,16 @@ from typing import Callable
 import torch
 
 from core import checkpoint
-from core.adapt import ProgressFn, _fmt, _gauss_opt
+from core.adapt import AdaptConfig, Curriculum
 from core.audio import AudioFeatureSpec
 from core.avatar import ident_from_tensors, ident_tensors
 from core.dataset import ProcessedClip
 from core.errors import InputError
 from core.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier
 from core.head import Identity, UMF
-from core.motion_field import EMA, HOOK_K_RANGE, TriPlaneEncoder
-from core.stages import TrainFrames, face_step, mouth_step
+from core.motion_field import EMA, HOOK_K_RANGE
+from core.progress import ProgressBar, ProgressFn, format_seconds
+from core.stages import TrainFrames, face_step, field_optimizer, gaussian_optimizer, mouth_step
 
 PASSES = ("face", "mouth")
 
@@ -53,7 +54,8 @@ class PretrainConfig:
         umf_lr_grid, umf_lr_mlp: AdamW rates of grids / MLPs (5e-3 / 5e-4), also used for the
             personalised fields; decay ``0.5^(step / decay_steps)``.
         decay_steps: the learning-rate half-life in steps (paper 100k of 150k).
-        ema_decay: EMA of the UMF weights (0.995).
+        ema_decay: EMA of the UMF weights (0.995), one average per branch, each updated
+            only during its own pass (the face average must not drift during the mouth pass).
         contrast_weight: negative contrast loss weight (1).
         sh_degree: SH degree of the identities' Gaussians (2).
         densify_start: first densification step of each identity (per-identity steps).
@@ -86,16 +88,6 @@ PRESETS: dict[str, PretrainConfig] = {
     "tiny": PretrainConfig(res=64, max_seconds=4.0, face_steps=30, mouth_steps=20, face_warmup=5,
                            mouth_warmup=5, decay_steps=50, densify_start=10, ckpt_every=10),
 }
-
-
-def _field_optimizer(params_owner: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
-    grid_ids = {id(p) for m in params_owner.modules() if isinstance(m, TriPlaneEncoder)
-                for p in m.parameters()}
-    grids = [p for p in params_owner.parameters() if id(p) in grid_ids]
-    rest = [p for p in params_owner.parameters() if id(p) not in grid_ids]
-    return torch.optim.AdamW([{"params": grids, "lr": cfg.umf_lr_grid, "base_lr": cfg.umf_lr_grid},
-                              {"params": rest, "lr": cfg.umf_lr_mlp, "base_lr": cfg.umf_lr_mlp}],
-                             weight_decay=0.0)
 
 
 def _load_clips(clips: list[str | os.PathLike], work: Path, report: ProgressFn) -> list[ProcessedClip]:
@@ -149,7 +141,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
     umf = UMF(spec.dim)
     idents = [Identity(sh_degree=cfg.sh_degree, personalised=True).init_gaussians(
         c.arrays["canonical"], gen) for c in pclips]
-    ema = EMA(umf, cfg.ema_decay)
+    emas = {"face": EMA(umf.face, cfg.ema_decay), "mouth": EMA(umf.mouth, cfg.ema_decay)}
     run_meta = {"config": asdict(cfg), "identities": [
         {"name": c.manifest["source"]["name"], "sha256": c.manifest["source"]["sha256"],
          "frames": f.n} for c, f in zip(pclips, frames)], "audio": spec.to_dict()}
@@ -165,12 +157,15 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
                              "Pass the same clips and settings, or start without --resume.")
         idents = [ident_from_tensors(checkpoint.prefixed(t, f"id{i}.")) for i in range(n_id)]
         umf.load_state_dict(checkpoint.prefixed(t, "umf."))
-        ema.load_state_dict(checkpoint.prefixed(t, "ema."))
+        for b, e in emas.items():
+            e.load_state_dict(checkpoint.prefixed(t, f"ema.{b}."))
         checkpoint.load_rng_tensors(gen, t)
         stage, step, counters, losses = meta["stage"], meta["step"], meta["counters"], meta["losses"]
         saved = t
         say(f"resumed at {stage} step {step}")
 
+    # mouth pass: frames showing the mouth interior, favouring wider openings (as adaptation)
+    curricula = [Curriculum(f, AdaptConfig(), gen) for f in frames]
     total = cfg.face_steps + cfg.mouth_steps
     t_start = time.perf_counter()
     done_before = step + (cfg.face_steps if stage == "mouth" else 0)
@@ -191,9 +186,9 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
         for p in umf.mouth.parameters():
             p.requires_grad_(branch == "mouth")
         personal = [getattr(i, f"{branch}_personal") for i in idents]
-        gauss_opts = [_gauss_opt(getattr(i, branch)) for i in idents]
-        pers_opts = [_field_optimizer(p, cfg) for p in personal]
-        umf_opt = _field_optimizer(getattr(umf, branch), cfg)
+        gauss_opts = [gaussian_optimizer(getattr(i, branch)) for i in idents]
+        pers_opts = [field_optimizer(p, cfg.umf_lr_grid, cfg.umf_lr_mlp) for p in personal]
+        umf_opt = field_optimizer(getattr(umf, branch), cfg.umf_lr_grid, cfg.umf_lr_mlp)
         per_id = max(1, steps // n_id)
         dens = [Densifier(replace(FACE_DENSIFY if branch == "face" else MOUTH_DENSIFY,
                                   start_step=cfg.densify_start), getattr(i, branch).num)
@@ -211,7 +206,8 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
 
         def save_ckpt() -> None:
             tensors = {**checkpoint.module_tensors(umf, "umf."), **checkpoint.rng_tensors(gen),
-                       **{f"ema.{k}": v for k, v in ema.state_dict().items()},
+                       **{f"ema.{b}.{k}": v for b, e in emas.items()
+                          for k, v in e.state_dict().items()},
                        **checkpoint.optimizer_tensors(umf_opt, "opt.umf.")}
             for i in range(n_id):
                 tensors.update({f"id{i}.{k}": v for k, v in ident_tensors(idents[i]).items()})
@@ -236,7 +232,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
             for o in [umf_opt, pers_opts[i]]:
                 for g in o.param_groups:
                     g["lr"] = g["base_lr"] * f
-            j = int(torch.randint(fr.n, (1,), generator=gen))
+            j = curricula[i].mouth() if branch == "mouth" else int(torch.randint(fr.n, (1,), generator=gen))
             bg = torch.rand(3, generator=gen)
             others = [personal[k] for k in range(n_id) if k != i]
             if branch == "face":
@@ -256,7 +252,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
             if not static:
                 pers_opts[i].step()
                 umf_opt.step()
-                ema.update(umf)
+                emas[branch].update(getattr(umf, branch))
             for o in (gauss_opts[i], pers_opts[i], umf_opt):
                 o.zero_grad(set_to_none=True)
             dens[i].step(ls, per_id, gs, gauss_opts[i], generator=gen)
@@ -267,7 +263,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
             done = step + (cfg.face_steps if pass_name == "mouth" else 0)
             el = time.perf_counter() - t_start
             rate = (done - done_before) / max(el, 1e-6)
-            report(f"{pass_name} {step}/{steps}, {_fmt((total - done) / max(rate, 1e-6))} left",
+            report(f"{pass_name} {step}/{steps}, {format_seconds((total - done) / max(rate, 1e-6))} left",
                    done / total)
             if step % 100 == 0 or step == steps:
                 say(f"{pass_name} {step}/{steps} loss {losses[pass_name]:.4f} "
@@ -277,11 +273,12 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
                 save_ckpt()
 
     wall = time.perf_counter() - t_start
-    prior_t = {f"umf.{k}": v for k, v in ema.averaged_state_dict(umf).items()}
+    prior_t = {f"umf.{b}.{k}": v for b, e in emas.items()
+               for k, v in e.averaged_state_dict(getattr(umf, b)).items()}
     meta = {"kind": "prior", "audio": spec.to_dict(), "res": cfg.res,
             "steps": {"face": cfg.face_steps, "mouth": cfg.mouth_steps},
             "identities": run_meta["identities"], "config": asdict(cfg),
-            "final_losses": losses, "ema_updates": ema.num_updates,
+            "final_losses": losses, "ema_updates": {b: e.num_updates for b, e in emas.items()},
             "wall_s_last_sitting": round(wall, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": {"torch": torch.__version__}}
@@ -305,21 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, face_steps=a.steps[0], mouth_steps=a.steps[1])
     if a.seed is not None:
         cfg = replace(cfg, seed=a.seed)
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, bar_format="{l_bar}{bar}| {elapsed} {desc}")
-
-    def progress(text: str, frac: float) -> None:
-        bar.set_description_str(text, refresh=False)
-        bar.update(round(frac * 1000) - bar.n)
-
-    try:
-        out = pretrain(a.clips, a.out, cfg, progress, resume=a.resume, work=a.work, log=bar.write)
-    except InputError as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bar.close()
+    with ProgressBar() as bar:
+        try:
+            out = pretrain(a.clips, a.out, cfg, bar, resume=a.resume, work=a.work, log=bar.write)
+        except InputError as e:
+            bar.close()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(f"prior written to {out}")
     return 0
 

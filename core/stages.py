@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.dataset import ProcessedClip
+from core.gaussians import GaussianLR, GaussianSet
 from core.head import (FrameCond, Identity, UMF, composite, face_motion, hook_from_face,
                        mouth_motion, render_branch)
 from core.masks import Label
-from core.motion_field import Motion, audio_windows, motion_magnitude_loss
+from core.motion_field import Motion, TriPlaneEncoder, audio_windows, motion_magnitude_loss
 from core.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, MOTION_WEIGHT, MOUTH_OUTSIDE_WEIGHT,
                              alpha_loss, box_mask, gate_loss, photometric)
 
@@ -100,6 +101,29 @@ class TrainFrames:
         return FrameCond(viewmat=self.viewmats[j], K=self.K, width=self.res, height=self.res,
                          audio_win=audio_windows(self.audio, int(self.index[j]))[0],
                          expr=self.expr[j])
+
+
+def gaussian_optimizer(gs: GaussianSet, colours_and_opacity_only: bool = False) -> torch.optim.Adam:
+    """Adam over a Gaussian set with the 3DGS per-parameter rates (head scene extent 0.2 m);
+    ``colours_and_opacity_only`` for the fuse stage."""
+    groups = gs.param_groups(GaussianLR(), scene_extent=0.2)
+    if colours_and_opacity_only:
+        groups = [g for g in groups if g["name"] in ("sh_dc", "sh_rest", "opacity_logits")]
+    return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
+
+
+def field_optimizer(module: torch.nn.Module, lr_grid: float, lr_mlp: float,
+                    weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW over a motion field: tri-plane grids at ``lr_grid``, everything else at
+    ``lr_mlp``; each group keeps its ``base_lr`` for the schedules."""
+    grid_ids = {id(p) for m in module.modules() if isinstance(m, TriPlaneEncoder)
+                for p in m.parameters()}
+    grids = [p for p in module.parameters() if id(p) in grid_ids]
+    rest = [p for p in module.parameters() if id(p) not in grid_ids]
+    return torch.optim.AdamW([
+        {"params": grids, "lr": lr_grid, "base_lr": lr_grid, "name": "grids"},
+        {"params": rest, "lr": lr_mlp, "base_lr": lr_mlp, "name": "mlps"},
+    ], weight_decay=weight_decay)
 
 
 def _resize(x: Tensor, res: int) -> Tensor:

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -30,11 +30,11 @@ from core.avatar import Avatar, load_avatar
 from core.errors import InputError
 from core.head import FrameCond, render_frame
 from core.motion_field import audio_windows
+from core.progress import ProgressBar, ProgressFn
 
 AI_STATEMENT = ("AI-generated video: a synthetic talking-head avatar (InsTaG) speaking the "
                 "given audio. It does not show a real recording.")
 MARK_TEXT = "AI-generated"
-ProgressFn = Callable[[str, float], None]
 
 
 @dataclass
@@ -155,21 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-mark", action="store_true", help="omit the visible AI-generated label "
                    "(the metadata statement stays)")
     a = p.parse_args(argv)
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {desc}")
-
-    def progress(text: str, frac: float) -> None:
-        bar.set_description_str(text, refresh=False)
-        bar.update(round(frac * 1000) - bar.n)
-
-    try:
-        r = synthesize(a.avatar, a.audio, a.out, progress, a.max_seconds, mark=not a.no_mark)
-    except InputError as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bar.close()
+    with ProgressBar() as bar:
+        try:
+            r = synthesize(a.avatar, a.audio, a.out, bar, a.max_seconds, mark=not a.no_mark)
+        except InputError as e:
+            bar.close()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(f"{r.path}: {r.frames} frames ({r.seconds:.2f} s of audio), rendering {r.render_fps:.1f} FPS")
     return 0
 

@@ -109,3 +109,29 @@ def evaluate_avatar(avatar: Avatar | str | Path, clip: ProcessedClip | str | Pat
     pred = render_heldout(av, frames)
     gt, face = ground_truth(frames)
     return score_frames(pred, gt, face, landmarks)
+
+
+class HeldoutCurve:
+    """An ``adapt(observe=...)`` callback: face-region and full-frame PSNR of a fixed subset of
+    held-out frames along training. ``points``: list of (steps, psnr, psnr_face)."""
+
+    def __init__(self, clip: ProcessedClip, train_seconds: float, res: int,
+                 test_seconds: float | None = TEST_SECONDS, num_frames: int = 25) -> None:
+        from eval.metrics import psnr as psnr_metric
+
+        idx = test_indices(clip, train_seconds, test_seconds)
+        pick = torch.linspace(0, idx.numel() - 1, min(num_frames, idx.numel())).round().long()
+        self.frames = heldout_frames(clip, idx[pick], res)
+        self.gt, self.face = ground_truth(self.frames)
+        self._psnr = psnr_metric
+        self.points: list[tuple[int, float, float]] = []
+
+    @torch.no_grad()
+    def __call__(self, steps: int, umf, ident) -> None:
+        full, face = [], []
+        for j in range(self.frames.n):
+            img = render_frame(umf, ident, self.frames.cond(j), self.frames.plates[j])
+            pred = (img * 255.0).round().to(torch.uint8).numpy()
+            full.append(self._psnr(pred, self.gt[j]))
+            face.append(self._psnr(pred, self.gt[j], self.face[j]))
+        self.points.append((int(steps), float(np.mean(full)), float(np.mean(face))))

@@ -48,11 +48,13 @@ def avatar(clips: dict[str, Path], prior: Path, tmp_path_factory) -> Path:
 def test_prior_holds_the_ema_weights(prior: Path) -> None:
     t, meta = checkpoint.load(prior, kind="prior")
     assert meta["audio"]["kind"] == "mel" and len(meta["identities"]) == 2
-    assert meta["ema_updates"] > 0
+    assert meta["ema_updates"]["face"] > 0 and meta["ema_updates"]["mouth"] > 0
     state, _ = checkpoint.load(prior.parent / "work" / "pretrain.safetensors", kind="pretrain-state")
-    name = "face.field.mlp.0.weight"
-    assert torch.equal(t[f"umf.{name}"], state[f"ema.shadow.{name}"])
-    assert not torch.equal(t[f"umf.{name}"], state[f"umf.{name}"])  # the average, not the raw
+    for branch in ("face", "mouth"):
+        name = "field.mlp.0.weight"
+        avg = state[f"ema.{branch}.shadow.{name}"]
+        assert torch.equal(t[f"umf.{branch}.{name}"], avg)
+        assert not torch.equal(avg, state[f"umf.{branch}.{name}"])  # the average, not the raw
     assert prior.stat().st_size < 8 << 20  # a few MB
 
 
