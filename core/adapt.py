@@ -244,7 +244,6 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     ckpt = work / "adapt.safetensors"
     run_meta = {"config": asdict(cfg), "prior": str(prior) if prior else None,
                 "clip_sha256": pclip.manifest["source"]["sha256"], "n_train": n_train}
-    dens: dict[str, Densifier] = {}
     opt_state: dict[str, Tensor] = {}
     if resume and ckpt.is_file():
         t, meta = checkpoint.load(ckpt, kind="adapt-state")
