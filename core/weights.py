@@ -75,21 +75,34 @@ def resolve_prior(name_or_path: str | os.PathLike = DEFAULT_PRIOR,
                                  "Restore it from the repository or re-create it "
                                  "(weights/README.md).")
         return local
+    return hub_file(entry.repo_id, entry.file, entry.revision, allow_download)
+
+
+def hub_file(repo_id: str, filename: str, revision: str | None,
+             allow_download: bool | None = None) -> Path:
+    """A file of a Hugging Face repo at a pinned revision, from the local cache unless
+    ``allow_download`` (default: ``INSTAG_ALLOW_DOWNLOAD=1``) permits fetching it.
+
+    Raises:
+        InputError('wrong_weights'): not cached (offline) or not fetchable; the message names
+        the repo, file and revision and how to provide them.
+    """
     if allow_download is None:
         allow_download = os.environ.get("INSTAG_ALLOW_DOWNLOAD") == "1"
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    where = f"{repo_id}/{filename} @ {revision or 'main'}"
     try:
-        return Path(hf_hub_download(entry.repo_id, entry.file, revision=entry.revision,
+        return Path(hf_hub_download(repo_id, filename, revision=revision,
                                     local_files_only=not allow_download))
     except LocalEntryNotFoundError as e:
-        raise InputError("wrong_weights", f"The prior {entry.name} ({entry.repo_id}/{entry.file} "
-                         f"@ {entry.revision}) is not in the local Hugging Face cache.",
+        raise InputError("wrong_weights", f"{where} is not in the local Hugging Face cache.",
                          "Download it on a networked machine (`huggingface-cli download "
-                         f"{entry.repo_id} {entry.file} --revision {entry.revision}`), or set "
+                         f"{repo_id} {filename} --revision {revision or 'main'}`), or set "
                          "INSTAG_ALLOW_DOWNLOAD=1, or pass a local .safetensors path.") from e
     except Exception as e:  # network or repository errors: say what failed
-        raise InputError("wrong_weights", f"Could not fetch {entry.repo_id}/{entry.file} "
+        raise InputError("wrong_weights", f"Could not fetch {where} "
                          f"({e.__class__.__name__}: {e}).",
-                         "Check the network and the repository, or pass a local path.") from e
+                         "Check the network, the repo id, file name and revision, or pass a "
+                         "local path.") from e

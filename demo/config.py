@@ -1,0 +1,117 @@
+"""App settings (:class:`AppConfig`), read from the environment with offline defaults."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The shipped prior (a name in ``weights/manifest.json``, file ``weights/<name>.safetensors``):
+#: the offline default.
+DEFAULT_PRIOR = "prior_mel_cpu"
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+def _env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def default_preset() -> str:
+    """``gpu`` with CUDA, else ``cpu``."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class AppConfig:
+    """Settings of the Gradio app.
+
+    Attributes:
+        data_root: private folder of the avatar store (env ``INSTAG_APP_DATA``).
+        preset: adaptation preset, a key of ``core.adapt.PRESETS`` (env ``INSTAG_PRESET``).
+        prior: prior checkpoint path or shipped prior name (``weights/manifest.json``), or
+            ``"none"`` to adapt from scratch (env ``INSTAG_PRIOR``).
+        prior_repo: Hugging Face model repo holding the prior, used when ``prior`` is not a
+            local file (env ``INSTAG_PRIOR_REPO``); ``prior_filename`` / ``prior_revision``
+            (a pinned commit) select the file.
+        allow_download: let huggingface-hub download the prior (env ``INSTAG_ALLOW_DOWNLOAD``);
+            off by default, so only an already cached copy is used.
+        max_upload_mb: largest accepted upload (MB).
+        min_clip_s, max_clip_s: accepted clip length for creating an avatar (s).
+        max_audio_s: longest driving audio for Talk (s).
+        preview_s: seconds of the clip's own audio rendered as the preview.
+        expiry_hours: avatars, uploads and renders are deleted this long after creation.
+        concurrency: long jobs (create, talk, benchmark) that run at the same time.
+        max_queue: waiting jobs accepted before new ones are refused.
+        max_avatars: avatars one session may hold at once.
+        sweep_minutes: how often expired data is removed.
+    """
+
+    data_root: Path = field(default_factory=lambda: Path.home() / ".cache" / "instag-app")
+    preset: str = field(default_factory=default_preset)
+    prior: str = DEFAULT_PRIOR
+    prior_repo: str | None = None
+    prior_filename: str = "prior_mel_cpu.safetensors"
+    prior_revision: str | None = None
+    allow_download: bool = False
+    max_upload_mb: int = 200
+    min_clip_s: float = 4.0
+    max_clip_s: float = 60.0
+    max_audio_s: float = 120.0
+    preview_s: float = 3.0
+    expiry_hours: float = 24.0
+    concurrency: int = 1
+    max_queue: int = 20
+    max_avatars: int = 5
+    sweep_minutes: float = 10.0
+
+    @classmethod
+    def from_env(cls, **overrides) -> AppConfig:
+        """Defaults, then ``INSTAG_*`` environment variables, then ``overrides``."""
+        env = os.environ
+        kw: dict = {}
+        if env.get("INSTAG_APP_DATA"):
+            kw["data_root"] = Path(env["INSTAG_APP_DATA"]).expanduser()
+        if env.get("INSTAG_PRESET"):
+            kw["preset"] = env["INSTAG_PRESET"]
+        if env.get("INSTAG_PRIOR"):
+            kw["prior"] = env["INSTAG_PRIOR"]
+        if env.get("INSTAG_PRIOR_REPO"):
+            kw["prior_repo"] = env["INSTAG_PRIOR_REPO"]
+        if env.get("INSTAG_PRIOR_FILENAME"):
+            kw["prior_filename"] = env["INSTAG_PRIOR_FILENAME"]
+        if env.get("INSTAG_PRIOR_REVISION"):
+            kw["prior_revision"] = env["INSTAG_PRIOR_REVISION"]
+        kw["allow_download"] = _env_bool("INSTAG_ALLOW_DOWNLOAD", False)
+        kw["max_upload_mb"] = int(_env_float("INSTAG_MAX_UPLOAD_MB", cls.max_upload_mb))
+        kw["max_clip_s"] = _env_float("INSTAG_MAX_CLIP_S", cls.max_clip_s)
+        kw["max_audio_s"] = _env_float("INSTAG_MAX_AUDIO_S", cls.max_audio_s)
+        kw["expiry_hours"] = _env_float("INSTAG_EXPIRY_HOURS", cls.expiry_hours)
+        kw["concurrency"] = int(_env_float("INSTAG_CONCURRENCY", cls.concurrency))
+        kw.update(overrides)
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse impossible settings early (at start-up, not in the middle of a job)."""
+        from core.adapt import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; one of {sorted(PRESETS)}")
+        if not 0 < self.min_clip_s < self.max_clip_s:
+            raise ValueError("need 0 < min_clip_s < max_clip_s")
+        if self.concurrency < 1 or self.expiry_hours <= 0:
+            raise ValueError("concurrency must be >= 1 and expiry_hours > 0")
+
+    @property
+    def expiry_s(self) -> float:
+        return self.expiry_hours * 3600.0

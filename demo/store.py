@@ -1,0 +1,299 @@
+"""Session-private avatar store with consent records, an audit log and expiry.
+
+Layout under ``root``::
+
+    avatars/<id>/record.json    owner key, name, times, source name and hash (atomic write)
+    avatars/<id>/consent.json   the consent record: time, statement (text and version),
+                                clip sha256 and size
+    avatars/<id>/clip.<ext>     the uploaded clip (kept for previews and benchmarks)
+    avatars/<id>/avatar/        the core avatar folder (core.avatar)
+    avatars/<id>/preview.mp4    the preview render
+    avatars/<id>/renders/       the Talk renders
+    avatars/<id>/.incomplete    present while the avatar is being created
+    jobs/<id>/                  outputs of one benchmark job (job.json: owner, expiry;
+                                consent.json for an uploaded clip)
+    audit.jsonl                 append-only log: created, create_failed, deleted, expired,
+                                benchmark_consent
+
+Ids are 128-bit random (``secrets``). Owners are browser sessions, identified by a random
+server-side token that never leaves the server; only its sha256 (the *owner key*) is
+written to disk. Every lookup checks the owner: another session's id behaves exactly like
+an id that does not exist.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+#: Version of :data:`CONSENT_STATEMENT`; bump it whenever the wording changes.
+STATEMENT_VERSION = "1"
+CONSENT_STATEMENT = (
+    "I am the person in this video, or I have their explicit permission to create a "
+    "talking avatar of them. I will not use the avatar to deceive, impersonate or harm "
+    "anyone, and I understand that everything it renders is marked as AI-generated.")
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_INCOMPLETE = ".incomplete"
+
+
+class NotFound(LookupError):
+    """No such avatar for this session (missing, expired, or someone else's)."""
+
+
+def iso(t: float) -> str:
+    """UTC ISO-8601 time stamp with seconds."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file in the same folder, fsync, rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class AvatarRecord:
+    """One avatar's ``record.json``."""
+
+    id: str
+    owner: str
+    name: str
+    created: float
+    expires: float
+    source_name: str
+    clip_sha256: str
+    clip_file: str
+    preset: str = ""
+
+
+class AvatarStore:
+    """Avatars and job outputs, private to the session that made them."""
+
+    def __init__(self, root: str | os.PathLike, expiry_s: float, max_per_owner: int = 5) -> None:
+        self.root = Path(root).expanduser()
+        self.expiry_s = float(expiry_s)
+        self.max_per_owner = max_per_owner
+        self._lock = threading.RLock()
+        for sub in ("avatars", "jobs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.log_path = self.root / "audit.jsonl"
+
+    # -- owners -----------------------------------------------------------------------
+    @staticmethod
+    def new_token() -> str:
+        """A fresh session token (256 random bits); keep it server-side."""
+        return secrets.token_urlsafe(32)
+
+    @staticmethod
+    def owner_key(token: str) -> str:
+        """What is stored on disk for an owner: sha256 of the token."""
+        if not token:
+            raise NotFound("no session")
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    # -- audit log --------------------------------------------------------------------
+    def audit(self, event: str, **fields: Any) -> None:
+        """Append one JSON line (time, event, fields) and fsync it."""
+        line = json.dumps({"time": iso(time.time()), "event": event, **fields}, sort_keys=True)
+        with self._lock, open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # -- avatars ----------------------------------------------------------------------
+    def folder(self, rec: AvatarRecord | str) -> Path:
+        aid = rec if isinstance(rec, str) else rec.id
+        if not _ID.match(aid):
+            raise NotFound(aid)
+        return self.root / "avatars" / aid
+
+    def _read(self, aid: str) -> AvatarRecord | None:
+        try:
+            data = json.loads((self.folder(aid) / "record.json").read_text(encoding="utf-8"))
+            return AvatarRecord(**data)
+        except (OSError, ValueError, TypeError, NotFound):
+            return None
+
+    def _all(self) -> list[tuple[AvatarRecord | None, Path]]:
+        out = []
+        for d in (self.root / "avatars").iterdir():
+            if d.is_dir() and _ID.match(d.name):
+                out.append((self._read(d.name), d))
+        return out
+
+    def begin(self, token: str, clip: str | os.PathLike, name: str,
+              preset: str = "") -> AvatarRecord:
+        """Start an avatar: copy the clip in, write the consent record (the caller has
+        checked that consent was given) and the record, marked incomplete."""
+        owner = self.owner_key(token)
+        clip = Path(clip)
+        with self._lock:
+            mine = [r for r, _ in self._all() if r and r.owner == owner]
+            if len(mine) >= self.max_per_owner:
+                raise PermissionError(f"You already have {len(mine)} avatars (the limit is "
+                                      f"{self.max_per_owner}). Delete one first.")
+            aid = secrets.token_hex(16)
+            d = self.folder(aid)
+            d.mkdir(mode=0o700)
+            (d / _INCOMPLETE).touch()
+        try:
+            now = time.time()
+            ext = clip.suffix.lower() if re.fullmatch(r"\.[a-z0-9]{1,5}", clip.suffix.lower()) else ".mp4"
+            shutil.copyfile(clip, d / f"clip{ext}")
+            digest = self.write_consent(d, owner, d / f"clip{ext}", clip.name, avatar_id=aid)
+            rec = AvatarRecord(id=aid, owner=owner, name=(name.strip() or clip.stem)[:60],
+                               created=now, expires=now + self.expiry_s,
+                               source_name=clip.name, clip_sha256=digest,
+                               clip_file=f"clip{ext}", preset=preset)
+            write_json(d / "record.json", asdict(rec))
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        return rec
+
+    @staticmethod
+    def write_consent(folder: Path, owner: str, clip: Path, clip_name: str,
+                      **ids: str) -> str:
+        """Write ``folder/consent.json`` (time, statement and version, clip sha256 and size)
+        for a clip the owner confirmed consent for. Returns the clip's sha256."""
+        digest = sha256_file(clip)
+        write_json(folder / "consent.json", {
+            **ids, "time": iso(time.time()), "statement_version": STATEMENT_VERSION,
+            "statement": CONSENT_STATEMENT, "clip_sha256": digest,
+            "clip_bytes": clip.stat().st_size, "clip_name": clip_name, "owner": owner})
+        return digest
+
+    def finish(self, rec: AvatarRecord) -> None:
+        """Mark the avatar complete and log its creation."""
+        (self.folder(rec) / _INCOMPLETE).unlink(missing_ok=True)
+        self.audit("created", avatar=rec.id, owner=rec.owner, clip_sha256=rec.clip_sha256,
+                   statement_version=STATEMENT_VERSION, expires=iso(rec.expires))
+
+    def abort(self, rec: AvatarRecord, reason: str) -> None:
+        """Remove a failed avatar and everything copied for it."""
+        shutil.rmtree(self.folder(rec), ignore_errors=True)
+        self.audit("create_failed", avatar=rec.id, owner=rec.owner, reason=reason)
+
+    def list(self, token: str | None) -> list[AvatarRecord]:
+        """This session's complete, unexpired avatars, oldest first."""
+        if not token:
+            return []
+        owner, now = self.owner_key(token), time.time()
+        with self._lock:
+            recs = [r for r, d in self._all() if r and r.owner == owner and r.expires > now
+                    and not (d / _INCOMPLETE).exists()]
+        return sorted(recs, key=lambda r: r.created)
+
+    def get(self, token: str | None, aid: str | None) -> AvatarRecord:
+        """This session's avatar ``aid``. Raises NotFound otherwise (whatever the reason)."""
+        if not token or not aid or not _ID.match(str(aid)):
+            raise NotFound("no such avatar")
+        rec = self._read(aid)
+        d = self.folder(aid)
+        if (rec is None or rec.owner != self.owner_key(token) or rec.expires <= time.time()
+                or (d / _INCOMPLETE).exists()):
+            raise NotFound("no such avatar")
+        return rec
+
+    def delete(self, token: str | None, aid: str | None) -> AvatarRecord:
+        """Delete one of this session's avatars (all its files, renders and benchmark
+        outputs) and log it."""
+        with self._lock:
+            rec = self.get(token, aid)
+            shutil.rmtree(self.folder(rec), ignore_errors=True)
+            self._remove_jobs_of(rec.id)
+        self.audit("deleted", avatar=rec.id, owner=rec.owner, clip_sha256=rec.clip_sha256)
+        return rec
+
+    # -- job outputs ------------------------------------------------------------------
+    def render_path(self, rec: AvatarRecord, name: str = "talking.mp4") -> Path:
+        """A fresh path for one render of this avatar (deleted with the avatar)."""
+        d = self.folder(rec) / "renders" / secrets.token_hex(8)
+        d.mkdir(parents=True, mode=0o700)
+        return d / name
+
+    def owner_of(self, folder: Path) -> str:
+        """The owner key recorded in a job folder's ``job.json``."""
+        return json.loads((folder / "job.json").read_text())["owner"]
+
+    def job_dir(self, token: str, kind: str, avatar: str | None = None) -> Path:
+        """A fresh private folder for one job's outputs (removed at expiry, or with
+        ``avatar`` when that avatar is deleted)."""
+        owner = self.owner_key(token)
+        d = self.root / "jobs" / secrets.token_hex(16)
+        d.mkdir(mode=0o700)
+        now = time.time()
+        write_json(d / "job.json", {"owner": owner, "kind": kind, "created": iso(now),
+                                    "expires": now + self.expiry_s, "avatar": avatar})
+        return d
+
+    def _remove_jobs_of(self, aid: str) -> None:
+        for d in (self.root / "jobs").iterdir():
+            try:
+                if json.loads((d / "job.json").read_text()).get("avatar") == aid:
+                    shutil.rmtree(d, ignore_errors=True)
+            except (OSError, ValueError):
+                continue
+
+    # -- expiry -----------------------------------------------------------------------
+    def sweep(self, now: float | None = None) -> int:
+        """Delete expired avatars (logged), stale incomplete ones and expired jobs.
+        Returns the number of folders removed."""
+        now = time.time() if now is None else now
+        removed = 0
+        with self._lock:
+            for rec, d in self._all():
+                incomplete = (d / _INCOMPLETE).exists()
+                if rec is None:
+                    stale = now - d.stat().st_mtime > self.expiry_s
+                    if stale:
+                        shutil.rmtree(d, ignore_errors=True)
+                        removed += 1
+                    continue
+                if rec.expires <= now:
+                    shutil.rmtree(d, ignore_errors=True)
+                    self._remove_jobs_of(rec.id)
+                    removed += 1
+                    if not incomplete:
+                        self.audit("expired", avatar=rec.id, owner=rec.owner,
+                                   clip_sha256=rec.clip_sha256)
+                    else:
+                        self.audit("create_failed", avatar=rec.id, owner=rec.owner,
+                                   reason="expired while incomplete")
+            for d in (self.root / "jobs").iterdir():
+                try:
+                    expires = json.loads((d / "job.json").read_text())["expires"]
+                except (OSError, ValueError, KeyError):
+                    expires = d.stat().st_mtime + self.expiry_s
+                if expires <= now:
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed += 1
+        return removed

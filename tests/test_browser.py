@@ -1,0 +1,162 @@
+"""End to end in a real browser: headless Debian Chromium driven by Playwright clicks through
+Create (consent refused, then a real clip with live progress) and Talk (real audio), and
+takes screenshots. Skipped when /usr/bin/chromium is absent (``.ci/run`` installs it).
+
+Screenshots go to ``$INSTAG_SCREENSHOT_DIR`` (``docs/screenshots`` when regenerating the
+committed ones) or a temp folder. Every ``<video>`` element is masked in them: the clips
+come from ../shared/data, which must not be shipped, nor anything rendered from it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.test_app import app_config, app_prior, assert_marked_mp4, serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.is_file():
+    pytest.skip("browser test needs Debian chromium at /usr/bin/chromium "
+                "(apt-get install -y chromium; .ci/run does this)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) not installed")
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage"]
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, clips_dir: Path):
+    prior = app_prior(tmp_path_factory, clips_dir)
+    cfg = app_config(tmp_path_factory.mktemp("appdata"), prior, {"INSTAG_PRESET": "tiny"})
+    with serve(cfg) as (demo, url):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    d = Path(os.environ.get("INSTAG_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _loopback_only(route) -> None:
+    """Abort every request that would leave the machine (fonts, CDNs, telemetry)."""
+    url = route.request.url
+    if url.startswith(("data:", "blob:")) or urlparse(url).hostname in LOOPBACK:
+        route.continue_()
+    else:
+        route.abort()
+
+
+def test_create_then_talk_in_browser(app_url: str, shots: Path, clips_dir: Path,
+                                     audio_dir: Path, short_dir: Path, tmp_path: Path) -> None:
+    t_start = time.time()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.route("**/*", _loopback_only)
+            page.set_default_timeout(30_000)
+
+            def wait_for(ok, timeout_s: float) -> None:
+                """Wait until ``ok`` is visible; fail at once with the message of any error
+                toast the app shows instead."""
+                deadline = time.time() + timeout_s
+                while time.time() < deadline:
+                    if ok.count() and ok.first.is_visible():
+                        return
+                    toast = page.locator(".toast-body")
+                    if toast.count():
+                        pytest.fail(f"the app showed an error: {toast.first.inner_text()}")
+                    page.wait_for_timeout(250)
+                pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {ok}")
+
+            def shot(name: str) -> None:
+                page.screenshot(path=str(shots / name), full_page=True,
+                                mask=[page.locator("video")], mask_color="#6b7280")
+
+            page.goto(app_url, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Create avatar").wait_for()
+            assert "60 s" in page.locator("#limits").inner_text()  # limits shown up front
+
+            def toast_text() -> str:
+                toast = page.locator(".toast-body").first
+                toast.wait_for()
+                time.sleep(0.8)  # let the toast finish fading in before a screenshot
+                return toast.inner_text()
+
+            # a clip without audio: the specific error, no stack trace
+            page.set_input_files("#create-video input[type=file]",
+                                 str(short_dir / "no_audio_10s.mp4"))
+            page.locator("#create-video video").wait_for(timeout=60_000)
+            page.check("#create-consent input[type=checkbox]")
+            page.click("#create-btn")
+            text = toast_text()
+            assert "has no audio track" in text and "Traceback" not in text
+            shot("01_bad_upload_error.png")
+            page.reload(wait_until="domcontentloaded")
+
+            # upload a real clip; consent left unticked -> refused
+            page.set_input_files("#create-video input[type=file]", str(clips_dir / "may_5s.mp4"))
+            page.locator("#create-video video").wait_for(timeout=60_000)
+            page.fill("#create-name textarea, #create-name input", "May (browser)")
+            shot("02_create_form.png")
+            page.click("#create-btn")
+            assert "tick the consent box" in toast_text()
+            shot("03_consent_refused.png")
+            page.locator(".toast-close").first.click()
+            page.locator(".toast-body").first.wait_for(state="detached")
+
+            # tick consent -> progress -> ready with a preview
+            page.check("#create-consent input[type=checkbox]")
+            page.click("#create-btn")
+            wait_for(page.get_by_text("Adapting: face"), 180)
+            shot("04_create_progress.png")
+            wait_for(page.locator("#create-status", has_text="is ready"), 300)
+            page.locator("#create-preview video").wait_for()
+            shot("05_create_done.png")
+
+            # Talk: the new avatar is selected; upload real audio; render
+            page.get_by_role("tab", name="Talk").click()
+            assert "May (browser)" in page.locator("#talk-avatar input").input_value()
+            page.set_input_files("#talk-audio input[type=file]", str(audio_dir / "en_kim.mp3"))
+            # the player appears once the upload reached the server
+            page.locator('#talk-audio [data-testid="waveform-controls"]').wait_for(timeout=60_000)
+            page.click("#talk-btn")
+            wait_for(page.locator("#talk-status", has_text="frames"), 300)
+            video = page.locator("#talk-video video")
+            video.wait_for()
+            shot("06_talk_done.png")
+            # the mp4 the page plays: audio track, metadata statement, mark on every frame
+            src = video.get_attribute("src")
+            assert src
+            body = page.request.get(src if src.startswith("http") else app_url.rstrip("/") + src).body()
+            mp4 = tmp_path / "talk.mp4"
+            mp4.write_bytes(body)
+            assert_marked_mp4(mp4)
+            assert page.locator("#talk-file a").count() >= 1  # download link
+
+            # Benchmark (quick) on the new avatar's clip, the methods that need no training
+            page.get_by_role("tab", name="Benchmark").click()
+            for method in ("instag", "scratch"):  # keep the quick run to seconds
+                page.locator("#bench-methods").get_by_label(method, exact=True).uncheck()
+            page.click("#bench-btn")
+            wait_for(page.locator("#bench-table table"), 300)
+            page.locator("#bench-plots img").first.wait_for()
+            page.locator("#bench-csv").scroll_into_view_if_needed()
+            page.wait_for_function("() => [...document.querySelectorAll('#bench-plots img')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)")
+            assert page.locator("#bench-csv a").count() >= 1
+            shot("07_benchmark.png")
+
+            page.get_by_role("tab", name="About / responsible use").click()
+            page.get_by_text("How your data is handled").wait_for()
+            shot("08_about.png")
+        finally:
+            browser.close()
+    print(f"browser test: {time.time() - t_start:.1f} s; screenshots in {shots}")
