@@ -369,7 +369,10 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             "source": pclip.manifest["source"], "losses": state.losses,
             "prior_meta": {k: prior_meta[k] for k in ("created", "identities", "steps")
                            if k in prior_meta} if prior_meta else None,
-            "train_seconds": n_train / 25.0, "wall_s": round(time.perf_counter() - t_start, 1)}
+            "train_seconds": n_train / 25.0, "wall_s": round(time.perf_counter() - t_start, 1),
+            "steps": {"face": cfg.face_steps, "mouth": cfg.mouth_steps, "fuse": cfg.fuse_steps},
+            "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_avatar(out, umf, ident, frames.viewmats, frames.K, frames.expr, plates, meta)
     shutil.rmtree(work, ignore_errors=True)
     report("done", 1.0)

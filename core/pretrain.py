@@ -281,7 +281,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
             "final_losses": losses, "ema_updates": {b: e.num_updates for b, e in emas.items()},
             "wall_s_last_sitting": round(wall, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "versions": {"torch": torch.__version__}}
+            "versions": {"torch": torch.__version__, "python": sys.version.split()[0]}}
     checkpoint.save(out, prior_t, meta)
     report("done", 1.0)
     return out
