@@ -104,8 +104,10 @@ def render_frames(av: Avatar, feats: torch.Tensor, mark: bool = True,
 def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
                out: str | os.PathLike, progress: ProgressFn | None = None,
                max_seconds: float = 600.0, mark: bool = True,
-               allow_download: bool = False) -> SynthesisResult:
+               allow_download: bool = False, duration: float | None = None) -> SynthesisResult:
     """Render the avatar speaking ``audio`` into an mp4 with the audio muxed in.
+
+    ``duration``: use only the first this many seconds of the audio (e.g. a preview).
 
     Raises:
         InputError: unreadable audio, no audio track, empty or too long audio, or an avatar
@@ -115,6 +117,8 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
 
     av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
     wav = read_audio(audio, 16000)
+    if duration is not None:
+        wav = wav[: int(round(duration * 16000))]
     seconds = wav.shape[0] / 16000
     name = Path(audio).name
     if seconds < 0.2 or not np.any(np.abs(wav) > 1e-4):

@@ -14,16 +14,15 @@ import tempfile
 import threading
 import time
 import traceback
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
 from core.errors import InputError
+from core.progress import format_seconds
 from demo.config import AppConfig
 from demo.gpu import gpu
 from demo.store import (
@@ -58,11 +57,6 @@ def user_error(e: InputError) -> gr.Error:
                     duration=None, print_exception=False)
 
 
-def _fmt(seconds: float) -> str:
-    s = int(max(0, round(seconds)))
-    return f"{s // 60}:{s % 60:02d}"
-
-
 class JobProgress:
     """Maps ``core`` progress callbacks ``(text, fraction)`` onto one ``gr.Progress`` bar:
     each stage owns a slice of the bar; the description carries the stage's own steps and
@@ -87,21 +81,11 @@ class JobProgress:
             desc = f"{label}: {text}" if text else label
             if "left" not in text and overall > 0.03:
                 el = now - self.t0
-                desc += f" (about {_fmt(el / overall * (1 - overall))} left)"
+                desc += f" (about {format_seconds(el / overall * (1 - overall))} left)"
             if self.progress is not None:
                 self.progress(overall, desc=desc)
 
         return report
-
-
-def _write_wav(path: Path, audio: np.ndarray, sr: int = 16000) -> Path:
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return path
 
 
 # -- heavy work: module-level functions of picklable arguments (ZeroGPU runs them in a
@@ -111,7 +95,6 @@ def create_work(cfg: AppConfig, folder: Path, clip_file: str, prior: Path | None
     """Preprocess the clip, adapt the avatar into ``folder/avatar``, render the preview
     (the clip's own first seconds of audio) to ``folder/preview.mp4``."""
     from core.adapt import PRESETS, adapt
-    from core.media import read_audio
     from core.preprocess import PreprocessConfig, preprocess
     from core.synthesize import synthesize
 
@@ -131,11 +114,8 @@ def create_work(cfg: AppConfig, folder: Path, clip_file: str, prior: Path | None
                            progress=jp.stage(0.0, a, "Preprocessing"))
     avatar = adapt(processed, folder / "avatar", prior, acfg,
                    progress=jp.stage(a, b, "Adapting"), work=work / "adapt")
-    say = jp.stage(b, 1.0, "Preview")
-    say("reading the clip's audio", 0.0)
-    audio = read_audio(clip, 16000)[: int(cfg.preview_s * 16000)]
-    wav = _write_wav(work / "preview.wav", audio)
-    synthesize(avatar, wav, folder / "preview.mp4", progress=say, max_seconds=60)
+    synthesize(avatar, clip, folder / "preview.mp4", progress=jp.stage(b, 1.0, "Preview"),
+               max_seconds=cfg.max_clip_s, duration=cfg.preview_s)
     shutil.rmtree(work, ignore_errors=True)
     return folder / "preview.mp4"
 
