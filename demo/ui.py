@@ -51,6 +51,14 @@ TITLES = {"no_audio": "No audio in the clip", "no_face": "No face found",
 _STEP_S = {96: 0.08, 128: 0.12, 256: 0.45, 512: 1.5}
 
 
+def internal_error(job: str, message: str) -> tuple[str, gr.Error]:
+    """Log the exception being handled under a short reference; return the reference and the
+    UI error (``message`` may use ``{ref}``), which shows no stack trace."""
+    ref = secrets.token_hex(4)
+    log.error("%s failed (ref %s):\n%s", job, ref, traceback.format_exc())
+    return ref, gr.Error(message.format(ref=ref), title="Internal error", print_exception=False)
+
+
 def user_error(e: InputError) -> gr.Error:
     """An :class:`InputError` as a UI error: the problem and the fix, no stack trace."""
     return gr.Error(f"{e.problem} {e.fix}", title=TITLES.get(e.code, "Cannot use this file"),
@@ -235,12 +243,11 @@ class App:
             self.store.abort(rec, e.code)
             raise user_error(e) from None
         except Exception:
-            ref = secrets.token_hex(4)
-            log.error("create failed (ref %s):\n%s", ref, traceback.format_exc())
+            ref, err = internal_error("create", "Creating the avatar failed unexpectedly "
+                                      "(reference {ref}). Nothing was kept; try again or "
+                                      "with another clip.")
             self.store.abort(rec, f"internal error {ref}")
-            raise gr.Error(f"Creating the avatar failed unexpectedly (reference {ref}). "
-                           "Nothing was kept; try again or with another clip.",
-                           title="Internal error", print_exception=False) from None
+            raise err from None
         self.store.finish(rec)
         status = (f"**Avatar “{rec.name}” is ready.** It expires at {iso(rec.expires)} "
                   f"(or delete it in the Talk tab). The preview re-speaks the first "
@@ -268,10 +275,7 @@ class App:
         except InputError as e:
             raise user_error(e) from None
         except Exception:
-            ref = secrets.token_hex(4)
-            log.error("talk failed (ref %s):\n%s", ref, traceback.format_exc())
-            raise gr.Error(f"Rendering failed unexpectedly (reference {ref}).",
-                           title="Internal error", print_exception=False) from None
+            raise internal_error("talk", "Rendering failed unexpectedly (reference {ref}).")[1] from None
         served = self.serve(res.path)
         status = (f"{res.frames} frames ({res.seconds:.1f} s of audio), rendered at "
                   f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated”; "
@@ -346,10 +350,8 @@ class App:
         except InputError as e:
             raise user_error(e) from None
         except Exception:
-            ref = secrets.token_hex(4)
-            log.error("benchmark failed (ref %s):\n%s", ref, traceback.format_exc())
-            raise gr.Error(f"The benchmark failed unexpectedly (reference {ref}).",
-                           title="Internal error", print_exception=False) from None
+            raise internal_error("benchmark", "The benchmark failed unexpectedly "
+                                 "(reference {ref}).")[1] from None
         finally:
             work_clip.unlink(missing_ok=True)
         plots = [self.serve(Path(p)) for p in res.plots]
