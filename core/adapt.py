@@ -221,10 +221,15 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         from core.preprocess import PreprocessConfig, preprocess
 
         pdir = work / "clip"
+        outer = report
+
+        def report(text: str, frac: float) -> None:  # preprocessing is the first 10% of the job
+            outer(text, 0.1 + 0.9 * frac)
+
         if not (pdir / "manifest.json").is_file():
-            report("preprocessing the clip", 0.0)
+            outer("preprocessing the clip", 0.0)
             preprocess(clip, pdir, PreprocessConfig(res=max(cfg.res, 256)),
-                       progress=lambda s, f: report(f"preprocessing: {s}", 0.1 * f), overwrite=True)
+                       progress=lambda s, f: outer(f"preprocessing: {s}", 0.1 * f), overwrite=True)
         pclip = ProcessedClip.load(pdir, max_frames=n_want)
     spec = AudioFeatureSpec.from_dict(pclip.manifest["audio"])
     n_train = min(pclip.num_frames, int(round(cfg.seconds * 25)))

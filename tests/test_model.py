@@ -98,6 +98,19 @@ def test_resume_continues_from_the_saved_step(clips: dict[str, Path], prior: Pat
         assert torch.allclose(a[k], b[k], atol=1e-5), k  # same result as an uninterrupted run
 
 
+def test_adapt_accepts_a_raw_video_with_monotonic_progress(clips_dir: Path, prior: Path,
+                                                            tmp_path: Path) -> None:
+    cfg = replace(TINY, face_steps=10, mouth_steps=5, fuse_steps=2)
+    seen: list[tuple[str, float]] = []
+    out = adapt(clips_dir / "man_suit_5s.mp4", tmp_path / "raw", prior, cfg,
+                progress=lambda text, frac: seen.append((text, frac)))
+    fracs = [f for _, f in seen]
+    assert any(t.startswith("preprocessing") for t, _ in seen) and seen[-1] == ("done", 1.0)
+    assert all(b >= a for a, b in zip(fracs, fracs[1:])), "progress went backwards"
+    assert load_avatar(out).num_frames == 75
+    assert not (tmp_path / ".raw.work").exists()  # the work folder is removed on success
+
+
 def test_corrupt_or_wrong_checkpoints_are_refused(avatar: Path, prior: Path, tmp_path: Path) -> None:
     import shutil
 
