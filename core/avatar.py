@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 from torch import Tensor
 
 from core import checkpoint
+from core.atomic import atomic_folder
 from core.errors import InputError
 from core.head import Identity, UMF
 
@@ -84,10 +83,7 @@ def save_avatar(out: str | os.PathLike, umf: UMF, ident: Identity, viewmats: Ten
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_folder(out) as tmp:
         tensors = {**ident_tensors(ident), **checkpoint.module_tensors(umf, "umf."),
                    "viewmats": viewmats, "K": K, "expr": expr}
         checkpoint.save(tmp / "model.safetensors", tensors,
@@ -95,16 +91,6 @@ def save_avatar(out: str | os.PathLike, umf: UMF, ident: Identity, viewmats: Ten
                          "audio_dim": umf.audio_dim})
         write_video(tmp / "plates.mp4", iter(plates), fps=25.0, crf=4, pix_fmt="yuv444p",
                     preset="veryfast")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
+from core.atomic import atomic_file
 from core.errors import InputError
 
 FORMAT_VERSION = 1
@@ -49,17 +49,8 @@ def save(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, An
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     header = {"instag": json.dumps({**meta, "format_version": FORMAT_VERSION}),
               "sha256": _digest(flat)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata=header)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as tmp:
+        save_file(flat, str(tmp), metadata=header)
     return out
 
 

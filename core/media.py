@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -37,6 +36,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from core.atomic import atomic_file
 from core.errors import InputError
 
 VIDEO_EXTENSIONS = ("mp4", "mov", "mkv", "webm", "mpg")
@@ -519,12 +519,6 @@ def _video_codec(pix_fmt: str) -> str:
     raise RuntimeError("no H.264 or MPEG-4 encoder in this PyAV build")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0,
                 audio: np.ndarray | None = None, sample_rate: int = 16000,
                 metadata: dict[str, str] | None = None, crf: int = 18,
@@ -561,10 +555,17 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if abs(spf - round(spf)) > 1e-9:
             raise ValueError(f"sample_rate/fps must be an integer, got {sample_rate}/{fps}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".tmp.mp4", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a finished file gets normal rights
+    with atomic_file(out, suffix=".tmp.mp4") as tmp:
+        _write_mp4(tmp, frames, fps, audio, sample_rate, metadata, codec, crf, pix_fmt, preset,
+                   audio_bitrate)
+    return out
+
+
+def _write_mp4(tmp: Path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None,
+               sample_rate: int, metadata: dict[str, str] | None, codec: str, crf: int,
+               pix_fmt: str, preset: str, audio_bitrate: int) -> None:
+    """Encode into ``tmp`` (closing the container even on failure)."""
+    spf = sample_rate / fps
     c = None
     try:
         c = av.open(str(tmp), mode="w", format="mp4",
@@ -622,16 +623,11 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
                 c.mux(pkt)
         c.close()
         c = None
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
     except BaseException:
         if c is not None:
             with contextlib.suppress(Exception):  # best effort while failing anyway
                 c.close()
-        tmp.unlink(missing_ok=True)
         raise
-    return out
 
 
 def _encode_audio(c: av.container.OutputContainer, stream: av.audio.stream.AudioStream,

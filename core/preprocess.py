@@ -47,17 +47,16 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from core.atomic import atomic_folder
 from core.errors import InputError
 from core.progress import ProgressBar, ProgressFn
 
@@ -221,10 +220,7 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
     dist = pose.camera_distance()
 
     report("writing", 0.9)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder gets normal rights
-    try:
+    with atomic_folder(out) as tmp:
         write_video(tmp / "frames.mp4", iter(frames), fps=FPS, audio=audio,
                     sample_rate=SAMPLE_RATE, crf=0, pix_fmt="yuv444p", preset="veryfast")
         arrays = {
@@ -273,27 +269,8 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
                       for name in ("frames.mp4", "arrays.safetensors", "labels.npz")},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report("done", 1.0)
     return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the complete folder ``tmp`` to ``out``; an old ``out`` goes only afterwards."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

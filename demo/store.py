@@ -28,13 +28,14 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from core.atomic import write_text
 
 #: Version of :data:`CONSENT_STATEMENT`; bump it whenever the wording changes.
 STATEMENT_VERSION = "1"
@@ -57,17 +58,8 @@ def iso(t: float) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (temp file in the same folder, fsync, rename; owner-only)."""
+    write_text(path, json.dumps(data, indent=1, sort_keys=True), private=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

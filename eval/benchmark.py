@@ -54,17 +54,17 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-ProgressFn = Callable[[str, float], None]
+from core.atomic import write_bytes, write_text
+from core.progress import ProgressFn
 
 METHODS: tuple[str, ...] = ("instag", "scratch", "retrieval", "loop", "shifted")
 #: Training lengths offered by the app (quick runs on short clips); the paper uses 5 / 10 / 20.
@@ -168,19 +168,6 @@ def cell_name(stem: str, method: str, seconds: float) -> str:
     return f"{stem}_{method}_{seconds:g}s"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -266,7 +253,7 @@ class CurveRecorder:
         self.points = [p for p in self.points if p[0] != steps] + list(self.curve.points)
         self.points.sort(key=lambda p: p[0])
         self.observe_s += time.perf_counter() - t0
-        _atomic_write(self.path, json.dumps({"points": self.points, "observe_s": self.observe_s}))
+        write_text(self.path, json.dumps({"points": self.points, "observe_s": self.observe_s}))
 
 
 def ensure_avatar(clip_dir: Path, out: Path, stem: str, method: str, seconds: float,
@@ -350,14 +337,9 @@ def _landmarks(frames: np.ndarray, cache: Path | None = None) -> tuple[np.ndarra
     tr = detect(frames)
     pts, valid = np.asarray(tr.points, np.float64), np.asarray(tr.valid, bool)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.savez(buf, points=pts, valid=valid)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, cache)
+        write_bytes(cache, buf.getvalue())
     return pts, valid
 
 
@@ -560,7 +542,7 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
     row["cell_seconds"] = round(time.perf_counter() - t0, 1)
     row["computed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     row = _jsonable(row)
-    _atomic_write(out / "cells" / f"{name}.json", json.dumps(row, indent=1))
+    write_text(out / "cells" / f"{name}.json", json.dumps(row, indent=1))
     return row
 
 
@@ -683,7 +665,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     w.writeheader()
     for r in rows:
         w.writerow({k: _short(r.get(k, "")) for k in CSV_COLUMNS})
-    _atomic_write(path, buf.getvalue())
+    write_text(path, buf.getvalue())
     return path
 
 
@@ -842,7 +824,7 @@ def run_benchmark(clips: list[Path], train_seconds: list[float], methods: list[s
     from eval.plots import metric_bars, psnr_vs_steps
 
     md = header + table + "\n" + PUBLISHED_MD
-    _atomic_write(out / "results.md", md)
+    write_text(out / "results.md", md)
     csv_path = write_csv(all_rows, out / "results.csv")
     plots = [metric_bars(all_rows, methods, train_seconds, out / "plots" / "metrics.png"),
              psnr_vs_steps(all_rows, out / "plots" / "psnr_vs_steps.png")]
