@@ -647,12 +647,6 @@ def _encode_audio(c: av.container.OutputContainer, stream: av.audio.stream.Audio
     return stop
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 arrays of the same shape (inf if identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
-
-
 __all__: Sequence[str] = (
     "VIDEO_EXTENSIONS",
     "Clip",
@@ -661,7 +655,6 @@ __all__: Sequence[str] = (
     "iter_frames",
     "num_frames",
     "probe",
-    "psnr",
     "read_audio",
     "read_clip",
     "write_video",

@@ -4,8 +4,6 @@ Images are (H, W, 3) float32 in [0, 1]; masks (H, W) bool.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -77,14 +75,3 @@ def gate_loss(gates_img: Tensor, lips: Tensor, hair: Tensor) -> Tensor:
     l_eye = (eye_g * lips.to(eye_g)).mean()
     l_hair = ((audio_g + eye_g) * hair.to(eye_g)).mean()
     return l_eye + l_hair
-
-
-def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
-    """PSNR in dB of [0, 1] images, over ``mask`` (H, W) pixels if given."""
-    d = (pred.detach().float() - target.detach().float()) ** 2
-    if mask is not None:
-        m = mask.to(d.dtype)[..., None].expand_as(d)
-        mse = float((d * m).sum() / m.sum().clamp_min(1.0))
-    else:
-        mse = float(d.mean())
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))

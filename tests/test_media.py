@@ -15,11 +15,11 @@ from core.media import (
     iter_frames,
     num_frames,
     probe,
-    psnr,
     read_audio,
     read_clip,
     write_video,
 )
+from eval.metrics import psnr
 
 NTSC_AND_VFR = ["woman_11s_30fps.mp4", "man_map_6s_30fps.mp4", "woman_glasses_7s_30fps.mp4",
                 "woman_20s_512x480_30fps.mp4"]

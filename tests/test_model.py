@@ -10,17 +10,19 @@ import pytest
 import torch
 
 from core import checkpoint
-from core.adapt import PRESETS as ADAPT_PRESETS, adapt, load_prior
+from core.adapt import PRESETS as ADAPT_PRESETS
+from core.adapt import adapt, load_prior
 from core.audio import AudioFeatureSpec
 from core.avatar import load_avatar
 from core.dataset import ProcessedClip
 from core.errors import InputError
-from core.head import Identity, UMF, render_frame
-from core.objectives import psnr
+from core.head import UMF, Identity, render_frame
 from core.preprocess import PreprocessConfig, preprocess
-from core.pretrain import PRESETS as PRETRAIN_PRESETS, pretrain
+from core.pretrain import PRESETS as PRETRAIN_PRESETS
+from core.pretrain import pretrain
 from core.stages import TrainFrames
 from core.synthesize import pingpong, synthesize
+from eval.metrics import psnr
 
 TINY = replace(ADAPT_PRESETS["tiny"], seconds=3.0)
 
@@ -66,8 +68,9 @@ def test_adaptation_end_to_end_improves_the_fit(avatar: Path, clips: dict[str, P
     untrained = Identity(sh_degree=1, aligners=True).init_gaussians(clip.arrays["canonical"])
     before, after = [], []
     for j in (5, 30, 60):
-        before.append(psnr(render_frame(UMF(80), untrained, fr.cond(j), fr.plates[j]), fr.images[j]))
-        after.append(psnr(render_frame(av.umf, av.ident, fr.cond(j), fr.plates[j]), fr.images[j]))
+        gt = fr.images[j].numpy()
+        before.append(psnr(render_frame(UMF(80), untrained, fr.cond(j), fr.plates[j]).numpy(), gt))
+        after.append(psnr(render_frame(av.umf, av.ident, fr.cond(j), fr.plates[j]).numpy(), gt))
     print(f"\nPSNR before {np.mean(before):.2f} dB, after {np.mean(after):.2f} dB")
     assert np.mean(after) > np.mean(before) + 2.0
 
