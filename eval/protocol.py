@@ -43,9 +43,15 @@ def render_heldout(avatar: Avatar | str | Path, frames: TrainFrames) -> np.ndarr
     """(n, res, res, 3) uint8 frames of the avatar driven by the test frames' own audio,
     poses and expressions, over their own plates."""
     av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
+    return render_frames(av.umf, av.ident, frames)
+
+
+@torch.no_grad()
+def render_frames(umf, ident, frames: TrainFrames) -> np.ndarray:
+    """(n, res, res, 3) uint8 renders of ``umf`` + ``ident`` for every frame of ``frames``."""
     out = np.empty((frames.n, frames.res, frames.res, 3), np.uint8)
     for j in range(frames.n):
-        img = render_frame(av.umf, av.ident, frames.cond(j), frames.plates[j])
+        img = render_frame(umf, ident, frames.cond(j), frames.plates[j])
         out[j] = (img * 255.0).round().to(torch.uint8).numpy()
     return out
 
@@ -128,10 +134,7 @@ class HeldoutCurve:
 
     @torch.no_grad()
     def __call__(self, steps: int, umf, ident) -> None:
-        full, face = [], []
-        for j in range(self.frames.n):
-            img = render_frame(umf, ident, self.frames.cond(j), self.frames.plates[j])
-            pred = (img * 255.0).round().to(torch.uint8).numpy()
-            full.append(self._psnr(pred, self.gt[j]))
-            face.append(self._psnr(pred, self.gt[j], self.face[j]))
+        pred = render_frames(umf, ident, self.frames)
+        full = [self._psnr(p, g) for p, g in zip(pred, self.gt)]
+        face = [self._psnr(p, g, m) for p, g, m in zip(pred, self.gt, self.face)]
         self.points.append((int(steps), float(np.mean(full)), float(np.mean(face))))
