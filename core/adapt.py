@@ -33,7 +33,9 @@ from core.avatar import ident_from_tensors, ident_tensors, save_avatar
 from core.dataset import ProcessedClip
 from core.errors import InputError
 from core.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig
+from core.data.mouth_code import MOUTH_CODE_DIM
 from core.head import Identity, UMF, mouth_dilation
+from core.model.mouth_drive import MouthDrive
 from core.progress import ProgressBar, ProgressFn, format_seconds
 from core.motion_field import HOOK_K_RANGE
 from core.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
@@ -64,6 +66,11 @@ class AdaptConfig:
             is 5%; at least 100 steps); interval 100 steps, until 90% of the stage.
         ckpt_every: checkpoint every this many steps.
         seed: seeds initialisation, frame sampling, backgrounds and hooks.
+        mouth_code: give the motion fields the mouth-code input (tracked codes while adapting,
+            codes predicted from the audio when driving; :mod:`core.model.mouth_drive`).
+            With a prior, the prior decides (a prior trained without the input has none).
+        predicted_code_prob: fraction of training steps conditioned on the predicted code
+            instead of the tracked one, so the fields accept what they get when driven (0.2).
     """
 
     res: int = 256
@@ -83,6 +90,8 @@ class AdaptConfig:
     densify_start_frac: float = 0.05
     ckpt_every: int = 250
     seed: int = 0
+    mouth_code: bool = True
+    predicted_code_prob: float = 0.2
 
     @property
     def total_steps(self) -> int:
@@ -176,7 +185,7 @@ def load_prior(path: str | os.PathLike, spec: AudioFeatureSpec | None = None) ->
     prior_spec = AudioFeatureSpec.from_dict(meta["audio"])
     if spec is not None:
         prior_spec.check_matches(spec)
-    umf = UMF(prior_spec.dim)
+    umf = UMF(prior_spec.dim, int(meta.get("code_dim", 0)))
     umf.load_state_dict(checkpoint.prefixed(t, "umf."))
     return umf, meta
 
@@ -232,7 +241,6 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         pclip = ProcessedClip.load(pdir, max_frames=n_want)
     spec = AudioFeatureSpec.from_dict(pclip.manifest["audio"])
     n_train = min(pclip.num_frames, int(round(cfg.seconds * 25)))
-    frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, audio_limit=n_train)
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -240,7 +248,16 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     if has_prior:
         umf, prior_meta = load_prior(prior, spec)
     else:
-        umf, prior_meta = UMF(spec.dim), None
+        umf, prior_meta = UMF(spec.dim, MOUTH_CODE_DIM if cfg.mouth_code else 0), None
+    drive = None
+    if umf.code_dim:
+        report("mouth code: fitting the audio-to-mouth drive", 0.0)
+        a = pclip.arrays
+        drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n_train,
+                               a["valid"].numpy(), pclip.expr.numpy())
+        say(f"audio-video offset of the clip: {drive.av_offset:+d} frames")
+    frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, audio_limit=n_train,
+                                   drive=drive)
     ident = Identity(sh_degree=cfg.sh_degree, aligners=has_prior)
     ident.init_gaussians(pclip.arrays["canonical"], gen)
     state = AdaptState(umf=umf, ident=ident)
@@ -324,16 +341,17 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
                 for g in opts["umf"].param_groups:
                     g["lr"] = g["base_lr"] * f
             bg = torch.rand(3, generator=gen)
+            tracked = drive is None or float(torch.rand(1, generator=gen)) >= cfg.predicted_code_prob
             if stage == "face":
                 j = curriculum.face(s, steps)
-                r = face_step(umf, ident, frames, j, bg, use_aligner=aligner_on)
+                r = face_step(umf, ident, frames, j, bg, use_aligner=aligner_on, tracked=tracked)
             elif stage == "mouth":
                 j = curriculum.mouth()
                 k = int(torch.randint(k_lo, k_hi + 1, (1,), generator=gen))
-                r = mouth_step(umf, ident, frames, j, bg, k, use_aligner=aligner_on)
+                r = mouth_step(umf, ident, frames, j, bg, k, use_aligner=aligner_on, tracked=tracked)
             else:
                 j = curriculum.uniform()
-                r = fuse_step(umf, ident, frames, j, dilate=mouth_dilation(frames.res))
+                r = fuse_step(umf, ident, frames, j, dilate=mouth_dilation(frames.res), tracked=tracked)
             if not torch.isfinite(r.loss):
                 raise FloatingPointError(f"non-finite loss at {stage} step {s} (frame {j})")
             r.loss.backward()
@@ -377,7 +395,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             "steps": {"face": cfg.face_steps, "mouth": cfg.mouth_steps, "fuse": cfg.fuse_steps},
             "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    save_avatar(out, umf, ident, frames.viewmats, frames.K, frames.expr, plates, meta)
+    save_avatar(out, umf, ident, frames.viewmats, frames.K, frames.expr, plates, meta, drive=drive)
     shutil.rmtree(work, ignore_errors=True)
     report("done", 1.0)
     return out

@@ -4,8 +4,12 @@
     ``face.*`` / ``mouth.*`` Gaussian sets; ``umf.*`` the fine-tuned Universal Motion
     Field; ``face_aligner.*`` / ``mouth_aligner.*`` (absent for a from-scratch avatar);
     ``viewmats`` (n, 4, 4), ``K`` (3, 3), ``expr`` (n, 6): poses and expression signals of
-    the avatar's own n frames (looped when driving it with new audio).
-    Metadata: res, fps, audio feature spec, source clip hash, training config and losses.
+    the avatar's own n frames (looped when driving it with new audio; for a model with a
+    mouth-code input, the expression is already decorrelated from the mouth);
+    ``drive.*``: the :class:`core.model.mouth_drive.MouthDrive` of such a model (audio-to-
+    mouth predictor, its gain, the person's code statistics, expression basis, clip offset).
+    Metadata: res, fps, audio feature spec, ``code_dim`` (0 or 4), ``drive`` (predictor
+    architecture, offset), source clip hash, training config and losses.
 ``plates.mp4``
     the n torso/background plates (the recorded frames with the head replaced by the
     background plate), 25 fps, H.264 4:4:4.
@@ -25,13 +29,15 @@ from core import checkpoint
 from core.atomic import atomic_folder
 from core.errors import InputError
 from core.head import Identity, UMF
+from core.model.mouth_drive import MouthDrive
 
 KIND = "avatar"
 
 
 @dataclass
 class Avatar:
-    """A loaded avatar. plates: (n, res, res, 3) uint8."""
+    """A loaded avatar. plates: (n, res, res, 3) uint8; drive: None for a model without a
+    mouth-code input."""
 
     umf: UMF
     ident: Identity
@@ -40,6 +46,7 @@ class Avatar:
     expr: Tensor
     plates: Tensor
     meta: dict[str, Any]
+    drive: MouthDrive | None = None
 
     @property
     def res(self) -> int:
@@ -76,8 +83,9 @@ def ident_from_tensors(t: dict[str, Tensor]) -> Identity:
 
 def save_avatar(out: str | os.PathLike, umf: UMF, ident: Identity, viewmats: Tensor, K: Tensor,
                 expr: Tensor, plates: np.ndarray, meta: dict[str, Any],
-                overwrite: bool = True) -> Path:
-    """Write the avatar folder atomically (temporary sibling folder, then rename)."""
+                overwrite: bool = True, drive: MouthDrive | None = None) -> Path:
+    """Write the avatar folder atomically (temporary sibling folder, then rename).
+    ``drive``: the mouth drive of a model with a mouth-code input (stored as ``drive.*``)."""
     from core.media import write_video
 
     out = Path(out)
@@ -86,8 +94,12 @@ def save_avatar(out: str | os.PathLike, umf: UMF, ident: Identity, viewmats: Ten
     with atomic_folder(out) as tmp:
         tensors = {**ident_tensors(ident), **checkpoint.module_tensors(umf, "umf."),
                    "viewmats": viewmats, "K": K, "expr": expr}
+        extra: dict[str, Any] = {"code_dim": umf.code_dim}
+        if drive is not None:
+            tensors.update(drive.tensors())
+            extra["drive"] = drive.meta()
         checkpoint.save(tmp / "model.safetensors", tensors,
-                        {**meta, "kind": KIND, "num_frames": int(viewmats.shape[0]),
+                        {**meta, **extra, "kind": KIND, "num_frames": int(viewmats.shape[0]),
                          "audio_dim": umf.audio_dim})
         write_video(tmp / "plates.mp4", iter(plates), fps=25.0, crf=4, pix_fmt="yuv444p",
                     preset="veryfast")
@@ -107,8 +119,9 @@ def load_avatar(folder: str | os.PathLike) -> Avatar:
         raise InputError("corrupt", f"{root} is not an avatar folder (model.safetensors and "
                          "plates.mp4 expected).", "Create the avatar with `python -m core.adapt`.")
     t, meta = checkpoint.load(root / "model.safetensors", kind=KIND)
-    umf = UMF(int(meta["audio_dim"]))
+    umf = UMF(int(meta["audio_dim"]), int(meta.get("code_dim", 0)))
     umf.load_state_dict(checkpoint.prefixed(t, "umf."))
+    drive = MouthDrive.from_tensors(t, meta["drive"]) if "drive" in meta else None
     ident = ident_from_tensors(t)
     plates = np.stack(list(iter_frames(root / "plates.mp4", fps=25.0)))
     n = int(meta["num_frames"])
@@ -118,4 +131,4 @@ def load_avatar(folder: str | os.PathLike) -> Avatar:
     umf.eval()
     ident.eval()
     return Avatar(umf=umf, ident=ident, viewmats=t["viewmats"], K=t["K"], expr=t["expr"],
-                  plates=torch.from_numpy(plates), meta=meta)
+                  plates=torch.from_numpy(plates), meta=meta, drive=drive)

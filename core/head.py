@@ -36,7 +36,11 @@ class FrameCond:
 
     viewmat: (4, 4) world-to-camera; K: (3, 3) intrinsics at (width, height) pixels.
     audio_win: (8, 16, D) audio feature windows of frames [i-4, i+4).
-    expr: (6,) expression input (AU01, 04, 05, 06, 07 stand-ins, blink).
+    expr: (6,) expression input (AU01, 04, 05, 06, 07 stand-ins, blink), decorrelated from
+        the mouth (:func:`core.data.mouth_code.decorrelate_expression`) for models that take a
+        mouth code.
+    mouth: (4,) per-person normalised mouth code (tracked while adapting, predicted from the
+        audio when driving), or None for models without a mouth-code input.
     """
 
     viewmat: Tensor
@@ -45,6 +49,7 @@ class FrameCond:
     height: int
     audio_win: Tensor
     expr: Tensor
+    mouth: Tensor | None = None
 
 
 class UMF(nn.Module):
@@ -52,13 +57,16 @@ class UMF(nn.Module):
 
     Args:
         audio_dim: per-step audio feature size D (80 for log-mel, 1024 for HuBERT-large).
+        code_dim: size of the mouth-code input of both branches (4, see
+            :mod:`core.data.mouth_code`), or 0 for a field driven by audio features alone.
     """
 
-    def __init__(self, audio_dim: int = 80) -> None:
+    def __init__(self, audio_dim: int = 80, code_dim: int = 0) -> None:
         super().__init__()
         self.audio_dim = audio_dim
-        self.face = FaceUMF(AudioConfig(feat_dim=audio_dim))
-        self.mouth = MouthUMF(AudioConfig(feat_dim=audio_dim))
+        self.code_dim = code_dim
+        self.face = FaceUMF(AudioConfig(feat_dim=audio_dim), code_dim=code_dim)
+        self.mouth = MouthUMF(AudioConfig(feat_dim=audio_dim), code_dim=code_dim)
 
 
 class Identity(nn.Module):
@@ -68,15 +76,17 @@ class Identity(nn.Module):
         sh_degree: max SH degree of both Gaussian sets (2 in pre-training, 1 in adaptation).
         personalised: add per-identity residual fields (pre-training, METHOD §3).
         aligners: add per-identity motion aligners (adaptation, METHOD §3).
+        field_audio_dim: size of the audio input the personalised fields share with the UMF
+            (32; 48 when the UMF takes a mouth code: ``UMF.face.field.config.audio_dim``).
     """
 
     def __init__(self, sh_degree: int = 1, personalised: bool = False,
-                 aligners: bool = False) -> None:
+                 aligners: bool = False, field_audio_dim: int = 32) -> None:
         super().__init__()
         self.face = GaussianSet(0, GaussianConfig(max_sh_degree=sh_degree))
         self.mouth = GaussianSet(0, GaussianConfig(max_sh_degree=sh_degree))
-        self.face_personal = PersonalizedField("face") if personalised else None
-        self.mouth_personal = PersonalizedField("mouth") if personalised else None
+        self.face_personal = PersonalizedField("face", audio_dim=field_audio_dim) if personalised else None
+        self.mouth_personal = PersonalizedField("mouth", audio_dim=field_audio_dim) if personalised else None
         self.face_aligner = MotionAligner() if aligners else None
         self.mouth_aligner = MotionAligner(MOUTH_PLANES) if aligners else None
 
@@ -105,7 +115,7 @@ def face_motion(umf: UMF, ident: Identity, cond: FrameCond, use_aligner: bool = 
 
     xyz: (N, 3) query positions (default the identity's face means)."""
     xyz = ident.face.means if xyz is None else xyz
-    a, e = umf.face.encode(cond.audio_win, cond.expr[:5], cond.expr[5])
+    a, e = umf.face.encode(cond.audio_win, cond.expr[:5], cond.expr[5], code=cond.mouth)
     aligner = ident.face_aligner if use_aligner else None
     m = aligned_motion(umf.face.field, aligner, xyz, a, e)
     if use_personal and ident.face_personal is not None:
@@ -118,7 +128,7 @@ def personal_face_offsets(fields: list[PersonalizedField], umf: UMF, xyz: Tensor
     """Δxyz (N, 3) of other identities' personalised face fields at ``xyz`` (no gradient):
     the negatives of the contrast loss (METHOD §4)."""
     with torch.no_grad():
-        a, e = umf.face.encode(cond.audio_win, cond.expr[:5], cond.expr[5])
+        a, e = umf.face.encode(cond.audio_win, cond.expr[:5], cond.expr[5], code=cond.mouth)
         return [f(xyz, a, e).d_xyz for f in fields]
 
 
@@ -132,7 +142,7 @@ def mouth_motion(umf: UMF, ident: Identity, cond: FrameCond, hook: Tensor,
                  xyz: Tensor | None = None) -> Motion:
     """Mouth Gaussian offsets for one frame (UMF mouth + aligner / personalised residual)."""
     xyz = ident.mouth.means if xyz is None else xyz
-    a = umf.mouth.encode(cond.audio_win)
+    a = umf.mouth.encode(cond.audio_win, code=cond.mouth)
     aligner = ident.mouth_aligner if use_aligner else None
     m = aligned_motion(umf.mouth.field, aligner, xyz, a, hook)
     if use_personal and ident.mouth_personal is not None:
@@ -144,7 +154,7 @@ def personal_mouth_offsets(fields: list[PersonalizedField], umf: UMF, xyz: Tenso
                            cond: FrameCond, hook: Tensor) -> list[Tensor]:
     """Δxyz (N, 3) of other identities' personalised mouth fields (no gradient)."""
     with torch.no_grad():
-        a = umf.mouth.encode(cond.audio_win)
+        a = umf.mouth.encode(cond.audio_win, code=cond.mouth)
         return [f(xyz, a, hook).d_xyz for f in fields]
 
 

@@ -276,6 +276,23 @@ class ExpressionEncoder(nn.Module):
         return torch.cat([self.mlp(aus), blink.to(aus.dtype)], dim=-1)
 
 
+class CodeEncoder(nn.Module):
+    """Mouth code (per-person z-scores of aperture, width, protrusion, jaw; see
+    :mod:`core.data.mouth_code`) -> features appended to the audio code.
+
+    forward(code (…, 4)) -> (…, out_dim): Linear(4, 16), LeakyReLU(0.02), Linear(16, out_dim).
+    """
+
+    def __init__(self, code_dim: int = 4, out_dim: int = 16, leaky_slope: float = 0.02) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(code_dim, out_dim), nn.LeakyReLU(leaky_slope),
+                                 nn.Linear(out_dim, out_dim))
+        self.code_dim, self.out_dim = code_dim, out_dim
+
+    def forward(self, code: Tensor) -> Tensor:
+        return self.net(code)
+
+
 # ---------------------------------------------------------------------------------------------
 # motion fields
 # ---------------------------------------------------------------------------------------------
@@ -572,21 +589,26 @@ class FaceUMF(nn.Module):
     """
 
     def __init__(self, audio: AudioConfig = AudioConfig(),
-                 field: FaceFieldConfig = FaceFieldConfig()) -> None:
+                 field: FaceFieldConfig = FaceFieldConfig(), code_dim: int = 0,
+                 code_features: int = 16) -> None:
         super().__init__()
         self.audio = AudioEncoder(audio)
         self.expr = ExpressionEncoder()
+        self.code = CodeEncoder(code_dim, code_features) if code_dim else None
+        if code_dim:
+            field = replace(field, audio_dim=field.audio_dim + code_features)
         self.field = FaceMotionField(field)
 
     def encode(self, audio_win: Tensor, aus: Tensor, blink: Tensor,
-               use_attention: bool = True) -> tuple[Tensor, Tensor]:
+               use_attention: bool = True, code: Tensor | None = None) -> tuple[Tensor, Tensor]:
         single = audio_win.dim() == 3
         a = self.audio(audio_win[None] if single else audio_win, use_attention)
-        return (a[0] if single else a), self.expr(aus, blink)
+        a = a[0] if single else a
+        return with_code(self.code, a, code), self.expr(aus, blink)
 
     def forward(self, xyz: Tensor, audio_win: Tensor, aus: Tensor, blink: Tensor,
-                use_attention: bool = True) -> Motion:
-        a, e = self.encode(audio_win, aus, blink, use_attention)
+                use_attention: bool = True, code: Tensor | None = None) -> Motion:
+        a, e = self.encode(audio_win, aus, blink, use_attention, code)
         return self.field(xyz, a, e)
 
 
@@ -599,19 +621,37 @@ class MouthUMF(nn.Module):
     """
 
     def __init__(self, audio: AudioConfig = AudioConfig(),
-                 field: MouthFieldConfig = MouthFieldConfig()) -> None:
+                 field: MouthFieldConfig = MouthFieldConfig(), code_dim: int = 0,
+                 code_features: int = 16) -> None:
         super().__init__()
         self.audio = AudioEncoder(audio)
+        self.code = CodeEncoder(code_dim, code_features) if code_dim else None
+        if code_dim:
+            field = replace(field, audio_dim=field.audio_dim + code_features)
         self.field = MouthMotionField(field)
 
-    def encode(self, audio_win: Tensor, use_attention: bool = True) -> Tensor:
+    def encode(self, audio_win: Tensor, use_attention: bool = True,
+               code: Tensor | None = None) -> Tensor:
         single = audio_win.dim() == 3
         a = self.audio(audio_win[None] if single else audio_win, use_attention)
-        return a[0] if single else a
+        return with_code(self.code, a[0] if single else a, code)
 
     def forward(self, xyz: Tensor, audio_win: Tensor, hook: Tensor,
-                use_attention: bool = True) -> Motion:
-        return self.field(xyz, self.encode(audio_win, use_attention), hook)
+                use_attention: bool = True, code: Tensor | None = None) -> Motion:
+        return self.field(xyz, self.encode(audio_win, use_attention, code), hook)
+
+
+def with_code(encoder: CodeEncoder | None, audio_code: Tensor, code: Tensor | None) -> Tensor:
+    """The field's audio input: ``audio_code`` (…, 32), followed by the encoded mouth code
+    when the branch has a code encoder (then ``code`` (…, 4) is required)."""
+    if encoder is None:
+        return audio_code
+    if code is None:
+        raise ValueError("this motion field takes a mouth code: pass code=(…, 4)")
+    c = encoder(code.to(audio_code))
+    if c.dim() < audio_code.dim():
+        c = c.expand(*audio_code.shape[:-1], c.shape[-1])
+    return torch.cat([audio_code, c], -1)
 
 
 # ---------------------------------------------------------------------------------------------

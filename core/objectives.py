@@ -14,6 +14,7 @@ MOTION_WEIGHT = 1e-5     # |dxyz| + |drot| + |dscale| + |p_xyz|
 GATE_WEIGHT = 1e-4       # eye gate off the lips box, both gates off hair
 CONTRAST_WEIGHT = 1.0    # negative contrast loss (pre-training)
 MOUTH_OUTSIDE_WEIGHT = 1e-2  # mouth alpha outside the lips box
+LIPS_WEIGHT = 0.5        # extra photometric term on the lips box (face stage)
 
 
 def _gauss_window(size: int = 11, sigma: float = 1.5) -> Tensor:
@@ -47,6 +48,18 @@ def photometric(pred: Tensor, target: Tensor) -> Tensor:
     return (pred - target).abs().mean() + SSIM_WEIGHT * (1.0 - ssim(pred, target))
 
 
+def box_photometric(pred: Tensor, target: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+    """:func:`photometric` on the crop ``box = (y0, y1, x0, x1)`` (end-exclusive); L1 alone
+    when the crop is smaller than the 11 px SSIM window, 0 when it is empty."""
+    y0, y1, x0, x1 = box
+    if y1 <= y0 or x1 <= x0:
+        return pred.sum() * 0.0
+    p, t = pred[y0:y1, x0:x1], target[y0:y1, x0:x1]
+    if (y1 - y0) >= 11 and (x1 - x0) >= 11:
+        return photometric(p, t)
+    return (p - t).abs().mean()
+
+
 def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean absolute error over the pixels where ``mask`` (H, W) is True (0 if none)."""
     m = mask.to(pred.dtype)[..., None]
@@ -70,8 +83,10 @@ def box_mask(box: Tensor, height: int, width: int, pad: int = 0) -> Tensor:
 
 def gate_loss(gates_img: Tensor, lips: Tensor, hair: Tensor) -> Tensor:
     """Gate regulariser on rendered gate magnitudes ``gates_img`` (H, W, 2) = (audio, eye):
-    the eye gate should be silent on the lips box, both gates silent on hair."""
+    the eye gate should be silent on the lips box, both gates silent on hair. Each term is a
+    mean over its own region (not over the frame, where the lips box is ~1 % of the pixels)."""
     audio_g, eye_g = gates_img[..., 0], gates_img[..., 1]
-    l_eye = (eye_g * lips.to(eye_g)).mean()
-    l_hair = ((audio_g + eye_g) * hair.to(eye_g)).mean()
+    lips_m, hair_m = lips.to(eye_g), hair.to(eye_g)
+    l_eye = (eye_g * lips_m).sum() / lips_m.sum().clamp_min(1.0)
+    l_hair = ((audio_g + eye_g) * hair_m).sum() / hair_m.sum().clamp_min(1.0)
     return l_eye + l_hair

@@ -33,7 +33,9 @@ from core.avatar import ident_from_tensors, ident_tensors
 from core.dataset import ProcessedClip
 from core.errors import InputError
 from core.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier
+from core.data.mouth_code import MOUTH_CODE_DIM
 from core.head import Identity, UMF
+from core.model.mouth_drive import MouthDrive
 from core.motion_field import EMA, HOOK_K_RANGE
 from core.progress import ProgressBar, ProgressFn, format_seconds
 from core.stages import TrainFrames, face_step, field_optimizer, gaussian_optimizer, mouth_step
@@ -61,6 +63,9 @@ class PretrainConfig:
         densify_start: first densification step of each identity (per-identity steps).
         ckpt_every: checkpoint interval in steps.
         seed: seeds everything.
+        mouth_code: give the UMF the mouth-code input (:mod:`core.model.mouth_drive`): each
+            identity's tracked code (per-person statistics), or with ``predicted_code_prob``
+            the code predicted from its audio by the shipped audio-to-mouth prior.
     """
 
     res: int = 128
@@ -78,6 +83,8 @@ class PretrainConfig:
     densify_start: int = 100
     ckpt_every: int = 250
     seed: int = 0
+    mouth_code: bool = True
+    predicted_code_prob: float = 0.2
 
 
 PRESETS: dict[str, PretrainConfig] = {
@@ -133,14 +140,22 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
     frames = []
     for c in pclips:
         n = min(c.num_frames, int(cfg.max_seconds * 25))
-        frames.append(TrainFrames.from_clip(c, torch.arange(n), cfg.res, audio_limit=n))
+        drive = None
+        if cfg.mouth_code:
+            a = c.arrays
+            drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n,
+                                   a["valid"].numpy(), c.expr.numpy())
+            say(f"{c.root.name}: audio-video offset {drive.av_offset:+d} frames")
+        frames.append(TrainFrames.from_clip(c, torch.arange(n), cfg.res, audio_limit=n,
+                                            drive=drive))
     n_id = len(pclips)
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    umf = UMF(spec.dim)
-    idents = [Identity(sh_degree=cfg.sh_degree, personalised=True).init_gaussians(
-        c.arrays["canonical"], gen) for c in pclips]
+    umf = UMF(spec.dim, MOUTH_CODE_DIM if cfg.mouth_code else 0)
+    field_audio = umf.face.field.config.audio_dim
+    idents = [Identity(sh_degree=cfg.sh_degree, personalised=True, field_audio_dim=field_audio
+                       ).init_gaussians(c.arrays["canonical"], gen) for c in pclips]
     emas = {"face": EMA(umf.face, cfg.ema_decay), "mouth": EMA(umf.mouth, cfg.ema_decay)}
     run_meta = {"config": asdict(cfg), "identities": [
         {"name": c.manifest["source"]["name"], "sha256": c.manifest["source"]["sha256"],
@@ -235,13 +250,16 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
             j = curricula[i].mouth() if branch == "mouth" else int(torch.randint(fr.n, (1,), generator=gen))
             bg = torch.rand(3, generator=gen)
             others = [personal[k] for k in range(n_id) if k != i]
+            tracked = float(torch.rand(1, generator=gen)) >= cfg.predicted_code_prob
             if branch == "face":
                 r = face_step(umf, ident, fr, j, bg, static=static, use_aligner=False,
-                              contrast_fields=others, contrast_weight=cfg.contrast_weight)
+                              contrast_fields=others, contrast_weight=cfg.contrast_weight,
+                              tracked=tracked)
             else:
                 k = int(torch.randint(k_lo, k_hi + 1, (1,), generator=gen))
                 r = mouth_step(umf, ident, fr, j, bg, k, static=static, use_aligner=False,
-                               contrast_fields=others, contrast_weight=cfg.contrast_weight)
+                               contrast_fields=others, contrast_weight=cfg.contrast_weight,
+                               tracked=tracked)
             if not torch.isfinite(r.loss):
                 raise FloatingPointError(f"non-finite loss at {pass_name} step {step}")
             r.loss.backward()
@@ -275,7 +293,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
     wall = time.perf_counter() - t_start
     prior_t = {f"umf.{b}.{k}": v for b, e in emas.items()
                for k, v in e.averaged_state_dict(getattr(umf, b)).items()}
-    meta = {"kind": "prior", "audio": spec.to_dict(), "res": cfg.res,
+    meta = {"kind": "prior", "audio": spec.to_dict(), "res": cfg.res, "code_dim": umf.code_dim,
             "steps": {"face": cfg.face_steps, "mouth": cfg.mouth_steps},
             "identities": run_meta["identities"], "config": asdict(cfg),
             "final_losses": losses, "ema_updates": {b: e.num_updates for b, e in emas.items()},

@@ -26,8 +26,9 @@ from core.head import (FrameCond, Identity, UMF, composite, face_motion, hook_fr
                        mouth_motion, render_branch)
 from core.masks import Label
 from core.motion_field import Motion, TriPlaneEncoder, audio_windows, motion_magnitude_loss
-from core.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, MOTION_WEIGHT, MOUTH_OUTSIDE_WEIGHT,
-                             alpha_loss, box_mask, gate_loss, photometric)
+from core.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, LIPS_WEIGHT, MOTION_WEIGHT,
+                             MOUTH_OUTSIDE_WEIGHT, alpha_loss, box_mask, box_photometric,
+                             gate_loss, photometric)
 
 
 @dataclass
@@ -39,6 +40,8 @@ class TrainFrames:
     audio: (T, 16, D) per-frame audio windows of the frames the windows may read;
     index: (n,) positions of these frames in ``audio``; lips_apart, blink: (n,) float
     curriculum signals; mouth_px: (n,) mouth-interior pixels.
+    mouth: (n, 4) tracked mouth code; mouth_pred: (n, 4) mouth code predicted from the clip's
+    audio (both None without a :class:`core.model.mouth_drive.MouthDrive`).
     """
 
     images: Tensor
@@ -53,6 +56,8 @@ class TrainFrames:
     lips_apart: Tensor
     blink: Tensor
     mouth_px: Tensor
+    mouth: Tensor | None = None
+    mouth_pred: Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -64,11 +69,14 @@ class TrainFrames:
 
     @classmethod
     def from_clip(cls, clip: ProcessedClip, frames: Tensor, res: int | None = None,
-                  audio_limit: int | None = None) -> "TrainFrames":
+                  audio_limit: int | None = None, drive=None) -> "TrainFrames":
         """Frames ``frames`` (indices) of ``clip`` resized to ``res`` (default: clip res).
 
-        ``audio_limit``: audio windows may only read frames ``< audio_limit`` (keep the
-        training part's windows out of held-out audio); default: the whole clip.
+        ``audio_limit``: audio windows (and mouth-code predictions) may only read frames
+        ``< audio_limit`` (keep the training part's windows out of held-out audio); default:
+        the whole clip. ``drive``: the avatar's :class:`core.model.mouth_drive.MouthDrive`:
+        adds tracked and predicted mouth codes, removes the mouth from the expression input,
+        and re-times the clip's audio by the drive's audio-video offset.
         """
         res = res or clip.res
         idx = frames.long()
@@ -86,6 +94,17 @@ class TrainFrames:
         K[0, 2] = K[1, 2] = res / 2.0
         audio = clip.audio_features()
         limit = audio_limit if audio_limit is not None else clip.num_frames
+        expr = clip.expr[idx].clone()
+        mouth = mouth_pred = None
+        if drive is not None:
+            from core.model.mouth_drive import SAMPLES_PER_FRAME, shift_frames
+
+            aligned = shift_frames(limit, drive.av_offset, limit)   # audio late: read ahead
+            audio = audio[aligned]
+            wav = clip.arrays["audio"][: limit * SAMPLES_PER_FRAME]
+            mouth_pred = drive.predicted(wav, limit)[aligned][idx.clamp_max(limit - 1)]
+            mouth = drive.tracked(clip.arrays["points3d"][idx].numpy())
+            expr = drive.clean_expression(expr, mouth)
         audio = audio[:limit]
         signals = clip.arrays["signals"][idx]
         names = clip.manifest["signal_names"]
@@ -93,14 +112,19 @@ class TrainFrames:
         blink = 0.5 * (signals[:, names.index("blink_left")] + signals[:, names.index("blink_right")])
         box = (clip.arrays["lips_box"][idx].float() * scale).round().int()
         return cls(images=imgs, plates=plates, labels=labels, viewmats=clip.viewmats[idx].clone(),
-                   K=K, expr=clip.expr[idx].clone(), lips_box=box, audio=audio,
+                   K=K, expr=expr, lips_box=box, audio=audio,
                    index=idx.clamp_max(limit - 1), lips_apart=lips, blink=blink,
-                   mouth_px=(labels == Label.MOUTH).flatten(1).sum(1))
+                   mouth_px=(labels == Label.MOUTH).flatten(1).sum(1), mouth=mouth,
+                   mouth_pred=mouth_pred)
 
-    def cond(self, j: int) -> FrameCond:
+    def cond(self, j: int, tracked: bool = False) -> FrameCond:
+        """Conditioning of frame ``j``. The mouth code is the one predicted from the audio
+        unless ``tracked`` (training on the recorded lips); evaluation never sees tracked
+        codes."""
+        codes = self.mouth if tracked else self.mouth_pred
         return FrameCond(viewmat=self.viewmats[j], K=self.K, width=self.res, height=self.res,
                          audio_win=audio_windows(self.audio, int(self.index[j]))[0],
-                         expr=self.expr[j])
+                         expr=self.expr[j], mouth=None if codes is None else codes[j])
 
 
 def gaussian_optimizer(gs: GaussianSet, colours_and_opacity_only: bool = False) -> torch.optim.Adam:
@@ -142,6 +166,14 @@ class StepResult:
     logs: dict[str, float]
 
 
+def _lips_crop(frames: TrainFrames, j: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of frame ``j``'s lips box grown by 1/8 of its width (>= 2 px),
+    clipped to the image."""
+    x0, y0, x1, y1 = [int(v) for v in frames.lips_box[j].tolist()]
+    pad = max(2, (x1 - x0) // 8)
+    return (max(0, y0 - pad), min(frames.res, y1 + pad), max(0, x0 - pad), min(frames.res, x1 + pad))
+
+
 def _gate_channels(m: Motion) -> Tensor | None:
     if m is None or m.audio_gate is None or m.eye_gate is None:
         return None
@@ -150,15 +182,19 @@ def _gate_channels(m: Motion) -> Tensor | None:
 
 def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor,
               static: bool = False, use_aligner: bool = True,
-              contrast_fields: list | None = None, contrast_weight: float = 1.0) -> StepResult:
+              contrast_fields: list | None = None, contrast_weight: float = 1.0,
+              tracked: bool = True) -> StepResult:
     """Face stage loss for frame ``j`` over the flat background ``bg`` (3,).
 
     static: no motion (pre-training warm-up). contrast_fields: other identities'
-    personalised face fields (pre-training negative contrast loss)."""
+    personalised face fields (pre-training negative contrast loss). tracked: condition on the
+    tracked mouth code (else the one predicted from the audio). Besides the whole-frame term,
+    the lips box gets its own photometric term (``LIPS_WEIGHT``): the lips are about 1 % of
+    the frame and would otherwise hardly count."""
     from core.head import personal_face_offsets
     from core.motion_field import negative_contrast_loss
 
-    cond = frames.cond(j)
+    cond = frames.cond(j, tracked)
     lab = frames.labels[j]
     head = (lab == Label.FACE) | (lab == Label.HAIR)
     target = torch.where(head[..., None], frames.images[j], bg)
@@ -167,6 +203,8 @@ def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor
     out = render_branch(ident.face, m, cond, background=bg, extra=gates)
     pred = out.image[..., :3]
     loss = photometric(pred, target) + ALPHA_WEIGHT * alpha_loss(out.alpha, head)
+    lips_box = _lips_crop(frames, j)
+    loss = loss + LIPS_WEIGHT * box_photometric(pred, target, lips_box)
     logs = {}
     if m is not None:
         loss = loss + MOTION_WEIGHT * motion_magnitude_loss(m)
@@ -174,7 +212,7 @@ def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor
             lips = box_mask(frames.lips_box[j], frames.res, frames.res)
             loss = loss + GATE_WEIGHT * gate_loss(out.image[..., 3:5], lips, lab == Label.HAIR)
         if contrast_fields and ident.face_personal is not None:
-            a, e = umf.face.encode(cond.audio_win, cond.expr[:5], cond.expr[5])
+            a, e = umf.face.encode(cond.audio_win, cond.expr[:5], cond.expr[5], code=cond.mouth)
             own = ident.face_personal(ident.face.means, a, e).d_xyz
             others = personal_face_offsets(contrast_fields, umf, ident.face.means, cond)
             lc = negative_contrast_loss(own, others)
@@ -186,13 +224,14 @@ def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor
 
 def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor, hook_k: int,
                static: bool = False, use_aligner: bool = True,
-               contrast_fields: list | None = None, contrast_weight: float = 1.0) -> StepResult:
+               contrast_fields: list | None = None, contrast_weight: float = 1.0,
+               tracked: bool = True) -> StepResult:
     """Mouth stage loss for frame ``j``: the mouth interior inside the lips box (see module
     doc); the face field only supplies the hook (no gradient)."""
     from core.head import personal_mouth_offsets
     from core.motion_field import negative_contrast_loss
 
-    cond = frames.cond(j)
+    cond = frames.cond(j, tracked)
     lab = frames.labels[j]
     mouth = lab == Label.MOUTH
     with torch.no_grad():
@@ -201,23 +240,16 @@ def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tenso
     out = render_branch(ident.mouth, m, cond, background=bg)
     pred = out.image[..., :3]
     target = torch.where(mouth[..., None], frames.images[j], bg)
-    box = frames.lips_box[j]
-    x0, y0, x1, y1 = [int(v) for v in box.tolist()]
-    pad = max(2, (x1 - x0) // 8)
-    y0, y1 = max(0, y0 - pad), min(frames.res, y1 + pad)
-    x0, x1 = max(0, x0 - pad), min(frames.res, x1 + pad)
+    y0, y1, x0, x1 = _lips_crop(frames, j)
     inside = torch.zeros_like(mouth)
     inside[y0:y1, x0:x1] = True
-    if (y1 - y0) >= 11 and (x1 - x0) >= 11:
-        loss = photometric(pred[y0:y1, x0:x1], target[y0:y1, x0:x1])
-    else:
-        loss = (pred[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
+    loss = box_photometric(pred, target, (y0, y1, x0, x1))
     loss = loss + MOUTH_OUTSIDE_WEIGHT * (out.alpha[..., 0] * (~inside).to(pred)).mean()
     logs = {}
     if m is not None:
         loss = loss + MOTION_WEIGHT * motion_magnitude_loss(m)
         if contrast_fields and ident.mouth_personal is not None:
-            a = umf.mouth.encode(cond.audio_win)
+            a = umf.mouth.encode(cond.audio_win, code=cond.mouth)
             own = ident.mouth_personal(ident.mouth.means, a, hook).d_xyz
             others = personal_mouth_offsets(contrast_fields, umf, ident.mouth.means, cond, hook)
             lc = negative_contrast_loss(own, others)
@@ -228,9 +260,9 @@ def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tenso
 
 
 def fuse_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, hook_k: int = 10,
-              dilate: int = 1) -> StepResult:
+              dilate: int = 1, tracked: bool = True) -> StepResult:
     """Fuse stage loss: the composited frame against the recorded frame (motion fixed)."""
-    cond = frames.cond(j)
+    cond = frames.cond(j, tracked)
     with torch.no_grad():
         fm = face_motion(umf, ident, cond)
         mm = mouth_motion(umf, ident, cond, hook_from_face(fm, hook_k))

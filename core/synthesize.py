@@ -83,14 +83,21 @@ def feature_config(spec: AudioFeatureSpec, allow_download: bool = False) -> Audi
 
 
 def render_frames(av: Avatar, feats: torch.Tensor, mark: bool = True,
-                  progress: ProgressFn | None = None) -> Iterator[np.ndarray]:
-    """Yield the (res, res, 3) uint8 frames driven by per-frame audio windows (T, 16, D)."""
+                  progress: ProgressFn | None = None,
+                  mouth: torch.Tensor | None = None) -> Iterator[np.ndarray]:
+    """Yield the (res, res, 3) uint8 frames driven by per-frame audio windows (T, 16, D)
+    and, for a model with a mouth-code input, the mouth codes (T, 4) predicted from the
+    same audio (:meth:`core.model.mouth_drive.MouthDrive.predicted`). Pose, expression
+    (upper face) and plate come from the avatar's own frames, looped back and forth."""
     T = feats.shape[0]
     res = av.res
+    if av.umf.code_dim and mouth is None:
+        raise ValueError("this avatar takes mouth codes: pass mouth=(T, 4)")
     for t in range(T):
         i = pingpong(t, av.num_frames)
         cond = FrameCond(viewmat=av.viewmats[i], K=av.K, width=res, height=res,
-                         audio_win=audio_windows(feats, t)[0], expr=av.expr[i])
+                         audio_win=audio_windows(feats, t)[0], expr=av.expr[i],
+                         mouth=None if mouth is None else mouth[t])
         plate = av.plates[i].float() / 255.0
         img = render_frame(av.umf, av.ident, cond, plate)
         frame = (img * 255.0).round().to(torch.uint8).numpy()
@@ -133,12 +140,13 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     cfg = feature_config(spec, allow_download)
     feature_spec(cfg).check_matches(spec)
     feats = audio_features(wav, T, cfg)
+    mouth = av.drive.predicted(wav, T) if av.drive is not None else None
     t0 = time.perf_counter()
     n_done = 0
 
     def frames() -> Iterator[np.ndarray]:
         nonlocal n_done
-        for f in render_frames(av, feats, mark, progress):
+        for f in render_frames(av, feats, mark, progress, mouth):
             n_done += 1
             yield f
 

@@ -1,0 +1,119 @@
+"""The mouth code: a few numbers per frame that say how the mouth is shaped.
+
+Measured on FaceMesh landmarks with the head pose removed (every frame aligned to the clip's
+mean shape by one similarity fit, :func:`core.expression.remove_pose`), in units of the
+eye-corner distance (IOD, landmarks 33-263 of the mean shape):
+
+=============  ===========================================================================
+aperture       inner-lip gap, |13 - 14| (0 = lips closed)
+width          mouth-corner distance, |61 - 291|
+protrusion     how far the lip centres (0, 17) stand in front of the mouth corners (61, 291)
+               along the camera axis (FaceMesh z grows away from the camera)
+jaw            chin (152) to the nose bridge (168)
+=============  ===========================================================================
+
+The raw geometry differs between people (lip thickness, face shape), so the model sees the
+code *normalised per person*: z-scores with the mean and standard deviation of the frames the
+avatar is trained on (:class:`MouthCodeStats`), never of held-out frames. The deformation
+fields take the normalised code as an input; an audio-to-mouth predictor
+(:mod:`core.model.mouth_predictor`) supplies it when new audio drives the avatar.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MOUTH_CODE_NAMES: tuple[str, ...] = ("aperture", "width", "protrusion", "jaw")
+MOUTH_CODE_DIM = len(MOUTH_CODE_NAMES)
+
+LIP_TOP, LIP_BOTTOM = 13, 14
+CORNERS = (61, 291)
+LIP_CENTRES = (0, 17)
+CHIN, NOSE_BRIDGE = 152, 168
+EYE_CORNERS = (33, 263)
+
+
+def mouth_geometry(points3d: np.ndarray) -> np.ndarray:
+    """Raw mouth code of every frame.
+
+    Args:
+        points3d: (T, 478, 3) FaceMesh points (pixel x, y; z scaled like x), no NaN.
+    Returns:
+        (T, 4) float32, columns :data:`MOUTH_CODE_NAMES`, in IOD units.
+    """
+    from core.expression import remove_pose
+
+    P = np.asarray(points3d, np.float64)
+    if P.ndim != 3 or P.shape[1] < 468 or P.shape[2] != 3:
+        raise ValueError(f"points3d must be (T, 478, 3), got {P.shape}")
+    A = remove_pose(P)
+    mean = A.mean(0)
+    iod = max(float(np.linalg.norm(mean[EYE_CORNERS[0]] - mean[EYE_CORNERS[1]])), 1e-9)
+    A = A / iod
+    aperture = np.linalg.norm(A[:, LIP_TOP] - A[:, LIP_BOTTOM], axis=-1)
+    width = np.linalg.norm(A[:, CORNERS[0]] - A[:, CORNERS[1]], axis=-1)
+    protrusion = A[:, list(CORNERS), 2].mean(1) - A[:, list(LIP_CENTRES), 2].mean(1)
+    jaw = np.linalg.norm(A[:, CHIN] - A[:, NOSE_BRIDGE], axis=-1)
+    return np.stack([aperture, width, protrusion, jaw], 1).astype(np.float32)
+
+
+@dataclass
+class MouthCodeStats:
+    """Per-person normalisation of the raw mouth code: ``code = (raw - mean) / std``.
+
+    Attributes:
+        mean, std: (4,) float32, from the training frames only; ``std`` floored at
+            ``min_std`` (IOD units) so a feature that hardly moves is not blown up.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, min_std: float = 1e-3) -> MouthCodeStats:
+        """Statistics of ``raw`` (T, 4): pass only the frames the model is trained on."""
+        raw = np.asarray(raw, np.float64)
+        return cls(raw.mean(0).astype(np.float32),
+                   np.maximum(raw.std(0), min_std).astype(np.float32))
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """(T, 4) raw -> (T, 4) float32 z-scores."""
+        return ((np.asarray(raw, np.float32) - self.mean) / self.std).astype(np.float32)
+
+    def denormalise(self, code: np.ndarray) -> np.ndarray:
+        """(T, 4) z-scores -> raw IOD units."""
+        return (np.asarray(code, np.float32) * self.std + self.mean).astype(np.float32)
+
+
+def fit_expression_basis(expr: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Least-squares map from the mouth code to the expression input, ``expr ~ [code, 1] @ B``.
+
+    Args:
+        expr: (T, E) expression input of the training frames; code: (T, 4) their mouth code.
+    Returns:
+        (5, E) float32 ``B`` (last row: intercept). Fit on training frames only.
+    """
+    X = np.concatenate([np.asarray(code, np.float64), np.ones((len(code), 1))], 1)
+    B, *_ = np.linalg.lstsq(X, np.asarray(expr, np.float64), rcond=None)
+    return B.astype(np.float32)
+
+
+def decorrelate_expression(expr: np.ndarray, code: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Expression input with its linear dependence on the mouth code removed:
+    ``expr - code @ B[:4]`` (the mean stays). The deformation fields then cannot read mouth
+    state from the brows and lids; the mouth comes only from the mouth code (audio when
+    driving). ``expr`` (T, E), ``code`` (T, 4), ``basis`` from :func:`fit_expression_basis`."""
+    return (np.asarray(expr, np.float32) - np.asarray(code, np.float32) @ basis[:-1]).astype(np.float32)
+
+
+def r2_from(X: np.ndarray, y: np.ndarray) -> float:
+    """R² of the least-squares linear prediction (with intercept) of ``y`` (T,) from ``X`` (T, k)."""
+    A = np.concatenate([np.asarray(X, np.float64), np.ones((len(X), 1))], 1)
+    y = np.asarray(y, np.float64)
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    return float(1.0 - (y - A @ coef).var() / max(y.var(), 1e-12))
+
+
+__all__ = ["MOUTH_CODE_DIM", "MOUTH_CODE_NAMES", "MouthCodeStats", "decorrelate_expression",
+           "fit_expression_basis", "mouth_geometry", "r2_from"]
