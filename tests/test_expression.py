@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.expression import AU_NAMES, SIGNAL_NAMES, Expression, expression_signals
-from core.masks import Label
+from core.data.expression import AU_NAMES, SIGNAL_NAMES, Expression, expression_signals
+from core.data.masks import Label
 from tests.test_masks import labelled
 from tests.test_tracking import tracked
 

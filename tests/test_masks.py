@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
-from core.masks import (
+from core.data.masks import (
     FACE_OVAL,
     INNER_LIPS,
     OUTER_LIPS,
@@ -18,7 +18,7 @@ from core.masks import (
     segment,
     torso_plate,
 )
-from core.media import read_audio
+from core.data.media import read_audio
 from tests.test_tracking import RES, clip_path, tracked
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from core.errors import InputError
-from core.media import iter_frames, probe
-from core.tracking import (
+from core.data.media import iter_frames, probe
+from core.data.landmarks import (
     RIGID_IDX,
     DetectConfig,
     FaceCheckConfig,
@@ -263,7 +263,7 @@ def test_pose_rejects_nan_points():
 
 
 def test_rigid_subset_excludes_mouth_and_lids():
-    from core.masks import INNER_LIPS, OUTER_LIPS
+    from core.data.masks import INNER_LIPS, OUTER_LIPS
 
     assert not set(RIGID_IDX) & (set(INNER_LIPS) | set(OUTER_LIPS) | {152, 159, 145, 386, 374})
 

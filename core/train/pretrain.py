@@ -26,17 +26,17 @@ from typing import Callable
 
 import torch
 
-from core import checkpoint
-from core.adapt import AdaptConfig, Curriculum
-from core.audio import AudioFeatureSpec
-from core.avatar import ident_from_tensors, ident_tensors
-from core.dataset import ProcessedClip
+from core.model import checkpoint
+from core.train.adapt import AdaptConfig, Curriculum
+from core.data.audio import AudioFeatureSpec
+from core.model.avatar import ident_from_tensors, ident_tensors
+from core.data.dataset import ProcessedClip
 from core.errors import InputError
-from core.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier
-from core.head import Identity, UMF
-from core.motion_field import EMA, HOOK_K_RANGE
+from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier
+from core.model.head import Identity, UMF
+from core.model.motion_field import EMA, HOOK_K_RANGE
 from core.progress import ProgressBar, ProgressFn, format_seconds
-from core.stages import TrainFrames, face_step, field_optimizer, gaussian_optimizer, mouth_step
+from core.train.stages import TrainFrames, face_step, field_optimizer, gaussian_optimizer, mouth_step
 
 PASSES = ("face", "mouth")
 
@@ -91,7 +91,7 @@ PRESETS: dict[str, PretrainConfig] = {
 
 
 def _load_clips(clips: list[str | os.PathLike], work: Path, report: ProgressFn) -> list[ProcessedClip]:
-    from core.preprocess import PreprocessConfig, preprocess
+    from core.data.preprocess import PreprocessConfig, preprocess
 
     out = []
     for n, c in enumerate(clips):

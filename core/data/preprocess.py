@@ -4,18 +4,18 @@
 
 Pipeline (one pass per concept, every step streams or holds ``uint8`` frames only):
 
-1. ``core.media.probe``: refuse unreadable files, no video, no audio, too short, too long.
-2. ``core.tracking.track_video``: FaceMesh on downscaled full frames (no face / two faces),
+1. ``core.data.media.probe``: refuse unreadable files, no video, no audio, too short, too long.
+2. ``core.data.landmarks.track_video``: FaceMesh on downscaled full frames (no face / two faces),
    one stable square crop around the head, FaceMesh again inside the crop at ``res``
    (face lost).
-3. The cropped ``res x res`` frames at 25 fps (``core.media.iter_frames``) and the audio
+3. The cropped ``res x res`` frames at 25 fps (``core.data.media.iter_frames``) and the audio
    at 16 kHz trimmed to exactly ``640 * T`` samples.
-4. ``core.tracking.fit_head_pose``: canonical shape, per-frame world-to-camera pose, one
+4. ``core.data.landmarks.fit_head_pose``: canonical shape, per-frame world-to-camera pose, one
    focal per clip, temporal smoothing.
-5. ``core.masks``: per-pixel labels (background, torso, hair, face, mouth), lips boxes,
+5. ``core.data.masks``: per-pixel labels (background, torso, hair, face, mouth), lips boxes,
    static background plate.
-6. ``core.expression``: blink / brow / lid / lips-apart signals and AU stand-ins.
-7. ``core.audio``: 50 Hz feature steps (log-mel by default, or HuBERT).
+6. ``core.data.expression``: blink / brow / lid / lips-apart signals and AU stand-ins.
+7. ``core.data.audio``: 50 Hz feature steps (log-mel by default, or HuBERT).
 
 The processed-clip folder (format version :data:`FORMAT_VERSION`) is written to a
 temporary sibling folder and renamed into place only when complete, so a failure never
@@ -39,7 +39,7 @@ leaves a half-written folder and an existing folder is replaced only by a comple
     ``au`` (T, 7) float32; ``signals`` (T, 6) float32 raw signals; ``lips_box`` (T, 4)
     int32; ``bg`` (res, res, 3) uint8 background plate.
 ``labels.npz``
-    ``labels`` (T, res, res) uint8, see :class:`core.masks.Label` (compressed).
+    ``labels`` (T, res, res) uint8, see :class:`core.data.masks.Label` (compressed).
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def check_media(path: str | os.PathLike, cfg: PreprocessConfig):
     Raises:
         InputError: 'unreadable', 'no_video', 'no_audio', 'too_short', 'too_long'.
     """
-    from core.media import probe
+    from core.data.media import probe
 
     info = probe(path)
     name = Path(path).name
@@ -156,11 +156,11 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
         InputError: the clip cannot be used (the message names the problem and the fix).
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
-    from core.audio import AudioFeatureConfig, feature_spec, feature_steps
-    from core.expression import expression_signals
-    from core.masks import Label, background_plate, lips_boxes, segment
-    from core.media import fit_length, iter_frames, read_audio, write_video
-    from core.tracking import fit_head_pose, reprojection_error, rotation_angles_deg, track_video
+    from core.data.audio import AudioFeatureConfig, feature_spec, feature_steps
+    from core.data.expression import expression_signals
+    from core.data.masks import Label, background_plate, lips_boxes, segment
+    from core.data.media import fit_length, iter_frames, read_audio, write_video
+    from core.data.landmarks import fit_head_pose, reprojection_error, rotation_angles_deg, track_video
 
     cfg = cfg or PreprocessConfig()
     clip, out = Path(clip), Path(out_dir)

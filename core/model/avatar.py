@@ -1,6 +1,6 @@
 """The avatar folder: everything needed to render one person, and nothing else.
 
-``model.safetensors`` (one checkpoint, :mod:`core.checkpoint`, kind ``avatar``):
+``model.safetensors`` (one checkpoint, :mod:`core.model.checkpoint`, kind ``avatar``):
     ``face.*`` / ``mouth.*`` Gaussian sets; ``umf.*`` the fine-tuned Universal Motion
     Field; ``face_aligner.*`` / ``mouth_aligner.*`` (absent for a from-scratch avatar);
     ``viewmats`` (n, 4, 4), ``K`` (3, 3), ``expr`` (n, 6): poses and expression signals of
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core import checkpoint
+from core.model import checkpoint
 from core.atomic import atomic_folder
 from core.errors import InputError
-from core.head import Identity, UMF
+from core.model.head import Identity, UMF
 
 KIND = "avatar"
 
@@ -78,7 +78,7 @@ def save_avatar(out: str | os.PathLike, umf: UMF, ident: Identity, viewmats: Ten
                 expr: Tensor, plates: np.ndarray, meta: dict[str, Any],
                 overwrite: bool = True) -> Path:
     """Write the avatar folder atomically (temporary sibling folder, then rename)."""
-    from core.media import write_video
+    from core.data.media import write_video
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -100,7 +100,7 @@ def load_avatar(folder: str | os.PathLike) -> Avatar:
     Raises:
         InputError('corrupt' | 'wrong_weights'): not an avatar, damaged files.
     """
-    from core.media import iter_frames
+    from core.data.media import iter_frames
 
     root = Path(folder)
     if not (root / "model.safetensors").is_file() or not (root / "plates.mp4").is_file():

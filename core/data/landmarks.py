@@ -958,14 +958,14 @@ def track_video(path, res: int = 256, fps: float = 25.0, max_frames: int | None 
     again; ``check_faces`` (face_lost if the face is missing in more than
     ``cfg.check.max_lost_fraction`` of the frames).
 
-    Frames come from ``core.media.iter_frames`` (25 fps timeline). The cropped
+    Frames come from ``core.data.media.iter_frames`` (25 fps timeline). The cropped
     frames are not kept; read them again with
     ``iter_frames(path, fps, size=res, crop=result.crop)``.
 
     Raises:
         InputError: 'no_face', 'multiple_faces', 'face_lost' (and media errors).
     """
-    from core.media import iter_frames, probe
+    from core.data.media import iter_frames, probe
 
     cfg = cfg or TrackConfig()
     info = probe(path)

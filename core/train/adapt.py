@@ -27,16 +27,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from core import checkpoint
-from core.audio import AudioFeatureSpec
-from core.avatar import ident_from_tensors, ident_tensors, save_avatar
-from core.dataset import ProcessedClip
+from core.model import checkpoint
+from core.data.audio import AudioFeatureSpec
+from core.model.avatar import ident_from_tensors, ident_tensors, save_avatar
+from core.data.dataset import ProcessedClip
 from core.errors import InputError
-from core.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig
-from core.head import Identity, UMF, mouth_dilation
+from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig
+from core.model.head import Identity, UMF, mouth_dilation
 from core.progress import ProgressBar, ProgressFn, format_seconds
-from core.motion_field import HOOK_K_RANGE
-from core.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
+from core.model.motion_field import HOOK_K_RANGE
+from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
                          mouth_step)
 
 STAGES = ("face", "mouth", "fuse")
@@ -217,7 +217,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     if clip.is_dir():
         pclip = ProcessedClip.load(clip, max_frames=n_want)
     else:
-        from core.preprocess import PreprocessConfig, preprocess
+        from core.data.preprocess import PreprocessConfig, preprocess
 
         pdir = work / "clip"
         outer = report
