@@ -1,4 +1,4 @@
-"""Masks on real clips: labels, lips boxes, background and torso plates (core/masks.py)."""
+"""Masks on real clips: labels, lips boxes, background and torso plates (core.data.masks)."""
 from __future__ import annotations
 
 import functools
@@ -19,7 +19,7 @@ from core.data.masks import (
     torso_plate,
 )
 from core.data.media import read_audio
-from tests.test_tracking import RES, clip_path, tracked
+from tests.test_landmarks import RES, clip_path, tracked
 
 
 @functools.cache

@@ -119,7 +119,7 @@ def test_mouth_area_follows_audio_envelope(may: Path) -> None:
 
 
 def test_pose_jitter_small_on_still_clip(may: Path) -> None:
-    from core.data.landmarks import rotation_angles_deg
+    from core.data.pose import rotation_angles_deg
 
     V = ProcessedClip.load(may).viewmats.numpy()
     rel = np.einsum("tij,tkj->tik", V[1:, :3, :3], V[:-1, :3, :3])

@@ -5,12 +5,12 @@
 Pipeline (one pass per concept, every step streams or holds ``uint8`` frames only):
 
 1. ``core.data.media.probe``: refuse unreadable files, no video, no audio, too short, too long.
-2. ``core.data.landmarks.track_video``: FaceMesh on downscaled full frames (no face / two faces),
+2. ``core.data.crop.track_video``: FaceMesh on downscaled full frames (no face / two faces),
    one stable square crop around the head, FaceMesh again inside the crop at ``res``
    (face lost).
 3. The cropped ``res x res`` frames at 25 fps (``core.data.media.iter_frames``) and the audio
    at 16 kHz trimmed to exactly ``640 * T`` samples.
-4. ``core.data.landmarks.fit_head_pose``: canonical shape, per-frame world-to-camera pose, one
+4. ``core.data.pose.fit_head_pose``: canonical shape, per-frame world-to-camera pose, one
    focal per clip, temporal smoothing.
 5. ``core.data.masks``: per-pixel labels (background, torso, hair, face, mouth), lips boxes,
    static background plate.
@@ -160,7 +160,8 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
     from core.data.expression import expression_signals
     from core.data.masks import Label, background_plate, lips_boxes, segment
     from core.data.media import fit_length, iter_frames, read_audio, write_video
-    from core.data.landmarks import fit_head_pose, reprojection_error, rotation_angles_deg, track_video
+    from core.data.crop import track_video
+    from core.data.pose import fit_head_pose, reprojection_error, rotation_angles_deg
 
     cfg = cfg or PreprocessConfig()
     clip, out = Path(clip), Path(out_dir)
