@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from core.adapt import PRESETS, adapt
+from core.train.adapt import PRESETS, adapt
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = (ROOT / ".." / "shared" / "data" / "clips" / "may_5s.mp4").resolve()

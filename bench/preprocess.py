@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.preprocess import PreprocessConfig, preprocess
+from core.data.preprocess import PreprocessConfig, preprocess
 
 DEFAULT_CLIP = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clips" / "may_5s.mp4"
 

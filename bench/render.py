@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.render import rasterize
+from core.raster.render import rasterize
 
 SIZES_N = (2000, 10000, 30000)
 SIZES_RES = (128, 256, 512)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from core.avatar import load_avatar
+from core.model.avatar import load_avatar
 from core.synthesize import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]

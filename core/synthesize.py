@@ -25,11 +25,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from core.audio import AudioFeatureConfig, AudioFeatureSpec, audio_features, feature_spec
-from core.avatar import Avatar, load_avatar
+from core.data.audio import AudioFeatureConfig, AudioFeatureSpec, audio_features, feature_spec
+from core.model.avatar import Avatar, load_avatar
 from core.errors import InputError
-from core.head import FrameCond, render_frame
-from core.motion_field import audio_windows
+from core.model.head import FrameCond, render_frame
+from core.model.motion_field import audio_windows
 from core.progress import ProgressBar, ProgressFn
 
 AI_STATEMENT = ("AI-generated video: a synthetic talking-head avatar (InsTaG) speaking the "
@@ -120,7 +120,7 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
         InputError: unreadable audio, no audio track, empty or too long audio, or an avatar
             whose audio features cannot be computed here.
     """
-    from core.media import read_audio, write_video
+    from core.data.media import read_audio, write_video
 
     av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
     wav = read_audio(audio, 16000)

@@ -65,10 +65,10 @@ def resolve_prior(name_or_path: str | os.PathLike = DEFAULT_PRIOR,
         if not local.is_file():
             raise InputError("wrong_weights", f"The shipped prior {entry.file} is missing from "
                              f"{manifest_path.parent}.", "Restore it from the repository "
-                             "(git checkout weights/) or re-create it with core.pretrain "
+                             "(git checkout weights/) or re-create it with core.train.pretrain "
                              "(weights/README.md has the command).")
         if entry.sha256:
-            from core.preprocess import sha256_file
+            from core.data.preprocess import sha256_file
 
             if sha256_file(local) != entry.sha256:
                 raise InputError("corrupt", f"{entry.file} does not match its manifest checksum.",

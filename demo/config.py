@@ -36,7 +36,7 @@ class AppConfig:
 
     Attributes:
         data_root: private folder of the avatar store (env ``INSTAG_APP_DATA``).
-        preset: adaptation preset, a key of ``core.adapt.PRESETS`` (env ``INSTAG_PRESET``).
+        preset: adaptation preset, a key of ``core.train.adapt.PRESETS`` (env ``INSTAG_PRESET``).
         prior: prior checkpoint path or shipped prior name (``weights/manifest.json``), or
             ``"none"`` to adapt from scratch (env ``INSTAG_PRIOR``).
         prior_repo: Hugging Face model repo holding the prior, used when ``prior`` is not a
@@ -103,7 +103,7 @@ class AppConfig:
 
     def validate(self) -> None:
         """Refuse impossible settings early (at start-up, not in the middle of a job)."""
-        from core.adapt import PRESETS
+        from core.train.adapt import PRESETS
 
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; one of {sorted(PRESETS)}")

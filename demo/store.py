@@ -6,7 +6,7 @@ Layout under ``root``::
     avatars/<id>/consent.json   the consent record: time, statement (text and version),
                                 clip sha256 and size
     avatars/<id>/clip.<ext>     the uploaded clip (kept for previews and benchmarks)
-    avatars/<id>/avatar/        the core avatar folder (core.avatar)
+    avatars/<id>/avatar/        the core avatar folder (core.model.avatar)
     avatars/<id>/preview.mp4    the preview render
     avatars/<id>/renders/       the Talk renders
     avatars/<id>/.incomplete    present while the avatar is being created

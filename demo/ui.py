@@ -102,8 +102,8 @@ def create_work(cfg: AppConfig, folder: Path, clip_file: str, prior: Path | None
                 progress: Any) -> Path:
     """Preprocess the clip, adapt the avatar into ``folder/avatar``, render the preview
     (the clip's own first seconds of audio) to ``folder/preview.mp4``."""
-    from core.adapt import PRESETS, adapt
-    from core.preprocess import PreprocessConfig, preprocess
+    from core.train.adapt import PRESETS, adapt
+    from core.data.preprocess import PreprocessConfig, preprocess
     from core.synthesize import synthesize
 
     jp = JobProgress(progress)
@@ -155,7 +155,7 @@ class App:
 
     def __post_init__(self) -> None:
         # ZeroGPU wants its GPU functions decorated once, before launch
-        from core.adapt import PRESETS
+        from core.train.adapt import PRESETS
 
         steps = PRESETS[self.cfg.preset].total_steps
         self._create_gpu = gpu(duration=int(min(3600, 120 + steps * 0.1)))(create_work)
@@ -212,7 +212,7 @@ class App:
     def create(self, video: str | None, consent: bool, name: str, token: str | None,
                progress=gr.Progress()):
         """Create tab: consent, cheap checks, preprocessing, adaptation, preview."""
-        from core.preprocess import PreprocessConfig, check_media
+        from core.data.preprocess import PreprocessConfig, check_media
 
         token = token or self.store.new_token()
         if not consent:
@@ -294,7 +294,7 @@ class App:
     def benchmark(self, source: str, avatar_id: str | None, clip: str | None, consent: bool,
                   seconds: list, methods: list, token: str | None, progress=gr.Progress()):
         """Benchmark tab: the evaluation harness in quick mode."""
-        from core.preprocess import PreprocessConfig, check_media
+        from core.data.preprocess import PreprocessConfig, check_media
 
         token = token or self.store.new_token()
         if source == "created avatar":
@@ -388,7 +388,7 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
 
         threading.Thread(target=loop, name="instag-expiry", daemon=True).start()
 
-    from core.adapt import PRESETS
+    from core.train.adapt import PRESETS
 
     acfg = PRESETS[cfg.preset]
     methods, train_seconds = _benchmark_options()

@@ -5,11 +5,11 @@ Every baseline returns ``(n_test, res, res, 3) uint8`` frames aligned with the t
 so the same scorer applies to all methods:
 
 ``scratch``
-    The same model trained from scratch (``core.adapt`` with ``prior=None``, same preset,
+    The same model trained from scratch (``core.train.adapt`` with ``prior=None``, same preset,
     seed and steps): not here, :mod:`eval.benchmark` runs it like ``instag``.
 ``retrieval`` (:func:`retrieval_frames`)
     For each test frame, the training frame whose audio window is nearest: the clip's
-    per-frame log-mel windows (16 steps x D, ``core.audio.frame_windows``), each feature
+    per-frame log-mel windows (16 steps x D, ``core.data.audio.frame_windows``), each feature
     standardised with the training frames' mean / std, flattened, cosine similarity.
     Keys are computed from the training audio only (windows never read held-out audio).
     Poses differ between the retrieved and the test frame, so the retrieved frame's
@@ -36,11 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.audio import frame_windows
-from core.dataset import ProcessedClip
-from core.masks import Label
-from core.preprocess import SAMPLES_PER_FRAME
-from core.stages import TrainFrames
+from core.data.audio import frame_windows
+from core.data.dataset import ProcessedClip
+from core.data.masks import Label
+from core.data.preprocess import SAMPLES_PER_FRAME
+from core.train.stages import TrainFrames
 from core.synthesize import pingpong
 
 #: Rigid FaceMesh points for the retrieval alignment: eye corners, nose bridge and tip,

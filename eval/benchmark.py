@@ -33,7 +33,7 @@ scores only; its image / landmark metrics are 'n/a'. ``gt_av_offset`` / ``gt_av_
 same sync score of the real test video with its real audio (the reference).
 
 Held-out PSNR vs training steps: adaptations run by the benchmark pass
-``observe=CurveRecorder`` to ``core.adapt.adapt``, which scores ``curve_frames`` evenly spaced
+``observe=CurveRecorder`` to ``core.train.adapt.adapt``, which scores ``curve_frames`` evenly spaced
 held-out frames (``eval.protocol.HeldoutCurve``, the cell's own test span) on the live model
 every ``curve_every`` steps (default 100 for the cpu preset, else the preset's ``ckpt_every``)
 and after the last step;
@@ -113,7 +113,7 @@ class BenchmarkConfig:
     """Settings of a benchmark run.
 
     Attributes:
-        preset: ``core.adapt`` preset of the adapted methods ('cpu' / 'gpu' / 'tiny');
+        preset: ``core.train.adapt`` preset of the adapted methods ('cpu' / 'gpu' / 'tiny');
             quick runs use 'tiny'.
         quick: CI-sized run: tiny preset, 2 s test span, clips preprocessed at 128 px and cut
             to the frames needed.
@@ -151,7 +151,7 @@ class BenchmarkConfig:
             self.clip_res = QUICK_CLIP_RES if self.quick else CLIP_RES.get(self.preset, 256)
 
     def adapt_config(self, seconds: float):
-        from core.adapt import PRESETS
+        from core.train.adapt import PRESETS
 
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; one of {sorted(PRESETS)}")
@@ -159,7 +159,7 @@ class BenchmarkConfig:
 
     @property
     def eval_res(self) -> int:
-        from core.adapt import PRESETS
+        from core.train.adapt import PRESETS
 
         return PRESETS[self.preset].res
 
@@ -196,7 +196,7 @@ def prepare_clip(clip: Path, out: Path, cfg: BenchmarkConfig, train_seconds: lis
     dest = out / "clips" / clip.stem
     if (dest / "manifest.json").is_file():
         return dest
-    from core.preprocess import PreprocessConfig, preprocess
+    from core.data.preprocess import PreprocessConfig, preprocess
 
     max_frames = None
     if cfg.quick:
@@ -212,7 +212,7 @@ _CLIPS: dict[str, Any] = {}
 
 
 def _load_clip(path: Path):
-    from core.dataset import ProcessedClip
+    from core.data.dataset import ProcessedClip
 
     key = str(Path(path).resolve())
     if key not in _CLIPS:
@@ -261,7 +261,7 @@ def ensure_avatar(clip_dir: Path, out: Path, stem: str, method: str, seconds: fl
                   progress: ProgressFn | None = None) -> tuple[Path, bool]:
     """The avatar folder of an adapted cell, adapting it (resumable, recording the PSNR-vs-steps
     curve) unless it exists. Returns ``(folder, adapted_here)``."""
-    from core.adapt import adapt
+    from core.train.adapt import adapt
     from core.errors import InputError
 
     name = cell_name(stem, method, seconds)
@@ -428,13 +428,13 @@ def score_cell(pred: np.ndarray, gt: np.ndarray, face: np.ndarray,
 
 
 def _write_render(path: Path, frames: np.ndarray) -> None:
-    from core.media import write_video
+    from core.data.media import write_video
 
     write_video(path, iter(frames), fps=25.0, crf=8, pix_fmt="yuv444p", preset="veryfast")
 
 
 def _read_render(path: Path) -> np.ndarray:
-    from core.media import iter_frames
+    from core.data.media import iter_frames
 
     return np.stack(list(iter_frames(path, fps=25.0)))
 
@@ -502,7 +502,7 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
             row["gt_av_offset"] = row["gt_av_corr"] = NA
     pred: np.ndarray | None = None
     if task.method in ADAPTED:
-        from core.avatar import load_avatar
+        from core.model.avatar import load_avatar
 
         av = load_avatar(avatar)
         t1 = time.perf_counter()
@@ -688,7 +688,7 @@ def side_by_side(out: Path, clip_dir: Path, stem: str, seconds: float, methods: 
                  train_seconds: list[float], cfg: BenchmarkConfig) -> Path | None:
     """``videos/{stem}_{s}s_side_by_side.mp4``: ground truth | each rendered method, labelled,
     marked, with the test audio. Skipped when up to date."""
-    from core.media import write_video
+    from core.data.media import write_video
     from core.synthesize import AI_STATEMENT, draw_mark
     from eval import baselines as B
     from eval.protocol import ground_truth, heldout_frames

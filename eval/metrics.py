@@ -13,12 +13,12 @@ Image metrics (frames ``(H, W, 3)`` uint8 RGB, or float in [0, 1]):
   * LPIPS (AlexNet, v0.1) through :mod:`eval.lpips_net`; when its weights are absent
     the result is a :class:`MetricUnavailable` string, never a number.
 
-Landmark metrics (FaceMesh, :func:`core.tracking.detect_landmarks` on both clips):
+Landmark metrics (FaceMesh, :func:`core.data.landmarks.detect_landmarks` on both clips):
   * LMD: mean L2 distance in pixels between predicted and recorded landmarks after
     centring each frame's set on its own mean (METHOD.md section 8). Mouth set
     :data:`MOUTH_IDX` = the 40 lip-contour points (20 outer + 20 inner lip, the
-    ``core.masks`` polygons); face set :data:`FACE_IDX` = the 468 mesh points (no iris).
-  * AUE: mean absolute difference of the ``core.expression`` action-unit columns in
+    ``core.data.masks`` polygons); face set :data:`FACE_IDX` = the 468 mesh points (no iris).
+  * AUE: mean absolute difference of the ``core.data.expression`` action-unit columns in
     [0, 1]: upper face = AU01, 04, 05, 06, 07, 45 (brows, lids, blink), lower face =
     AU25 (lips apart). These are *landmark stand-ins* for OpenFace AU intensities (0-5
     scale, not available offline), so the numbers are not comparable to papers' AUE.
@@ -33,14 +33,14 @@ from typing import Self
 
 import numpy as np
 
-from core.masks import INNER_LIPS, OUTER_LIPS, Label
+from core.data.masks import INNER_LIPS, OUTER_LIPS, Label
 from eval.lpips_net import LPIPSAlex, LPIPSWeights, try_load_lpips
 
 #: Mouth landmark subset of LMD: outer then inner lip contour, 40 FaceMesh indices.
 MOUTH_IDX: tuple[int, ...] = tuple(OUTER_LIPS) + tuple(INNER_LIPS)
 #: Full-face subset of LMD: the 468 mesh points (the 10 iris points 468-477 excluded).
 FACE_IDX: tuple[int, ...] = tuple(range(468))
-#: AU columns of the upper / lower face error (``core.expression.AU_NAMES``).
+#: AU columns of the upper / lower face error (``core.data.expression.AU_NAMES``).
 UPPER_AUS: tuple[str, ...] = ("AU01", "AU04", "AU05", "AU06", "AU07", "AU45")
 LOWER_AUS: tuple[str, ...] = ("AU25",)
 
@@ -88,7 +88,7 @@ def mask_box(mask: np.ndarray) -> Box:
 
 
 def face_mask(labels: np.ndarray) -> np.ndarray:
-    """Bool face region from ``core.masks`` labels: FACE or MOUTH (any shape)."""
+    """Bool face region from ``core.data.masks`` labels: FACE or MOUTH (any shape)."""
     lab = np.asarray(labels)
     return (lab == Label.FACE) | (lab == Label.MOUTH)
 
@@ -336,13 +336,13 @@ class AUError:
 def au_error(pred_points: np.ndarray, gt_points: np.ndarray) -> AUError:
     """AUE from two (T, 478, 2|3) landmark tracks (no NaN; fill misses first).
 
-    ``core.expression.expression_signals`` maps each AU's raw geometry to [0, 1] with a
+    ``core.data.expression.expression_signals`` maps each AU's raw geometry to [0, 1] with a
     per-clip percentile range. Running it on the two clips separately would rescale a
     prediction with too little motion up to full range, so it runs once on the
     concatenation ``[gt; pred]``: both share one pose reference and one range, and an
     under-animated prediction shows up as error.
     """
-    from core.expression import expression_signals
+    from core.data.expression import expression_signals
 
     p, g = np.asarray(pred_points, np.float64), np.asarray(gt_points, np.float64)
     if p.shape != g.shape:
@@ -394,9 +394,9 @@ def landmark_metrics(pred_points: np.ndarray, gt_points: np.ndarray,
 
 
 def detect(frames: Sequence[np.ndarray] | np.ndarray):
-    """FaceMesh landmarks of a clip: ``core.tracking.detect_landmarks`` in video mode
+    """FaceMesh landmarks of a clip: ``core.data.landmarks.detect_landmarks`` in video mode
     without the full-range detector boxes (the evaluation frames are face crops)."""
-    from core.tracking import DetectConfig, detect_landmarks
+    from core.data.landmarks import DetectConfig, detect_landmarks
 
     return detect_landmarks(frames, DetectConfig(detector_boxes=False))
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.avatar import Avatar, load_avatar
-from core.dataset import ProcessedClip
-from core.head import render_frame
-from core.masks import Label
-from core.stages import TrainFrames
+from core.model.avatar import Avatar, load_avatar
+from core.data.dataset import ProcessedClip
+from core.model.head import render_frame
+from core.data.masks import Label
+from core.train.stages import TrainFrames
 
 TEST_SECONDS = 12.0
 

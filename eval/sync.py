@@ -26,7 +26,7 @@ SyncNet (LSE-C / LSE-D, METHOD.md section 8)
       crop rows ``[cy - bs, cy + 1.8 bs)``, columns ``[cx - 1.4 bs, cx + 1.4 bs)``
       (crop_scale 0.4; outside the frame filled with grey 110), resized to 224 x 224.
       The release takes the box from the S3FD face detector; here it is the FaceMesh
-      landmark box (about the same box; the ``core.tracking`` notes measured the
+      landmark box (about the same box; the ``core.data.landmarks`` notes measured the
       MediaPipe detector box at 0.93-1.02 of the landmark box). The lip stream sees
       this whole lower-shifted face crop, not a mouth-only crop: feeding a mouth crop
       to the released weights would be out of distribution.
@@ -131,7 +131,7 @@ def mfcc(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, numcep: int = 13,
     """MFCC as ``python_speech_features.mfcc(audio, sample_rate)`` computes it (defaults).
 
     Args:
-        audio: (N,) mono float in about [-1, 1] (as ``core.media.read_audio`` gives).
+        audio: (N,) mono float in about [-1, 1] (as ``core.data.media.read_audio`` gives).
         int16_scale: first map to int16 values (x 32768, rounded, clipped), as the
             SyncNet evaluation reads 16-bit wav; the log energy (coefficient 0) depends
             on it.
@@ -393,7 +393,7 @@ def sync_scores(frames: Sequence[np.ndarray] | np.ndarray, audio: np.ndarray, ne
     frames = np.asarray(frames)
     if boxes is None:
         if points is None:
-            from core.tracking import DetectConfig, detect_landmarks
+            from core.data.landmarks import DetectConfig, detect_landmarks
 
             track = detect_landmarks(frames, DetectConfig(detector_boxes=False))
             if not track.valid.any():
@@ -486,7 +486,7 @@ def av_sync_curve(mouth: np.ndarray, audio: np.ndarray, cfg: AVSyncConfig | None
     cfg = cfg or AVSyncConfig()
     m = np.asarray(mouth)
     if m.ndim == 4:
-        from core.tracking import DetectConfig, detect_landmarks
+        from core.data.landmarks import DetectConfig, detect_landmarks
 
         track = detect_landmarks(m, DetectConfig(detector_boxes=False))
         if not track.valid.any():

@@ -67,8 +67,8 @@ def _make_prior(tmp_factory, clips_dir: Path) -> str:
         return str(shutil.copy(shipped, root / "prior.safetensors"))
     except (InputError, OSError):
         pass
-    from core.preprocess import PreprocessConfig, preprocess
-    from core.pretrain import PRESETS, pretrain
+    from core.data.preprocess import PreprocessConfig, preprocess
+    from core.train.pretrain import PRESETS, pretrain
 
     dirs = [preprocess(clips_dir / name, root / Path(name).stem,
                        PreprocessConfig(res=128, max_frames=75))
@@ -281,7 +281,7 @@ def test_sessions_are_private(server, created, audio_dir: Path) -> None:
 
 def _synthetic_clip(path: Path, seconds: float, size: int = 64) -> Path:
     """A video with a tone and no face (made here; nothing from ../shared/data)."""
-    from core.media import write_video
+    from core.data.media import write_video
 
     n = int(seconds * 25)
     yy, xx = np.mgrid[0:size, 0:size]

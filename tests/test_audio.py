@@ -1,4 +1,4 @@
-"""core.audio: log-mel known answers on synthetic signals, real speech, tiny offline HuBERT."""
+"""core.data.audio: log-mel known answers on synthetic signals, real speech, tiny offline HuBERT."""
 from __future__ import annotations
 
 import socket
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.audio import (
+from core.data.audio import (
     AudioFeatureConfig,
     AudioFeatureSpec,
     audio_features,
@@ -21,7 +21,7 @@ from core.audio import (
     num_steps,
 )
 from core.errors import InputError
-from core.media import fit_length, read_audio, read_clip
+from core.data.media import fit_length, read_audio, read_clip
 
 SR = 16000
 

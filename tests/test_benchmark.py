@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.dataset import ProcessedClip
-from core.preprocess import PreprocessConfig, preprocess
-from core.pretrain import PRESETS as PRETRAIN_PRESETS, pretrain
+from core.data.dataset import ProcessedClip
+from core.data.preprocess import PreprocessConfig, preprocess
+from core.train.pretrain import PRESETS as PRETRAIN_PRESETS, pretrain
 from eval import baselines as B
 from eval.benchmark import BenchmarkConfig, run_benchmark
 from eval.protocol import heldout_frames

@@ -1,13 +1,13 @@
-"""Expression signals from landmarks (core/expression.py), on real tracked clips."""
+"""Expression signals from landmarks (core.data.expression), on real tracked clips."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.expression import AU_NAMES, SIGNAL_NAMES, Expression, expression_signals
-from core.masks import Label
+from core.data.expression import AU_NAMES, SIGNAL_NAMES, Expression, expression_signals
+from core.data.masks import Label
 from tests.test_masks import labelled
-from tests.test_tracking import tracked
+from tests.test_landmarks import tracked
 
 
 def _rot(yaw: float, pitch: float, roll: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Known-answer tests for core.gaussians (CPU, a few seconds)."""
+"""Known-answer tests for core.model.gaussians (CPU, a few seconds)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.gaussians import (
+from core.model.gaussians import (
     FACE_INIT, MOUTH_INIT, PARAM_NAMES, Densifier, DensifyConfig, GaussianConfig, GaussianSet,
     background_colored, extend_gaussians, inverse_softplus, knn_mean_distance, prune_gaussians,
     quat_to_rotmat, rgb_to_sh_dc, sh_dc_to_rgb)
@@ -78,7 +78,7 @@ def test_activated_applies_deltas():
     assert torch.allclose(a.scales, F.softplus(g.scales_raw + ds))
     assert a.opacities.shape == (50,) and a.sh.shape == (50, 4, 3)
 
-    class M:  # duck-typed motion (core.motion_field.Motion has these fields)
+    class M:  # duck-typed motion (core.model.motion_field.Motion has these fields)
         d_xyz, d_quat, d_scale = dx, None, ds
     b = g.activated(M())
     assert torch.allclose(b.means, a.means) and torch.allclose(b.quats, g.quats)

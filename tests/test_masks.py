@@ -1,4 +1,4 @@
-"""Masks on real clips: labels, lips boxes, background and torso plates (core/masks.py)."""
+"""Masks on real clips: labels, lips boxes, background and torso plates (core.data.masks)."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
-from core.masks import (
+from core.data.masks import (
     FACE_OVAL,
     INNER_LIPS,
     OUTER_LIPS,
@@ -18,8 +18,8 @@ from core.masks import (
     segment,
     torso_plate,
 )
-from core.media import read_audio
-from tests.test_tracking import RES, clip_path, tracked
+from core.data.media import read_audio
+from tests.test_landmarks import RES, clip_path, tracked
 
 
 @functools.cache

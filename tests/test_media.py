@@ -1,4 +1,4 @@
-"""core.media on the real clips in ../shared/data plus synthetic round trips."""
+"""core.data.media on the real clips in ../shared/data plus synthetic round trips."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.errors import InputError
-from core.media import (
+from core.data.media import (
     fit_length,
     iter_frames,
     num_frames,
@@ -26,7 +26,7 @@ NTSC_AND_VFR = ["woman_11s_30fps.mp4", "man_map_6s_30fps.mp4", "woman_glasses_7s
 
 
 def _stream_ends(path: Path) -> tuple[float, float | None]:
-    """(video end, audio end) in s from the raw stream headers, independently of core.media."""
+    """(video end, audio end) in s from the raw stream headers, independently of core.data.media."""
     with av.open(str(path)) as c:
         def span(s):
             return (s.start_time or 0) * s.time_base, ((s.start_time or 0) + s.duration) * s.time_base

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from core.media import read_clip
+from core.data.media import read_clip
 from eval.lpips_net import LPIPSAlex, LPIPSWeights, load_lpips, try_load_lpips
 from eval.metrics import (
     FACE_IDX,

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from core import checkpoint
-from core.adapt import PRESETS as ADAPT_PRESETS
-from core.adapt import adapt, load_prior
-from core.audio import AudioFeatureSpec
-from core.avatar import load_avatar
-from core.dataset import ProcessedClip
+from core.model import checkpoint
+from core.train.adapt import PRESETS as ADAPT_PRESETS
+from core.train.adapt import adapt, load_prior
+from core.data.audio import AudioFeatureSpec
+from core.model.avatar import load_avatar
+from core.data.dataset import ProcessedClip
 from core.errors import InputError
-from core.head import UMF, Identity, render_frame
-from core.preprocess import PreprocessConfig, preprocess
-from core.pretrain import PRESETS as PRETRAIN_PRESETS
-from core.pretrain import pretrain
-from core.stages import TrainFrames
+from core.model.head import UMF, Identity, render_frame
+from core.data.preprocess import PreprocessConfig, preprocess
+from core.train.pretrain import PRESETS as PRETRAIN_PRESETS
+from core.train.pretrain import pretrain
+from core.train.stages import TrainFrames
 from core.synthesize import pingpong, synthesize
 from eval.metrics import psnr
 
@@ -138,7 +138,7 @@ def test_corrupt_or_wrong_checkpoints_are_refused(avatar: Path, prior: Path, tmp
 
 
 def test_synthesis_length_audio_and_mark(avatar: Path, audio_dir: Path, tmp_path: Path) -> None:
-    from core.media import probe, read_audio, read_clip, write_video
+    from core.data.media import probe, read_audio, read_clip, write_video
 
     src = read_audio(audio_dir / "zh_news.wav")[: int(2.3 * 16000)]  # 48 kHz source, 2.3 s
     clip_path = tmp_path / "speech.mp4"  # drive it from the audio track of a video

@@ -1,4 +1,4 @@
-"""Known-answer tests for core.motion_field (CPU, a few seconds)."""
+"""Known-answer tests for core.model.motion_field (CPU, a few seconds)."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.motion_field import (
+from core.model.motion_field import (
     EMA, FACE_PLANES, MOUTH_PLANES, AudioAttention, AudioConfig, AudioEncoder, AudioNet,
     ExpressionEncoder, FaceMotionField, FaceUMF, Motion, MotionAligner, MouthMotionField,
     MouthUMF, PersonalizedField, TriPlaneConfig, TriPlaneEncoder, aligned_face_motion,
@@ -342,7 +342,7 @@ def test_ema_on_umf_is_not_raw():
 
 # --------------------------------------------------------------------------- full branches
 def test_umf_branches_end_to_end():
-    from core.gaussians import FACE_INIT, MOUTH_INIT, GaussianSet
+    from core.model.gaussians import FACE_INIT, MOUTH_INIT, GaussianSet
     face_g = GaussianSet().init_box(FACE_INIT, generator=torch.Generator().manual_seed(0))
     mouth_g = GaussianSet().init_box(MOUTH_INIT, generator=torch.Generator().manual_seed(1))
     face, mouth, al = FaceUMF(AudioConfig(feat_dim=80)), MouthUMF(AudioConfig(feat_dim=80)), \

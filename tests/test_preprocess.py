@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.dataset import ProcessedClip
+from core.data.dataset import ProcessedClip
 from core.errors import InputError
-from core.media import num_frames, probe, read_audio
-from core.preprocess import PreprocessConfig, main, preprocess
+from core.data.media import num_frames, probe, read_audio
+from core.data.preprocess import PreprocessConfig, main, preprocess
 
 QUICK = PreprocessConfig(res=128, max_frames=50)  # every clip, first 2 s, small frames
 
@@ -95,7 +95,7 @@ def test_processed_folder_format_and_loader(may: Path, clips_dir: Path) -> None:
 
 
 def iter_first_frame(clip: Path, crop: list[int]):
-    from core.media import iter_frames
+    from core.data.media import iter_frames
 
     return iter_frames(clip, fps=25.0, size=256, crop=tuple(crop), max_frames=1)
 
@@ -119,7 +119,7 @@ def test_mouth_area_follows_audio_envelope(may: Path) -> None:
 
 
 def test_pose_jitter_small_on_still_clip(may: Path) -> None:
-    from core.tracking import rotation_angles_deg
+    from core.data.pose import rotation_angles_deg
 
     V = ProcessedClip.load(may).viewmats.numpy()
     rel = np.einsum("tij,tkj->tik", V[1:, :3, :3], V[:-1, :3, :3])

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.render import RenderOutput, rasterize
+from core.raster.render import RenderOutput, rasterize
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAM_NAMES = ("means", "quats", "scales", "opacities", "colors")
@@ -111,7 +111,7 @@ def test_dense_scene_multiple_depth_blocks_matches_reference():
 def test_chunking_and_tile_culling_do_not_change_results():
     from core.raster.projection import project
     from core.raster.tiles import bin_gaussians
-    from core.render import _rasterize_torch
+    from core.raster.render import _rasterize_torch
     W, H = 56, 40
     V, K = _camera(W, H, f=1.5 * W)
     params = _scene(300, 12, 3, scale=0.012, op_hi=0.999)
@@ -259,7 +259,7 @@ def test_background_gradient_and_no_grad_inputs():
 
 # --------------------------------------------------------------------------- dispatch / gsplat
 def test_cpu_never_imports_gsplat():
-    code = ("import sys, torch; from core.render import rasterize; "
+    code = ("import sys, torch; from core.raster.render import rasterize; "
             "o = rasterize(torch.zeros(1, 3), torch.tensor([[1., 0, 0, 0]]), torch.full((1, 3), .05), "
             "torch.tensor([.5]), torch.ones(1, 3), torch.tensor([[1., 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, .6], [0, 0, 0, 1]]), "
             "torch.tensor([[20., 0, 8], [0, 20, 8], [0, 0, 1]]), 16, 16); "

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from core.errors import InputError
-from core.media import read_clip
-from core.tracking import DetectConfig, detect_landmarks
+from core.data.media import read_clip
+from core.data.landmarks import DetectConfig, detect_landmarks
 from eval.sync import (
     AVSyncConfig,
     SyncNet,

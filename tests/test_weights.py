@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core import checkpoint
+from core.model import checkpoint
 from core.errors import InputError
-from core.preprocess import sha256_file
+from core.data.preprocess import sha256_file
 from core.weights import MANIFEST, manifest, resolve_prior
 
 

@@ -42,7 +42,7 @@ def mouth_geometry(points3d: np.ndarray) -> np.ndarray:
     Returns:
         (T, 4) float32, columns :data:`MOUTH_CODE_NAMES`, in IOD units.
     """
-    from core.expression import remove_pose
+    from core.data.expression import remove_pose
 
     P = np.asarray(points3d, np.float64)
     if P.ndim != 3 or P.shape[1] < 468 or P.shape[2] != 3:

@@ -173,7 +173,7 @@ def loudness_bands(audio: np.ndarray, num_steps: int, cfg: PhoneConfig = PhoneCo
     Uses the project's mel filterbank (no level scaling, no per-bin normalisation), groups mel
     bins by centre frequency, then maps each column's ``[p_lo, p_hi]`` to ``[0, 1]``.
     """
-    from core.audio import AudioFeatureConfig, log_mel_steps, mel_centers
+    from core.data.audio import AudioFeatureConfig, log_mel_steps, mel_centers
 
     mcfg = AudioFeatureConfig(kind="mel", normalize=False, target_rms=None, log_floor=1e-10)
     logmel = log_mel_steps(np.asarray(audio, np.float32), mcfg).numpy().astype(np.float64)

@@ -126,7 +126,7 @@ class MouthDrive:
 
     # ------------------------------------------------------------------ storage
     def tensors(self, prefix: str = "drive.") -> dict[str, Tensor]:
-        from core.checkpoint import module_tensors
+        from core.model.checkpoint import module_tensors
 
         return {**module_tensors(self.predictor, prefix + "predictor."),
                 prefix + "gain": torch.from_numpy(self.gain),
@@ -143,7 +143,7 @@ class MouthDrive:
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor], meta: dict, prefix: str = "drive.") -> MouthDrive:
-        from core.checkpoint import prefixed
+        from core.model.checkpoint import prefixed
 
         model = MouthPredictor(MouthPredictorConfig(**meta["predictor"]))
         model.load_state_dict(prefixed(t, prefix + "predictor."))

@@ -61,7 +61,7 @@ class MouthPredictorConfig:
 
 def audio_front_end(audio: np.ndarray | Tensor, inputs: str = "mel+phones") -> Tensor:
     """``(S, D)`` float32 predictor input for 16 kHz mono audio, ``S = ceil(N / 320)``."""
-    from core.audio import AudioFeatureConfig, log_mel_steps
+    from core.data.audio import AudioFeatureConfig, log_mel_steps
     from core.data.phones import phone_features
 
     parts = []
@@ -108,7 +108,7 @@ def to_frames(step_codes: Tensor, num_frames: int) -> Tensor:
 
 def save_predictor(path: str | Path, model: MouthPredictor, meta: dict) -> Path:
     """Write the predictor with the project's checkpoint format (kind ``mouth-prior``)."""
-    from core.checkpoint import module_tensors, save
+    from core.model.checkpoint import module_tensors, save
 
     return save(path, module_tensors(model, "predictor."),
                 {"kind": CHECKPOINT_KIND, "config": asdict(model.config), **meta})
@@ -119,7 +119,7 @@ def load_predictor(path: str | Path | None = None) -> tuple[MouthPredictor, dict
 
     Raises InputError ('corrupt' / 'wrong_weights' / 'missing_weights') with the fix.
     """
-    from core.checkpoint import load
+    from core.model.checkpoint import load
     from core.errors import InputError
     from core.weights import WEIGHTS_DIR
 

@@ -1,6 +1,7 @@
-"""Differentiable Gaussian rasterization backends; use :func:`core.render.rasterize`.
+"""Differentiable 3D Gaussian rasterization: :func:`core.raster.render.rasterize` and its backends.
 
 Modules (one concept each):
+    render          ``rasterize()``: gsplat semantics, picks a backend
     projection      EWA projection to screen space (gsplat rules), torch autograd
     sh              spherical harmonics (degrees 0-2) -> view-dependent RGB
     tiles           16x16 tile binning, depth-sorted per-tile lists

@@ -2,7 +2,7 @@
 
 Never import this module's function on a CPU-only machine: gsplat 1.5.3 imports
 ``packaging`` without declaring it and JIT-compiles its CUDA extension on first use when
-``nvcc`` exists, which fails without a GPU. :func:`core.render.rasterize` only calls it for
+``nvcc`` exists, which fails without a GPU. :func:`core.raster.render.rasterize` only calls it for
 CUDA tensors.
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ def reference_rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities:
                         eps2d: float = 0.3) -> dict[str, Tensor]:
     """Render in float64.
 
-    Args: as :func:`core.render.rasterize` with ``feats`` (N, C) already evaluated colours /
+    Args: as :func:`core.raster.render.rasterize` with ``feats`` (N, C) already evaluated colours /
         features and ``background`` (C,). All tensors are converted to float64 (autograd
         flows back to the originals).
     Returns: dict with ``image`` (H, W, C) premultiplied features + T*background, ``alpha``

@@ -1,6 +1,6 @@
 """The avatar folder: everything needed to render one person, and nothing else.
 
-``model.safetensors`` (one checkpoint, :mod:`core.checkpoint`, kind ``avatar``):
+``model.safetensors`` (one checkpoint, :mod:`core.model.checkpoint`, kind ``avatar``):
     ``face.*`` / ``mouth.*`` Gaussian sets; ``umf.*`` the fine-tuned Universal Motion
     Field; ``face_aligner.*`` / ``mouth_aligner.*`` (absent for a from-scratch avatar);
     ``viewmats`` (n, 4, 4), ``K`` (3, 3), ``expr`` (n, 6): poses and expression signals of
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core import checkpoint
+from core.model import checkpoint
 from core.atomic import atomic_folder
 from core.errors import InputError
-from core.head import Identity, UMF
+from core.model.head import Identity, UMF
 from core.model.mouth_drive import MouthDrive
 
 KIND = "avatar"
@@ -86,7 +86,7 @@ def save_avatar(out: str | os.PathLike, umf: UMF, ident: Identity, viewmats: Ten
                 overwrite: bool = True, drive: MouthDrive | None = None) -> Path:
     """Write the avatar folder atomically (temporary sibling folder, then rename).
     ``drive``: the mouth drive of a model with a mouth-code input (stored as ``drive.*``)."""
-    from core.media import write_video
+    from core.data.media import write_video
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -112,7 +112,7 @@ def load_avatar(folder: str | os.PathLike) -> Avatar:
     Raises:
         InputError('corrupt' | 'wrong_weights'): not an avatar, damaged files.
     """
-    from core.media import iter_frames
+    from core.data.media import iter_frames
 
     root = Path(folder)
     if not (root / "model.safetensors").is_file() or not (root / "plates.mp4").is_file():

@@ -20,15 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.dataset import ProcessedClip
-from core.gaussians import GaussianLR, GaussianSet
-from core.head import (FrameCond, Identity, UMF, composite, face_motion, hook_from_face,
+from core.data.dataset import ProcessedClip
+from core.model.gaussians import GaussianLR, GaussianSet
+from core.model.head import (FrameCond, Identity, UMF, composite, face_motion, hook_from_face,
                        mouth_motion, render_branch)
-from core.masks import Label
-from core.motion_field import Motion, TriPlaneEncoder, audio_windows, motion_magnitude_loss
-from core.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, LIPS_WEIGHT, MOTION_WEIGHT,
-                             MOUTH_OUTSIDE_WEIGHT, alpha_loss, box_mask, box_photometric,
-                             gate_loss, photometric)
+from core.data.masks import Label
+from core.model.motion_field import Motion, TriPlaneEncoder, audio_windows, motion_magnitude_loss
+from core.train.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, LIPS_WEIGHT, MOTION_WEIGHT,
+                                   MOUTH_OUTSIDE_WEIGHT, alpha_loss, box_mask, box_photometric,
+                                   gate_loss, photometric)
 
 
 @dataclass
@@ -191,8 +191,8 @@ def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor
     tracked mouth code (else the one predicted from the audio). Besides the whole-frame term,
     the lips box gets its own photometric term (``LIPS_WEIGHT``): the lips are about 1 % of
     the frame and would otherwise hardly count."""
-    from core.head import personal_face_offsets
-    from core.motion_field import negative_contrast_loss
+    from core.model.head import personal_face_offsets
+    from core.model.motion_field import negative_contrast_loss
 
     cond = frames.cond(j, tracked)
     lab = frames.labels[j]
@@ -228,8 +228,8 @@ def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tenso
                tracked: bool = True) -> StepResult:
     """Mouth stage loss for frame ``j``: the mouth interior inside the lips box (see module
     doc); the face field only supplies the hook (no gradient)."""
-    from core.head import personal_mouth_offsets
-    from core.motion_field import negative_contrast_loss
+    from core.model.head import personal_mouth_offsets
+    from core.model.motion_field import negative_contrast_loss
 
     cond = frames.cond(j, tracked)
     lab = frames.labels[j]

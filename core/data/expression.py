@@ -131,12 +131,12 @@ def remove_pose(points: np.ndarray, rigid_idx: tuple[int, ...] | None = None, it
     Args:
         points: (T, 478, D) landmarks, D = 3 (FaceMesh x, y, z: removes the full
             head rotation) or 2 (pixels: removes in-plane rotation, scale and shift).
-        rigid_idx: landmarks used for the fit (default: ``core.tracking.RIGID_IDX``).
+        rigid_idx: landmarks used for the fit (default: ``core.data.landmarks.RIGID_IDX``).
     Returns:
         (T, 478, D) float64 aligned points.
     """
     if rigid_idx is None:
-        from core.tracking import RIGID_IDX as rigid_idx
+        from core.data.landmarks import RIGID_IDX as rigid_idx
     P = np.asarray(points, np.float64)
     idx = list(rigid_idx)
     ref = P[len(P) // 2]

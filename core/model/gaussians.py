@@ -308,11 +308,11 @@ class GaussianSet(nn.Module):
     def activated(self, deltas: Any = None, *, d_xyz: Tensor | None = None,
                   d_quat: Tensor | None = None,
                   d_scale: Tensor | None = None) -> ActivatedGaussians:
-        """Activated, deformed tensors ready for ``core.render.rasterize``.
+        """Activated, deformed tensors ready for ``core.raster.render.rasterize``.
 
         Args:
             deltas: optional object with attributes ``d_xyz`` / ``d_quat`` / ``d_scale`` (e.g.
-                ``core.motion_field.Motion``); keyword arguments override its fields.
+                ``core.model.motion_field.Motion``); keyword arguments override its fields.
             d_xyz: (…, N, 3) metres, added to ``means``.
             d_quat: (…, N, 4) added to the *raw* quaternion before normalising.
             d_scale: (…, N, 3) added to the *raw* (pre-softplus) scale.

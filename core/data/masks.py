@@ -7,7 +7,7 @@ Sources (all offline, bundled with MediaPipe 0.10.21):
   * MediaPipe selfie segmentation (``model_selection=0``, the general 256x256
     model): person probability per pixel; person = probability >
     :attr:`MaskConfig.person_threshold` (0.5).
-  * FaceMesh landmarks (from :mod:`core.tracking`): the polygons below.
+  * FaceMesh landmarks (from :mod:`core.data.landmarks`): the polygons below.
 
 Label enum (:class:`Label`, uint8):
   0 BACKGROUND  not the person.
@@ -100,7 +100,7 @@ def _person_prob(frames: Iterable[np.ndarray], cfg: MaskConfig) -> Iterable[np.n
 
     import mediapipe as mp
 
-    from core.tracking import quiet_native_logs
+    from core.data.landmarks import quiet_native_logs
 
     it = iter(frames)
     head = next(it, None)  # read before building the graph: its start-up logs are async

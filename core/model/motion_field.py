@@ -4,7 +4,7 @@
 Conventions (core/__init__): head-canonical world in metres, +x image right, **+y down**,
 +z into the head; the fields cover ``±0.15`` (``TriPlaneConfig.bound``). Quaternion offsets
 are wxyz and are added to the *raw* quaternion; scale offsets are added to the *raw*
-(pre-softplus) scale (see ``core.gaussians.GaussianSet.activated``).
+(pre-softplus) scale (see ``core.model.gaussians.GaussianSet.activated``).
 
 Shapes: N Gaussians, B frames. Per-frame conditioning (audio code (32,), expression (6,),
 hook (3,)) may be given unbatched -> outputs (N, ·), or batched (B, ·) -> outputs (B, N, ·).

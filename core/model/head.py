@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.gaussians import FACE_INIT, MOUTH_INIT, GaussianConfig, GaussianSet
-from core.motion_field import (AudioConfig, FaceUMF, Motion, MotionAligner, MouthUMF,
+from core.model.gaussians import FACE_INIT, MOUTH_INIT, GaussianConfig, GaussianSet
+from core.model.motion_field import (AudioConfig, FaceUMF, Motion, MotionAligner, MouthUMF,
                                PersonalizedField, aligned_motion, face_mouth_hook, MOUTH_PLANES)
 from core.raster.projection import camera_center
 from core.raster.sh import sh_to_rgb
-from core.render import RenderOutput, rasterize
+from core.raster.render import RenderOutput, rasterize
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Identity(nn.Module):
         box half that size. The mouth box is centred on the clip's inner lips, 2 cm behind
         them, when the canonical FaceMesh shape (478, 3) is given (our origin is the landmark
         centroid, not the reference's 3DMM origin), else at (0, +0.05, 0) (below centre)."""
-        from core.masks import INNER_LIPS
+        from core.data.masks import INNER_LIPS
 
         self.face.init_box(FACE_INIT, generator)
         center = MOUTH_INIT.center

@@ -1,4 +1,4 @@
-"""Loading a processed-clip folder (written by :mod:`core.preprocess`) for training.
+"""Loading a processed-clip folder (written by :mod:`core.data.preprocess`) for training.
 
 ``ProcessedClip.load(folder)`` checks the manifest (format, version, file hashes) and
 returns the clip's tensors; frames and labels stay ``uint8`` in memory (a 5-minute clip at
@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import InputError
-from core.masks import Label
-from core.preprocess import FORMAT_VERSION, FPS, sha256_file
+from core.data.masks import Label
+from core.data.preprocess import FORMAT_VERSION, FPS, sha256_file
 
 _FILES = ("frames.mp4", "arrays.safetensors", "labels.npz")
 
@@ -59,9 +59,9 @@ class ProcessedClip:
     Attributes:
         root: the folder; manifest: its parsed ``manifest.json``.
         frames: (T, res, res, 3) uint8 RGB at 25 fps.
-        labels: (T, res, res) uint8, :class:`core.masks.Label` values.
+        labels: (T, res, res) uint8, :class:`core.data.masks.Label` values.
         bg: (res, res, 3) uint8 static background plate.
-        arrays: every tensor of ``arrays.safetensors`` (see :mod:`core.preprocess`),
+        arrays: every tensor of ``arrays.safetensors`` (see :mod:`core.data.preprocess`),
             cut to the loaded frames.
     """
 
@@ -86,7 +86,7 @@ class ProcessedClip:
         Raises:
             InputError('corrupt'): missing or damaged files, or an unknown format version.
         """
-        from core.media import iter_frames
+        from core.data.media import iter_frames
 
         root = Path(folder)
         mpath = root / "manifest.json"
@@ -156,8 +156,8 @@ class ProcessedClip:
         return self.arrays["expr"]
 
     def audio_features(self) -> torch.Tensor:
-        """(T, 16, D) float32 per-frame audio windows (see ``core.audio.frame_windows``)."""
-        from core.audio import frame_windows
+        """(T, 16, D) float32 per-frame audio windows (see ``core.data.audio.frame_windows``)."""
+        from core.data.audio import frame_windows
 
         return frame_windows(self.arrays["audio_steps"], self.num_frames,
                              int(self.manifest["audio"]["window"]))

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .raster.projection import camera_center, project
-from .raster.sh import sh_to_rgb
-from .raster.tiles import bin_gaussians
-from .raster.torch_backend import DEFAULT_BUDGET, composite
+from core.raster.projection import camera_center, project
+from core.raster.sh import sh_to_rgb
+from core.raster.tiles import bin_gaussians
+from core.raster.torch_backend import DEFAULT_BUDGET, composite
 
 __all__ = ["RenderOutput", "rasterize"]
 
@@ -119,11 +119,11 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     if backend == "gsplat":
         if not means.is_cuda:
             raise ValueError("the gsplat backend needs CUDA tensors")
-        from .raster.gsplat_backend import rasterize_gsplat
+        from core.raster.gsplat_backend import rasterize_gsplat
         r = rasterize_gsplat(means, quats, scales, opacities, feats, viewmat, K, width, height,
                              bg, near_plane, far_plane, eps2d)
     elif backend == "reference":
-        from .raster.reference import reference_rasterize
+        from core.raster.reference import reference_rasterize
         r = reference_rasterize(means, quats, scales, opacities, feats, viewmat, K, width, height,
                                 bg, near_plane, far_plane, eps2d)
     else:

@@ -1,0 +1,447 @@
+"""Adaptation: a new person's avatar from a few seconds of video and a pre-trained prior
+(METHOD.md §5).
+
+``python -m core.adapt CLIP --prior PRIOR --out AVATAR [--seconds 5] [--preset cpu|gpu]``
+(CLIP: a raw video, preprocessed first, or a processed-clip folder; ``--prior none`` trains
+the same model from scratch: the TalkingGaussian baseline).
+
+Stages: face (UMF fine-tuned, aligner on after ``aligner_start`` of the stage), mouth (the
+face frozen, supplying the hook), fuse (colours and face opacity only). One frame per step.
+Checkpoints go to a work folder beside the output every ``ckpt_every`` steps and at each
+stage end; ``--resume`` continues from the last one; the avatar folder appears (atomically)
+only when all stages are done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from core.model import checkpoint
+from core.data.audio import AudioFeatureSpec
+from core.model.avatar import ident_from_tensors, ident_tensors, save_avatar
+from core.data.dataset import ProcessedClip
+from core.errors import InputError
+from core.data.mouth_code import MOUTH_CODE_DIM
+from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig
+from core.model.head import Identity, UMF, mouth_dilation
+from core.model.mouth_drive import MouthDrive
+from core.progress import ProgressBar, ProgressFn, format_seconds
+from core.model.motion_field import HOOK_K_RANGE
+from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
+                         mouth_step)
+
+STAGES = ("face", "mouth", "fuse")
+
+
+@dataclass
+class AdaptConfig:
+    """Adaptation settings (METHOD §5 at paper scale in the ``gpu`` preset).
+
+    Attributes:
+        res: training/rendering resolution in pixels (the clip is resized if it differs).
+        seconds: use the first this many seconds of the clip (5 s = 125 frames).
+        face_steps, mouth_steps, fuse_steps: steps per stage (paper 10k / 10k / 2k).
+        umf_lr_grid, umf_lr_mlp: UMF AdamW rates for tri-plane grids / everything else.
+        umf_warm_frac: with a prior, the UMF learns at 0.1x for this fraction of a stage
+            (paper: 3k of 10k), then at 0.5^(step / stage_steps).
+        weight_decay: AdamW weight decay of the UMF (0.01).
+        aligner_start_frac: the aligner switches on after this fraction of a stage (1k/10k).
+        aligner_lr: aligner AdamW rate (5e-5).
+        sh_degree: SH degree of the avatar's Gaussians (1).
+        curriculum_frac: fraction of the face stage sampling closed -> open mouths, then
+            the same again favouring blinks; uniform afterwards.
+        min_mouth_px_512: mouth-stage frames need this many mouth pixels at 512² (scaled).
+        densify_start_frac: densification starts at this fraction of a stage (500 / 10k
+            is 5%; at least 100 steps); interval 100 steps, until 90% of the stage.
+        ckpt_every: checkpoint every this many steps.
+        seed: seeds initialisation, frame sampling, backgrounds and hooks.
+        mouth_code: give the motion fields the mouth-code input (tracked codes while adapting,
+            codes predicted from the audio when driving; :mod:`core.model.mouth_drive`).
+            With a prior, the prior decides (a prior trained without the input has none).
+        predicted_code_prob: fraction of training steps conditioned on the predicted code
+            instead of the tracked one, so the fields accept what they get when driven (0.2).
+    """
+
+    res: int = 256
+    seconds: float = 5.0
+    face_steps: int = 1500
+    mouth_steps: int = 900
+    fuse_steps: int = 200
+    umf_lr_grid: float = 5e-3
+    umf_lr_mlp: float = 5e-4
+    umf_warm_frac: float = 0.3
+    weight_decay: float = 0.01
+    aligner_start_frac: float = 0.1
+    aligner_lr: float = 5e-5
+    sh_degree: int = 1
+    curriculum_frac: float = 0.3
+    min_mouth_px_512: int = 20
+    densify_start_frac: float = 0.05
+    ckpt_every: int = 250
+    seed: int = 0
+    mouth_code: bool = True
+    predicted_code_prob: float = 0.2
+
+    @property
+    def total_steps(self) -> int:
+        return self.face_steps + self.mouth_steps + self.fuse_steps
+
+
+#: ``gpu``: paper scale. ``cpu``: 256², a budget that finishes a 5 s clip in about 20 min on
+#: two cores (see docs/ARCHITECTURE.md for the measured step times). ``tiny``: tests.
+PRESETS: dict[str, AdaptConfig] = {
+    "gpu": AdaptConfig(res=512, face_steps=10000, mouth_steps=10000, fuse_steps=2000, ckpt_every=1000),
+    "cpu": AdaptConfig(),
+    "tiny": AdaptConfig(res=96, face_steps=40, mouth_steps=20, fuse_steps=10, ckpt_every=20),
+}
+
+
+def umf_lr_factor(step: int, stage_steps: int, cfg: AdaptConfig, has_prior: bool) -> float:
+    """Fine-tuning schedule: with a prior 0.1x for the first ``umf_warm_frac`` of the stage,
+    then ``0.5^(step / stage_steps)`` (paper: 0.5^(it/10k) over a 10k stage); from scratch
+    the decay only."""
+    if has_prior and step < cfg.umf_warm_frac * stage_steps:
+        return 0.1
+    return 0.5 ** (step / max(1, stage_steps))
+
+
+class Curriculum:
+    """Frame sampling per stage (METHOD §5), reproducible from the generator."""
+
+    def __init__(self, frames: TrainFrames, cfg: AdaptConfig, gen: torch.Generator) -> None:
+        self.gen = gen
+        self.cfg = cfg
+        self.by_opening = torch.argsort(frames.lips_apart)
+        self.blink_w = 0.5 + frames.blink.clamp(0, 1)
+        min_px = max(1, round(cfg.min_mouth_px_512 * (frames.res / 512) ** 2))
+        ok = frames.mouth_px >= min_px
+        self.mouth_pool = torch.nonzero(ok).flatten()
+        if self.mouth_pool.numel() == 0:
+            raise InputError("no_face", "The mouth is never open in the training seconds "
+                             "(no frame shows the inside of the mouth).",
+                             "Use a clip where you speak clearly, or more seconds of it.")
+        lips = frames.lips_apart[self.mouth_pool]
+        self.mouth_w = (lips - lips.min()) + 0.1 * (lips.max() - lips.min() + 1e-6)
+        self.n = frames.n
+
+    def _randint(self, n: int) -> int:
+        return int(torch.randint(n, (1,), generator=self.gen))
+
+    def face(self, step: int, total: int) -> int:
+        """Warm-up: closed -> open mouths (growing pool); then blinks favoured; then uniform."""
+        t = step / max(1, total)
+        c = self.cfg.curriculum_frac
+        if t < c:
+            pool = max(1, math.ceil(self.n * (0.2 + 0.8 * t / c)))
+            return int(self.by_opening[self._randint(pool)])
+        if t < 2 * c:
+            return int(torch.multinomial(self.blink_w, 1, generator=self.gen))
+        return self._randint(self.n)
+
+    def mouth(self) -> int:
+        """Frames showing the mouth interior, favouring wider openings."""
+        k = int(torch.multinomial(self.mouth_w, 1, generator=self.gen))
+        return int(self.mouth_pool[k])
+
+    def uniform(self) -> int:
+        return self._randint(self.n)
+
+
+@dataclass
+class AdaptState:
+    """Everything that changes during adaptation (what a checkpoint holds)."""
+
+    umf: UMF
+    ident: Identity
+    stage: str = "face"
+    step: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+def _densifier(base: DensifyConfig, stage_steps: int, cfg: AdaptConfig, n: int) -> Densifier:
+    start = max(100, int(cfg.densify_start_frac * stage_steps))
+    return Densifier(replace(base, start_step=start), n)
+
+
+def load_prior(path: str | os.PathLike, spec: AudioFeatureSpec | None = None) -> tuple[UMF, dict]:
+    """The prior's UMF (EMA weights) and metadata; refuses a mismatched audio feature type.
+
+    ``path``: a .safetensors file or a name from ``weights/manifest.json``
+    (:func:`core.weights.resolve_prior`)."""
+    from core.weights import resolve_prior
+
+    t, meta = checkpoint.load(resolve_prior(path), kind="prior")
+    prior_spec = AudioFeatureSpec.from_dict(meta["audio"])
+    if spec is not None:
+        prior_spec.check_matches(spec)
+    umf = UMF(prior_spec.dim, int(meta.get("code_dim", 0)))
+    umf.load_state_dict(checkpoint.prefixed(t, "umf."))
+    return umf, meta
+
+
+def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathLike | None,
+          cfg: AdaptConfig | None = None, progress: ProgressFn | None = None,
+          resume: bool = False, work: str | os.PathLike | None = None,
+          log: Callable[[str], None] | None = None,
+          observe: Callable[[int, UMF, Identity], None] | None = None,
+          observe_every: int = 250) -> Path:
+    """Create an avatar folder from a clip.
+
+    Args:
+        clip: raw video (preprocessed into the work folder at ``cfg.res``) or processed folder.
+        out: avatar folder to write.
+        prior: prior checkpoint (``weights/...``) or None to train from scratch.
+        cfg: :class:`AdaptConfig` (default: the ``cpu`` preset).
+        progress: ``progress(text, fraction)`` callback.
+        resume: continue from the work folder's checkpoint.
+        work: work folder (default: ``.<out name>.work`` beside ``out``); removed on success.
+        log: receives one line per logged step (default: silent).
+        observe: called as ``observe(steps_done, umf, ident)`` every ``observe_every``
+            steps over all stages (and after the last step), e.g. to score held-out frames
+            along training (the benchmark's PSNR-vs-steps curve). It must not change them.
+
+    Returns:
+        The avatar folder.
+    """
+    cfg = cfg or PRESETS["cpu"]
+    out = Path(out)
+    work = Path(work) if work else out.with_name(f".{out.name}.work")
+    work.mkdir(parents=True, exist_ok=True)
+    report = progress or (lambda text, frac: None)
+    say = log or (lambda line: None)
+
+    clip = Path(clip)
+    n_want = int(round(cfg.seconds * 25))  # only the training seconds are loaded
+    if clip.is_dir():
+        pclip = ProcessedClip.load(clip, max_frames=n_want)
+    else:
+        from core.data.preprocess import PreprocessConfig, preprocess
+
+        pdir = work / "clip"
+        outer = report
+
+        def report(text: str, frac: float) -> None:  # preprocessing is the first 10% of the job
+            outer(text, 0.1 + 0.9 * frac)
+
+        if not (pdir / "manifest.json").is_file():
+            outer("preprocessing the clip", 0.0)
+            preprocess(clip, pdir, PreprocessConfig(res=max(cfg.res, 256)),
+                       progress=lambda s, f: outer(f"preprocessing: {s}", 0.1 * f), overwrite=True)
+        pclip = ProcessedClip.load(pdir, max_frames=n_want)
+    spec = AudioFeatureSpec.from_dict(pclip.manifest["audio"])
+    n_train = min(pclip.num_frames, int(round(cfg.seconds * 25)))
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    has_prior = prior is not None
+    if has_prior:
+        umf, prior_meta = load_prior(prior, spec)
+    else:
+        umf, prior_meta = UMF(spec.dim, MOUTH_CODE_DIM if cfg.mouth_code else 0), None
+    drive = None
+    if umf.code_dim:
+        report("mouth code: fitting the audio-to-mouth drive", 0.0)
+        a = pclip.arrays
+        drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n_train,
+                               a["valid"].numpy(), pclip.expr.numpy())
+        say(f"audio-video offset of the clip: {drive.av_offset:+d} frames")
+    frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, audio_limit=n_train,
+                                   drive=drive)
+    ident = Identity(sh_degree=cfg.sh_degree, aligners=has_prior)
+    ident.init_gaussians(pclip.arrays["canonical"], gen)
+    state = AdaptState(umf=umf, ident=ident)
+
+    ckpt = work / "adapt.safetensors"
+    run_meta = {"config": asdict(cfg), "prior": str(prior) if prior else None,
+                "clip_sha256": pclip.manifest["source"]["sha256"], "n_train": n_train}
+    opt_state: dict[str, Tensor] = {}
+    if resume and ckpt.is_file():
+        t, meta = checkpoint.load(ckpt, kind="adapt-state")
+        if meta["run"] != json.loads(json.dumps(run_meta)):
+            raise InputError("wrong_weights", f"{ckpt} belongs to a different run "
+                             "(other clip, prior or settings).",
+                             "Start again without --resume, or pass the same arguments.")
+        state.ident = ident = ident_from_tensors(t)
+        umf.load_state_dict(checkpoint.prefixed(t, "umf."))
+        state.stage, state.step, state.losses = meta["stage"], meta["step"], meta["losses"]
+        checkpoint.load_rng_tensors(gen, t)
+        opt_state = t
+        say(f"resumed at {state.stage} step {state.step}")
+
+    curriculum = Curriculum(frames, cfg, gen)
+    t_start = time.perf_counter()
+    done_before = _steps_done(state, cfg)
+    k_lo, k_hi = HOOK_K_RANGE
+
+    def save_ckpt(opts: dict[str, torch.optim.Optimizer], d: Densifier | None) -> None:
+        tensors = {**ident_tensors(ident), **checkpoint.module_tensors(umf, "umf."),
+                   **checkpoint.rng_tensors(gen)}
+        for name, o in opts.items():
+            tensors.update(checkpoint.optimizer_tensors(o, f"opt.{name}."))
+        if d is not None:
+            tensors.update({"dens.grad_accum": d.grad_accum, "dens.denom": d.denom,
+                            "dens.max_radii": d.max_radii})
+        checkpoint.save(ckpt, tensors, {"kind": "adapt-state", "run": run_meta,
+                                        "stage": state.stage, "step": state.step,
+                                        "losses": state.losses})
+
+    for stage, steps in zip(STAGES, (cfg.face_steps, cfg.mouth_steps, cfg.fuse_steps)):
+        if STAGES.index(stage) < STAGES.index(state.stage):
+            continue
+        if state.stage != stage:
+            state.stage, state.step = stage, 0
+        gs = ident.face if stage == "face" else ident.mouth
+        opts: dict[str, torch.optim.Optimizer] = {}
+        if stage in ("face", "mouth"):
+            opts["gauss"] = gaussian_optimizer(gs)
+            opts["umf"] = field_optimizer(umf, cfg.umf_lr_grid, cfg.umf_lr_mlp, cfg.weight_decay)
+            aligner = ident.face_aligner if stage == "face" else ident.mouth_aligner
+            if aligner is not None:
+                opts["aligner"] = torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner_lr,
+                                                    weight_decay=cfg.weight_decay)
+            d = _densifier(FACE_DENSIFY if stage == "face" else MOUTH_DENSIFY, steps, cfg, gs.num)
+        else:
+            opts["face"] = gaussian_optimizer(ident.face, colours_and_opacity_only=True)
+            opts["mouth"] = gaussian_optimizer(ident.mouth, colours_and_opacity_only=True)
+            d = None
+        if opt_state and state.step > 0:
+            for name, o in opts.items():
+                checkpoint.load_optimizer_tensors(o, opt_state, f"opt.{name}.")
+            if d is not None and "dens.grad_accum" in opt_state:
+                d.grad_accum, d.denom, d.max_radii = (opt_state["dens.grad_accum"].clone(),
+                                                      opt_state["dens.denom"].clone(),
+                                                      opt_state["dens.max_radii"].clone())
+        opt_state = {}
+        # the face branch is fixed after its stage
+        for p in ident.face.parameters():
+            p.requires_grad_(stage in ("face", "fuse"))
+        for p in umf.face.parameters():
+            p.requires_grad_(stage == "face")
+        for p in umf.mouth.parameters():
+            p.requires_grad_(stage == "mouth")
+        running = 0.0
+        while state.step < steps:
+            s = state.step
+            if stage != "fuse":
+                gs.update_sh_degree(s)
+            aligner_on = has_prior and s >= cfg.aligner_start_frac * steps
+            if "umf" in opts:
+                f = umf_lr_factor(s, steps, cfg, has_prior)
+                for g in opts["umf"].param_groups:
+                    g["lr"] = g["base_lr"] * f
+            bg = torch.rand(3, generator=gen)
+            tracked = drive is None or float(torch.rand(1, generator=gen)) >= cfg.predicted_code_prob
+            if stage == "face":
+                j = curriculum.face(s, steps)
+                r = face_step(umf, ident, frames, j, bg, use_aligner=aligner_on, tracked=tracked)
+            elif stage == "mouth":
+                j = curriculum.mouth()
+                k = int(torch.randint(k_lo, k_hi + 1, (1,), generator=gen))
+                r = mouth_step(umf, ident, frames, j, bg, k, use_aligner=aligner_on, tracked=tracked)
+            else:
+                j = curriculum.uniform()
+                r = fuse_step(umf, ident, frames, j, dilate=mouth_dilation(frames.res), tracked=tracked)
+            if not torch.isfinite(r.loss):
+                raise FloatingPointError(f"non-finite loss at {stage} step {s} (frame {j})")
+            r.loss.backward()
+            if d is not None and r.render.means2d.grad is not None:
+                d.accumulate(r.render.means2d.grad, r.render.visible, r.render.radii,
+                             frames.res, frames.res)
+            for name, o in opts.items():
+                if name == "aligner" and not aligner_on:
+                    o.zero_grad(set_to_none=True)
+                    continue
+                o.step()
+                o.zero_grad(set_to_none=True)
+            if d is not None:
+                d.step(s, steps, gs, opts["gauss"], generator=gen)
+            running = 0.9 * running + 0.1 * r.logs["loss"] if s else r.logs["loss"]
+            state.step += 1
+            state.losses[stage] = running
+            done = _steps_done(state, cfg)
+            el = time.perf_counter() - t_start
+            rate = (done - done_before) / max(el, 1e-6)
+            left = (cfg.total_steps - done) / max(rate, 1e-6)
+            report(f"{stage} {state.step}/{steps}, {format_seconds(left)} left", done / cfg.total_steps)
+            if state.step % 50 == 0 or state.step == steps:
+                say(f"{stage} {state.step}/{steps} loss {running:.4f} "
+                    f"gaussians {ident.face.num}+{ident.mouth.num} {rate:.2f} steps/s")
+            if observe is not None and (done % observe_every == 0 or done == cfg.total_steps):
+                with torch.no_grad():
+                    observe(done, umf, ident)
+            if state.step % cfg.ckpt_every == 0 and state.step < steps:
+                save_ckpt(opts, d)
+        save_ckpt(opts, None)
+
+    for p in ident.parameters():
+        p.requires_grad_(False)
+    plates = (frames.plates * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+    meta = {"res": frames.res, "fps": 25.0, "audio": spec.to_dict(), "run": run_meta,
+            "source": pclip.manifest["source"], "losses": state.losses,
+            "prior_meta": {k: prior_meta[k] for k in ("created", "identities", "steps")
+                           if k in prior_meta} if prior_meta else None,
+            "train_seconds": n_train / 25.0, "wall_s": round(time.perf_counter() - t_start, 1),
+            "steps": {"face": cfg.face_steps, "mouth": cfg.mouth_steps, "fuse": cfg.fuse_steps},
+            "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save_avatar(out, umf, ident, frames.viewmats, frames.K, frames.expr, plates, meta, drive=drive)
+    shutil.rmtree(work, ignore_errors=True)
+    report("done", 1.0)
+    return out
+
+
+def _steps_done(state: AdaptState, cfg: AdaptConfig) -> int:
+    before = {"face": 0, "mouth": cfg.face_steps, "fuse": cfg.face_steps + cfg.mouth_steps}
+    return before[state.stage] + state.step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m core.adapt", description=__doc__.split("\n")[0])
+    p.add_argument("clip", help="video file or processed-clip folder")
+    p.add_argument("--prior", default="prior_mel_cpu",
+                   help="prior file or weights/manifest.json name (default: the shipped "
+                        "prior_mel_cpu), or 'none' to train from scratch")
+    p.add_argument("--out", required=True, help="avatar folder to write")
+    p.add_argument("--seconds", type=float, default=None, help="training seconds (default 5)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="gpu (paper scale) or cpu (default without CUDA)")
+    p.add_argument("--steps", type=int, nargs=3, metavar=("FACE", "MOUTH", "FUSE"), default=None)
+    p.add_argument("--res", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    a = p.parse_args(argv)
+    preset = a.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    cfg = PRESETS[preset]
+    if a.seconds is not None:
+        cfg = replace(cfg, seconds=a.seconds)
+    if a.steps:
+        cfg = replace(cfg, face_steps=a.steps[0], mouth_steps=a.steps[1], fuse_steps=a.steps[2])
+    if a.res:
+        cfg = replace(cfg, res=a.res)
+    if a.seed is not None:
+        cfg = replace(cfg, seed=a.seed)
+    prior = None if a.prior.lower() == "none" else a.prior
+    with ProgressBar() as bar:
+        try:
+            out = adapt(a.clip, a.out, prior, cfg, bar, resume=a.resume, log=bar.write)
+        except InputError as e:
+            bar.close()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(f"avatar written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
