@@ -26,6 +26,8 @@ from core.errors import InputError
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
 DEFAULT_PRIOR = "prior_mel_cpu"
+#: the shipped audio-to-mouth prior (:mod:`core.model.mouth_predictor`), same manifest
+DEFAULT_MOUTH_PRIOR = "mouth_prior"
 
 
 @dataclass(frozen=True)

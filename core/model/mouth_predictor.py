@@ -115,19 +115,15 @@ def save_predictor(path: str | Path, model: MouthPredictor, meta: dict) -> Path:
 
 
 def load_predictor(path: str | Path | None = None) -> tuple[MouthPredictor, dict]:
-    """Load a mouth prior (None = the shipped ``weights/mouth_prior.safetensors``).
+    """Load a mouth prior: a .safetensors path, a ``weights/manifest.json`` name, or None for
+    the shipped one (``mouth_prior``, sha256-checked by :func:`core.weights.resolve_prior`).
 
-    Raises InputError ('corrupt' / 'wrong_weights' / 'missing_weights') with the fix.
+    Raises InputError ('corrupt' / 'wrong_weights') naming the problem and the fix.
     """
     from core.model.checkpoint import load
-    from core.errors import InputError
-    from core.weights import WEIGHTS_DIR
+    from core.weights import DEFAULT_MOUTH_PRIOR, resolve_prior
 
-    p = Path(path) if path is not None else WEIGHTS_DIR / "mouth_prior.safetensors"
-    if not p.is_file():
-        raise InputError("missing_weights", f"The audio-to-mouth prior {p.name} is missing.",
-                         "Restore weights/ from the repository, or train one with "
-                         "`python -m core.train.mouth_prior` (see weights/README.md).")
+    p = resolve_prior(DEFAULT_MOUTH_PRIOR if path is None else path)
     tensors, meta = load(p, kind=CHECKPOINT_KIND)
     model = MouthPredictor(MouthPredictorConfig(**meta["config"]))
     model.load_state_dict({k[len("predictor."):]: v for k, v in tensors.items()

@@ -10,10 +10,12 @@ z-scored over the clip). Training: random 4 s crops from random clips, MSE on th
 noise and random gain on the loudness columns.
 
 **Audio-video offsets.** Many recordings have their audio a few frames off the picture, which
-blurs what the model learns. Training runs in two passes: after the first, each clip's offset
-is estimated as the lag (within +-``max_offset`` frames) that maximises the correlation of the
-predicted and tracked aperture; the second pass (from scratch, same seed) trains on audio
-shifted by those offsets. The offsets found are saved in the checkpoint metadata.
+blurs what the model learns. A model trained on a clip absorbs that clip's lag, so offsets are
+estimated across two folds: a model trained on one half of the clips predicts the aperture of
+each clip of the other half, and the clip's offset is the lag (within +-``max_offset`` frames)
+that best lines the prediction up with the tracked aperture
+(:func:`core.model.mouth_drive.estimate_av_offset`). The final pass (from scratch, same seed)
+trains on all clips with their audio re-timed by those offsets, saved in the metadata.
 
 Held-out clips (``--holdout``) are never trained on; their aperture correlation (predicted
 vs tracked, whole clip, at offset 0 and at their best offset) is reported and saved.
@@ -33,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from core.data.mouth_code import MOUTH_CODE_DIM, MouthCodeStats, mouth_geometry
-from core.model.mouth_drive import lagged_corr, pearson
+from core.model.mouth_drive import estimate_av_offset, lagged_corr, pearson
 from core.model.mouth_predictor import (MEL_DIM, MouthPredictor, MouthPredictorConfig,
                                         audio_front_end, save_predictor, to_frames)
 
@@ -48,7 +50,8 @@ class MouthPriorTrainConfig:
         lr: Adam learning rate (2e-3), cosine-decayed to 5 %; weight_decay 1e-4.
         code_weights: loss weight of each code column (aperture counts double).
         max_offset: audio-video offsets searched per clip, +-frames (8).
-        align: run the second, offset-corrected pass (True).
+        align: estimate each clip's audio-video offset (two folds) and train on re-timed
+            audio (True).
         mel_shift, time_mask, noise: augmentation (+-2 mel bins, up to 8 masked steps per
             crop, Gaussian noise std 0.1).
     """
@@ -200,14 +203,20 @@ def train_mouth_prior(train_dirs: list[Path], out: Path, model_cfg: MouthPredict
     log(f"loading {len(train_dirs)} training clips")
     clips = [load_clip_data(d, model_cfg.inputs) for d in train_dirs]
     held = [load_clip_data(d, model_cfg.inputs) for d in holdout_dirs]
-    model, curve = train_pass(clips, model_cfg, cfg, seed, log, "pass 1: ")
     offsets = {}
     if cfg.align:
-        for c in clips:
-            c.offset = evaluate(model, c, cfg.max_offset)["best_offset"]
-            offsets[c.name] = c.offset
+        # a model trained on a clip absorbs that clip's lag: estimate each half's offsets
+        # with a model trained on the other half (two folds), then train on aligned audio
+        folds = (clips[0::2], clips[1::2])
+        for k, (fit, rest) in enumerate(((folds[0], folds[1]), (folds[1], folds[0]))):
+            m, _ = train_pass(fit, model_cfg, cfg, seed, log, f"offset fold {k + 1}/2: ")
+            for c in rest:
+                pred = m.frames(c.feats, c.code.shape[0]).numpy()
+                c.offset = estimate_av_offset(pred[:, 0], c.code.numpy()[:, 0], c.valid.numpy(),
+                                              cfg.max_offset)
+                offsets[c.name] = c.offset
         log(f"audio-video offsets (frames, audio late > 0): {offsets}")
-        model, curve = train_pass(clips, model_cfg, cfg, seed, log, "pass 2: ")
+    model, curve = train_pass(clips, model_cfg, cfg, seed, log, "final: ")
     gain = output_gain(model, clips)
     log(f"output gain (tracked / predicted spread): {gain}")
     held_eval = [evaluate(model, c, cfg.max_offset) for c in held]
