@@ -37,9 +37,11 @@ N_LANDMARKS = 478
 # ---------------------------------------------------------------------------
 # Landmark index sets (MediaPipe FaceMesh 468 + 10 iris points with refine_landmarks)
 # ---------------------------------------------------------------------------
-#: Rigid landmarks used for the pose fit: forehead, nose bridge/tip, eye corners,
-#: upper face contour (temples, cheekbones). No lips, jaw, chin or eyelids.
-RIGID_IDX: tuple[int, ...] = (
+#: Landmarks that move with the skull only, not with expression: forehead, nose
+#: bridge/tip, eye corners, upper face contour (temples, cheekbones). No lips, jaw, chin,
+#: eyelids or brows. Every rigid (similarity) fit of the project uses them: the head pose,
+#: pose-free expression signals, the retrieval baseline's head alignment.
+SKULL_LANDMARKS: tuple[int, ...] = (
     # forehead / glabella
     10, 151, 9, 8, 109, 338, 67, 297, 108, 337, 69, 299, 104, 333,
     # nose bridge and tip, nostrils' upper part
