@@ -3,10 +3,10 @@
 One concept: *where the face's 478 points are* in every frame.
 
 Small faces: FaceMesh's own (short-range) detector misses faces that are small in the frame
-(0 % of frames of a 427x640 clip where the face covers a small part, at that size and at full
-size). :func:`detect_landmarks` therefore can also run MediaPipe's full-range face detector,
-whose box places the crop (:mod:`core.data.crop`); inside the crop the face is large and
-FaceMesh tracks it (99 % of frames of that clip).
+(0 % of the frames of the test clip ``short/face_mostly_absent_4s.mp4``, at 427x640 and at
+full size). :func:`detect_landmarks` therefore can also run MediaPipe's full-range face
+detector, whose box places the crop (:mod:`core.data.crop`); inside the crop the face is
+large and FaceMesh tracks it (99 % of the frames of that clip).
 
 Landmark pixel convention: FaceMesh returns normalised image coordinates; we
 multiply by the frame width/height, so a landmark at ``(u, v)`` lies in the
@@ -72,7 +72,7 @@ class DetectConfig:
         detector_boxes: also run MediaPipe's full-range face detector
             (``face_detection`` model 1, faces up to ~5 m) on every frame and
             keep its box. It finds small faces that FaceMesh's own short-range
-            detector misses, so :func:`choose_crop` can place the crop even
+            detector misses, so :func:`core.data.crop.choose_crop` can place the crop even
             when FaceMesh fails on the full frame ("crop, re-detect").
             About 2-3 ms per 640 px frame.
         detector_confidence: score threshold of that detector.
