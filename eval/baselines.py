@@ -1,4 +1,4 @@
-"""Baselines of the benchmark (tracker issue 5), all on the held-out protocol of
+"""Baselines of the benchmark, all on the held-out protocol of
 :mod:`eval.protocol` (train on the first N seconds, test on the clip's last seconds).
 
 Every baseline returns ``(n_test, res, res, 3) uint8`` frames aligned with the test frames,
@@ -15,8 +15,9 @@ so the same scorer applies to all methods:
     Poses differ between the retrieved and the test frame, so the retrieved frame's
     *recorded head* (labels hair + face + mouth) is moved onto the test frame by the
     similarity transform (rotation, uniform scale, translation) between the two frames'
-    FaceMesh landmarks on rigid points (eye corners, nose, forehead, cheeks; no lips or
-    jaw, so the test frame's mouth shape does not leak), and composited, edge feathered
+    FaceMesh skull landmarks (``core.data.landmarks.SKULL_LANDMARKS``: forehead, nose, eye
+    corners, temples, cheekbones; no lips, jaw or brows, so the test frame's expression does
+    not leak), and composited, edge feathered
     by 1 px, onto the test frame's own torso/background plate -- the same plate the
     avatars render onto. Where the moved head does not cover the plate's head hole the
     background plate shows (an honest artefact of copy-paste).
@@ -38,15 +39,13 @@ import torch
 
 from core.data.audio import frame_windows
 from core.data.dataset import ProcessedClip
+from core.data.landmarks import SKULL_LANDMARKS
 from core.data.masks import Label
+from core.data.pose import similarity_fit
 from core.data.preprocess import SAMPLES_PER_FRAME
 from core.train.stages import TrainFrames
 from core.synthesize import pingpong
 
-#: Rigid FaceMesh points for the retrieval alignment: eye corners, nose bridge and tip,
-#: forehead, cheeks / temples, brows (no lips, no jaw).
-RIGID_IDX: tuple[int, ...] = (33, 133, 362, 263, 168, 6, 197, 195, 5, 4, 1, 10, 151, 9, 8,
-                              234, 454, 93, 323, 70, 300, 105, 334)
 #: The sync floor: audio delayed by 0.4 s = 10 frames at 25 fps.
 SHIFT_FRAMES = 10
 
@@ -98,28 +97,16 @@ def retrieve_indices(train_keys: np.ndarray, test_keys: np.ndarray) -> np.ndarra
     return np.argmax(b @ a.T, axis=1).astype(np.int64)
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """(2, 3) least-squares similarity transform mapping ``src`` (n, 2) onto ``dst`` (Umeyama)."""
-    ms, md = src.mean(0), dst.mean(0)
-    s, d = src - ms, dst - md
-    cov = d.T @ s / len(src)
-    U, S, Vt = np.linalg.svd(cov)
-    D = np.diag([1.0, np.sign(np.linalg.det(U @ Vt))])
-    R = U @ D @ Vt
-    scale = float((S * np.diag(D)).sum() / max((s ** 2).sum() / len(src), 1e-12))
-    t = md - scale * R @ ms
-    return np.concatenate([scale * R, t[:, None]], 1)
-
-
 def paste_head(src_img: np.ndarray, src_labels: np.ndarray, src_pts: np.ndarray,
                plate: np.ndarray, dst_pts: np.ndarray, feather_px: float = 1.0) -> np.ndarray:
     """Move the recorded head of ``src_img`` (labels >= hair) onto ``plate`` by the similarity
-    transform between the rigid landmarks ``src_pts`` -> ``dst_pts`` ((478, 2) pixels)."""
+    transform between the skull landmarks of ``src_pts`` -> ``dst_pts`` ((478, 2) pixels)."""
     import cv2
 
     h, w = plate.shape[:2]
-    M = _similarity(src_pts[list(RIGID_IDX), :2].astype(np.float64),
-                    dst_pts[list(RIGID_IDX), :2].astype(np.float64))
+    idx = list(SKULL_LANDMARKS)
+    s, R, t = similarity_fit(src_pts[idx, :2].astype(np.float64), dst_pts[idx, :2].astype(np.float64))
+    M = np.concatenate([s * R, t[:, None]], 1)  # (2, 3)
     # pixel centres at +0.5 (core conventions): shift into cv2's integer-centre frame
     C = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
     A = np.linalg.inv(C) @ np.vstack([M, [0, 0, 1]]) @ C

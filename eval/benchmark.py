@@ -1,4 +1,4 @@
-"""The benchmark of tracker issue 5: InsTaG vs the same model from scratch vs simple baselines,
+"""The benchmark: InsTaG vs the same model from scratch vs simple baselines,
 on the held-out protocol of METHOD.md §8.
 
 ``python -m eval.benchmark --clips CLIP... --train-seconds 5 10 --methods instag scratch
@@ -65,14 +65,11 @@ import torch
 
 from core.atomic import write_bytes, write_text
 from core.progress import ProgressFn
+from eval.methods import LABELS, METHODS
 
-METHODS: tuple[str, ...] = ("instag", "scratch", "retrieval", "loop", "shifted")
 #: Training lengths offered by the app (quick runs on short clips); the paper uses 5 / 10 / 20.
 TRAIN_SECONDS: tuple[float, ...] = (3.0, 5.0, 10.0)
 ADAPTED: tuple[str, ...] = ("instag", "scratch")
-#: Display names (tables, plots, videos).
-LABELS = {"instag": "InsTaG (prior)", "scratch": "from scratch", "retrieval": "audio retrieval",
-          "loop": "loop (no lip motion)", "shifted": "real, audio +0.4 s", "gt": "ground truth"}
 #: Visible marks of the side-by-side panels that are not the recording.
 MARKS = {"instag": "AI-generated", "scratch": "AI-generated", "retrieval": "synthetic composite",
          "loop": "looped footage"}

@@ -32,7 +32,7 @@ def metric_bars(rows: list[dict], methods: list[str], train_seconds: list[float]
                 path: Path) -> Path:
     """One panel per metric; a bar per method and training length, mean ± sample std over
     clips (error bar omitted for one clip)."""
-    from eval.benchmark import LABELS
+    from eval.methods import LABELS
 
     plt = _plt()
     ok = [r for r in rows if r.get("status") == "ok"]

@@ -1,4 +1,4 @@
-"""The benchmark (tracker issue 5) in quick mode on a real clip: cells, outputs, resume, and
+"""The benchmark in quick mode on a real clip: cells, outputs, resume, and
 the baselines (retrieval, ping-pong loop, audio shifted by 0.4 s)."""
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """FaceMesh landmarks on real clips: detection, index sets, face checks (core.data.landmarks).
 
 Shared, cached helpers (``tracked``, ``clip_frames``) are also used by
-test_crop.py, test_pose.py, test_masks.py and test_expression.py so every clip is decoded and tracked once
-per session.
+test_crop.py, test_pose.py, test_masks.py and test_expression.py, so every clip is
+decoded and tracked once per test run.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from core.errors import InputError
 from core.data.media import iter_frames
 from core.data.crop import track_video
-from core.data.landmarks import RIGID_IDX, DetectConfig, FaceCheckConfig, LandmarkTrack, check_faces, detect_landmarks
+from core.data.landmarks import SKULL_LANDMARKS, DetectConfig, FaceCheckConfig, LandmarkTrack, check_faces, detect_landmarks
 from core.data.pose import fit_head_pose, reprojection_error
 
 DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
@@ -134,7 +134,9 @@ def test_face_missing_too_often_is_face_lost():
 
 
 
-def test_rigid_subset_excludes_mouth_and_lids():
+def test_skull_landmarks_exclude_mouth_lids_and_brows():
     from core.data.masks import INNER_LIPS, OUTER_LIPS
 
-    assert not set(RIGID_IDX) & (set(INNER_LIPS) | set(OUTER_LIPS) | {152, 159, 145, 386, 374})
+    lids_chin = {152, 159, 145, 386, 374}
+    brows = {70, 63, 105, 66, 107, 300, 293, 334, 296, 336}
+    assert not set(SKULL_LANDMARKS) & (set(INNER_LIPS) | set(OUTER_LIPS) | lids_chin | brows)

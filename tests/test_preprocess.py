@@ -11,7 +11,9 @@ import torch
 from core.data.dataset import ProcessedClip
 from core.errors import InputError
 from core.data.media import num_frames, probe, read_audio
+from core.data.masks import Label
 from core.data.preprocess import PreprocessConfig, main, preprocess
+from core.train.stages import TrainFrames
 
 QUICK = PreprocessConfig(res=128, max_frames=50)  # every clip, first 2 s, small frames
 
@@ -87,11 +89,14 @@ def test_processed_folder_format_and_loader(may: Path, clips_dir: Path) -> None:
     assert te.tolist() == list(range(100, 125))
     with pytest.raises(ValueError):
         c.split(10.0)
-    s = c.sample(10)
-    assert s.image.shape == (256, 256, 3) and s.image.dtype == torch.float32
-    assert not (s.face & s.mouth).any() and bool((s.head | ~s.face).all())
-    # The plate keeps the torso/background and replaces the head.
-    assert torch.equal(s.torso_plate[~s.head], s.image[~s.head])
+    # Training frames: float images; the plate keeps the torso/background and shows the
+    # background plate where the head is.
+    f = TrainFrames.from_clip(c, torch.tensor([10]))
+    assert f.images.shape == (1, 256, 256, 3) and f.images.dtype == torch.float32
+    head = f.labels[0] >= Label.HAIR
+    assert head.sum() > 1000
+    assert torch.equal(f.plates[0][~head], f.images[0][~head])
+    assert torch.equal(f.plates[0][head], (c.bg.float() / 255.0)[head])
 
 
 def iter_first_frame(clip: Path, crop: list[int]):
@@ -108,7 +113,7 @@ def test_mouth_area_follows_audio_envelope(may: Path) -> None:
     from scipy.ndimage import gaussian_filter1d
 
     c = ProcessedClip.load(may)
-    area = c.mouth_area().numpy()
+    area = TrainFrames.from_clip(c, torch.arange(c.num_frames)).mouth_px.double().numpy()
     audio = c.arrays["audio"].numpy().reshape(c.num_frames, 640)
     env = gaussian_filter1d(np.sqrt((audio.astype(np.float64) ** 2).mean(1)), 2)
     r_area = np.corrcoef(gaussian_filter1d(area, 2), env)[0, 1]

@@ -38,7 +38,6 @@ from core.errors import InputError
 
 SAMPLES_PER_STEP = 320  # 20 ms at 16 kHz
 STEPS_PER_FRAME = 2     # 25 fps video
-WINDOW_BEFORE = 7       # window [2i-7, 2i+9)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``ProcessedClip.load(folder)`` checks the manifest (format, version, file hashes) and
 returns the clip's tensors; frames and labels stay ``uint8`` in memory (a 5-minute clip at
-256² holds about 2 GB) and are converted per frame by :meth:`ProcessedClip.sample`.
+256² holds about 2 GB); :class:`core.train.stages.TrainFrames` converts the frames it trains on.
 Time splits follow METHOD.md §8: train on the first N seconds, test on held-out later
 seconds of the same clip.
 """
@@ -17,39 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import InputError
-from core.data.masks import Label
 from core.data.preprocess import FORMAT_VERSION, FPS, sha256_file
 
 _FILES = ("frames.mp4", "arrays.safetensors", "labels.npz")
-
-
-@dataclass
-class FrameSample:
-    """One training frame as float tensors (res x res pixels).
-
-    Attributes:
-        index: frame index in the clip.
-        image: (H, W, 3) float32 in [0, 1], the recorded frame.
-        face: (H, W) bool, face without the mouth interior.
-        mouth: (H, W) bool, mouth interior (inner-lip polygon).
-        head: (H, W) bool, face + mouth + hair.
-        torso_plate: (H, W, 3) float32, the frame with the head replaced by the background
-            plate (what the rendered head is composited onto).
-        viewmat: (4, 4) float32 world-to-camera; K: (3, 3) float32 intrinsics.
-        expr: (6,) float32 expression input (AU01, 04, 05, 06, 07, blink).
-        lips_box: (4,) int32 ``x0, y0, x1, y1`` outer-lips box in pixels (end-exclusive).
-    """
-
-    index: int
-    image: torch.Tensor
-    face: torch.Tensor
-    mouth: torch.Tensor
-    head: torch.Tensor
-    torso_plate: torch.Tensor
-    viewmat: torch.Tensor
-    K: torch.Tensor
-    expr: torch.Tensor
-    lips_box: torch.Tensor
 
 
 @dataclass
@@ -162,11 +132,7 @@ class ProcessedClip:
         return frame_windows(self.arrays["audio_steps"], self.num_frames,
                              int(self.manifest["audio"]["window"]))
 
-    def mouth_area(self) -> torch.Tensor:
-        """(T,) float32 mouth-interior pixels per frame (the lips-apart curriculum signal)."""
-        return (self.labels == Label.MOUTH).flatten(1).sum(1).float()
-
-    # ------------------------------------------------------------------ splits and samples
+    # ------------------------------------------------------------------ splits
     def split(self, train_seconds: float, test_seconds: float | None = None,
               gap_seconds: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame indices ``(train, test)`` by time (METHOD.md §8).
@@ -184,14 +150,3 @@ class ProcessedClip:
             raise ValueError(f"train_seconds={train_seconds} needs {n_train} frames; the clip has {T}")
         start = first_test if test_seconds is None else max(first_test, T - int(round(test_seconds * FPS)))
         return torch.arange(n_train), torch.arange(min(start, T), T)
-
-    def sample(self, i: int) -> FrameSample:
-        """Frame ``i`` with its masks, plate, camera and conditioning as float tensors."""
-        lab = self.labels[i]
-        head = lab >= Label.HAIR
-        img = self.frames[i].float() / 255.0
-        plate = torch.where(head[..., None], self.bg.float() / 255.0, img)
-        return FrameSample(
-            index=int(i), image=img, face=lab == Label.FACE, mouth=lab == Label.MOUTH,
-            head=head, torso_plate=plate, viewmat=self.viewmats[i], K=self.K,
-            expr=self.expr[i], lips_box=self.arrays["lips_box"][i])

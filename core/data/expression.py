@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.data.pose import procrustes_align
+
 R_EYE = {"outer": 33, "inner": 133, "upper": (160, 159, 158), "lower": (144, 145, 153)}
 L_EYE = {"outer": 263, "inner": 362, "upper": (387, 386, 385), "lower": (373, 374, 380)}
 R_BROW = (70, 63, 105, 66, 107)
@@ -113,43 +115,6 @@ class Expression:
         return self.au[:, :6].astype(np.float32)
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity ``dst ~ s R src + t`` for (N, D) point sets, D = 2 or 3."""
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    U, S, Vt = np.linalg.svd(b.T @ a)
-    D = np.eye(src.shape[1])
-    D[-1, -1] = np.sign(np.linalg.det(U @ Vt))
-    R = U @ D @ Vt
-    s = float((S * np.diag(D)).sum() / max((a**2).sum(), 1e-12))
-    return s, R, md - s * R @ ms
-
-
-def remove_pose(points: np.ndarray, rigid_idx: tuple[int, ...] | None = None, iters: int = 2) -> np.ndarray:
-    """Align every frame to the clip's mean shape by a similarity transform.
-
-    Args:
-        points: (T, 478, D) landmarks, D = 3 (FaceMesh x, y, z: removes the full
-            head rotation) or 2 (pixels: removes in-plane rotation, scale and shift).
-        rigid_idx: landmarks used for the fit (default: ``core.data.landmarks.RIGID_IDX``).
-    Returns:
-        (T, 478, D) float64 aligned points.
-    """
-    if rigid_idx is None:
-        from core.data.landmarks import RIGID_IDX as rigid_idx
-    P = np.asarray(points, np.float64)
-    idx = list(rigid_idx)
-    ref = P[len(P) // 2]
-    out = P
-    for _ in range(max(iters, 1)):
-        out = np.empty_like(P)
-        for i, p in enumerate(P):
-            s, R, t = _similarity(p[idx], ref[idx])
-            out[i] = s * p @ R.T + t
-        ref = out.mean(0)
-    return out
-
-
 def _dist(P: np.ndarray, a, b) -> np.ndarray:
     pa = P[:, list(a)].mean(1) if isinstance(a, tuple) else P[:, a]
     pb = P[:, list(b)].mean(1) if isinstance(b, tuple) else P[:, b]
@@ -196,7 +161,7 @@ def expression_signals(points: np.ndarray, cfg: ExpressionConfig | None = None) 
         raise ValueError(f"points must be (T, 478, 2|3), got {P.shape}")
     if not np.all(np.isfinite(P)):
         raise ValueError("points contain NaN; fill missing frames first")
-    A = remove_pose(P)
+    A, _ = procrustes_align(P)
     mean = A.mean(0)
     iod = float(np.linalg.norm(mean[33] - mean[263]))
     fw = float(np.linalg.norm(mean[234] - mean[454]))

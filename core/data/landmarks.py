@@ -3,10 +3,10 @@
 One concept: *where the face's 478 points are* in every frame.
 
 Small faces: FaceMesh's own (short-range) detector misses faces that are small in the frame
-(0 % of frames of a 427x640 clip where the face covers a small part, at that size and at full
-size). :func:`detect_landmarks` therefore can also run MediaPipe's full-range face detector,
-whose box places the crop (:mod:`core.data.crop`); inside the crop the face is large and
-FaceMesh tracks it (99 % of frames of that clip).
+(0 % of the frames of the test clip ``short/face_mostly_absent_4s.mp4``, at 427x640 and at
+full size). :func:`detect_landmarks` therefore can also run MediaPipe's full-range face
+detector, whose box places the crop (:mod:`core.data.crop`); inside the crop the face is
+large and FaceMesh tracks it (99 % of the frames of that clip).
 
 Landmark pixel convention: FaceMesh returns normalised image coordinates; we
 multiply by the frame width/height, so a landmark at ``(u, v)`` lies in the
@@ -37,9 +37,11 @@ N_LANDMARKS = 478
 # ---------------------------------------------------------------------------
 # Landmark index sets (MediaPipe FaceMesh 468 + 10 iris points with refine_landmarks)
 # ---------------------------------------------------------------------------
-#: Rigid landmarks used for the pose fit: forehead, nose bridge/tip, eye corners,
-#: upper face contour (temples, cheekbones). No lips, jaw, chin or eyelids.
-RIGID_IDX: tuple[int, ...] = (
+#: Landmarks that move with the skull only, not with expression: forehead, nose
+#: bridge/tip, eye corners, upper face contour (temples, cheekbones). No lips, jaw, chin,
+#: eyelids or brows. Every rigid (similarity) fit of the project uses them: the head pose,
+#: pose-free expression signals, the retrieval baseline's head alignment.
+SKULL_LANDMARKS: tuple[int, ...] = (
     # forehead / glabella
     10, 151, 9, 8, 109, 338, 67, 297, 108, 337, 69, 299, 104, 333,
     # nose bridge and tip, nostrils' upper part
@@ -70,7 +72,7 @@ class DetectConfig:
         detector_boxes: also run MediaPipe's full-range face detector
             (``face_detection`` model 1, faces up to ~5 m) on every frame and
             keep its box. It finds small faces that FaceMesh's own short-range
-            detector misses, so :func:`choose_crop` can place the crop even
+            detector misses, so :func:`core.data.crop.choose_crop` can place the crop even
             when FaceMesh fails on the full frame ("crop, re-detect").
             About 2-3 ms per 640 px frame.
         detector_confidence: score threshold of that detector.

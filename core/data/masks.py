@@ -66,8 +66,6 @@ JAW_LINE: tuple[int, ...] = FACE_OVAL[8:29]
 #: horizontal extent the head/torso cut runs at their height (about the ear lobes).
 JAW_ANGLES: tuple[int, int] = (58, 288)
 
-HEAD_LABELS = (Label.HAIR, Label.FACE, Label.MOUTH)
-
 
 @dataclass
 class MaskConfig:
@@ -285,27 +283,19 @@ def head_mask(labels: np.ndarray) -> np.ndarray:
     return np.asarray(labels) >= Label.HAIR
 
 
-def torso_plate(frame: np.ndarray, labels: np.ndarray, bg_plate: np.ndarray, dilate_px: int = 0) -> np.ndarray:
-    """Frame with the head replaced by the background plate.
+def torso_plate(frames: np.ndarray, labels: np.ndarray, bg_plate: np.ndarray) -> np.ndarray:
+    """Frames with the head replaced by the background plate: the project's one plate builder.
 
-    This is the image the rendered head is composited onto: recorded torso and
-    background of this frame, no head.
+    This is the image the rendered head is composited onto (training targets, the
+    avatar's ``plates.mp4``, the benchmark's baselines): recorded torso and background of
+    each frame, no head.
 
     Args:
-        frame: (res, res, 3) uint8 RGB.
-        labels: (res, res) uint8 labels of this frame.
+        frames: (..., res, res, 3) uint8 RGB, one frame or a batch.
+        labels: (..., res, res) uint8 labels of those frames (:class:`Label`).
         bg_plate: (res, res, 3) uint8 from :func:`background_plate`.
-        dilate_px: grow the head mask by this many pixels first (removes a
-            hair-coloured rim at the segmentation edge); 0 = exact labels.
     Returns:
-        (res, res, 3) uint8 RGB.
+        (..., res, res, 3) uint8 RGB.
     """
-    import cv2
-
-    m = head_mask(labels).astype(np.uint8)
-    if dilate_px > 0:
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1))
-        m = cv2.dilate(m, k)
-    out = np.array(frame, np.uint8, copy=True)
-    out[m > 0] = bg_plate[m > 0]
-    return out
+    return np.where(head_mask(labels)[..., None], np.asarray(bg_plate, np.uint8),
+                    np.asarray(frames, np.uint8))

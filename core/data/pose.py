@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.data.landmarks import N_LANDMARKS, RIGID_IDX
+from core.data.landmarks import N_LANDMARKS, SKULL_LANDMARKS
 
 #: Face-width landmarks (left/right face contour at the cheekbones).
 FACE_WIDTH_IDX = (234, 454)
@@ -46,7 +46,8 @@ class PoseConfig:
             against the Huber reprojection term in that refinement.
         huber_px: Huber threshold (pixels) of the reprojection term.
         focal_tolerance: relative error margin within which focals count as equally good.
-        rigid_idx: landmarks used for the rigid fits (default :data:`RIGID_IDX`).
+        rigid_idx: landmarks used for the rigid fits (default
+            :data:`core.data.landmarks.SKULL_LANDMARKS`).
     """
 
     focal_range_512: tuple[float, float] = (600.0, 1400.0)
@@ -60,7 +61,7 @@ class PoseConfig:
     accel_weight: float = 0.25
     huber_px: float = 2.0
     focal_tolerance: float = 0.05
-    rigid_idx: tuple[int, ...] = RIGID_IDX
+    rigid_idx: tuple[int, ...] = SKULL_LANDMARKS
 
 
 @dataclass
@@ -126,16 +127,49 @@ class HeadPose:
         return (uv * K[0, 0] + K[0, 2]).astype(np.float32)
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity (s, R, t) with ``dst ~ s R src + t``; src, dst (N, 3)."""
+def similarity_fit(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity transform ``dst ~ s R src + t`` (Umeyama).
+
+    Args:
+        src, dst: (N, D) matching point sets, D = 2 or 3, any consistent units.
+    Returns:
+        ``(s, R, t)``: scale, (D, D) proper rotation (det +1), (D,) translation.
+    """
     ms, md = src.mean(0), dst.mean(0)
     a, b = src - ms, dst - md
     U, S, Vt = np.linalg.svd(b.T @ a)
-    d = np.sign(np.linalg.det(U @ Vt))
-    D = np.diag([1.0, 1.0, d])
+    D = np.eye(src.shape[1])
+    D[-1, -1] = np.sign(np.linalg.det(U @ Vt))
     R = U @ D @ Vt
     s = float((S * np.diag(D)).sum() / max((a**2).sum(), 1e-12))
     return s, R, md - s * R @ ms
+
+
+def procrustes_align(points: np.ndarray, rigid_idx: Sequence[int] = SKULL_LANDMARKS,
+                     iters: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised Procrustes: every frame aligned to the clip's mean shape.
+
+    Each frame is mapped by :func:`similarity_fit` of its ``rigid_idx`` points onto a
+    reference (first the middle frame, then the mean of the aligned frames), ``iters``
+    rounds.
+
+    Args:
+        points: (T, N, D) points, D = 3 (removes the full head rotation) or 2 (pixels:
+            removes in-plane rotation, scale and shift).
+    Returns:
+        ``(aligned, mean)``: (T, N, D) float64 aligned frames and their (N, D) mean.
+    """
+    P = np.asarray(points, np.float64)
+    idx = list(rigid_idx)
+    ref = P[len(P) // 2]
+    out = P
+    for _ in range(max(iters, 1)):
+        out = np.empty_like(P)
+        for i, p in enumerate(P):
+            s, R, t = similarity_fit(p[idx], ref[idx])
+            out[i] = s * p @ R.T + t
+        ref = out.mean(0)
+    return out, ref
 
 
 def canonical_shape(points3d: np.ndarray, cfg: PoseConfig | None = None) -> np.ndarray:
@@ -152,15 +186,7 @@ def canonical_shape(points3d: np.ndarray, cfg: PoseConfig | None = None) -> np.n
     its centroid, and scaled so ``|X[234] - X[454]| = FACE_WIDTH_M`` (0.14 m).
     """
     cfg = cfg or PoseConfig()
-    P = np.asarray(points3d, np.float64)
-    idx = list(cfg.rigid_idx)
-    ref = P[len(P) // 2]
-    for _ in range(max(cfg.procrustes_iters, 1)):
-        acc = np.zeros_like(ref)
-        for p in P:
-            s, R, t = _similarity(p[idx], ref[idx])
-            acc += s * p @ R.T + t
-        ref = acc / len(P)
+    _, ref = procrustes_align(points3d, cfg.rigid_idx, cfg.procrustes_iters)
     pairs = [(234, 454), (33, 263), (133, 362), (127, 356)]
     xa = sum((ref[b] - ref[a]) / np.linalg.norm(ref[b] - ref[a]) for a, b in pairs)
     xa /= np.linalg.norm(xa)
@@ -461,8 +487,8 @@ def reprojection_error(pose: HeadPose, points2d: np.ndarray, subset: str | Seque
         pose: fitted pose; ``points2d`` must be at ``pose.res``.
         points2d: (T, 478, 2) detected landmarks (crop pixels).
         subset: "all" (478 points; includes expression, so larger), "rigid"
-            (:data:`RIGID_IDX`) or explicit landmark indices.
+            (:data:`core.data.landmarks.SKULL_LANDMARKS`) or explicit landmark indices.
     """
-    idx = list(range(N_LANDMARKS)) if subset == "all" else list(RIGID_IDX) if subset == "rigid" else list(subset)
+    idx = list(range(N_LANDMARKS)) if subset == "all" else list(SKULL_LANDMARKS) if subset == "rigid" else list(subset)
     proj = pose.project()[:, idx]
     return np.linalg.norm(proj - np.asarray(points2d)[:, idx, :2], axis=-1).mean(1).astype(np.float32)

@@ -300,11 +300,6 @@ class GaussianSet(nn.Module):
         self.active_sh_degree.fill_(d)
         return d
 
-    def oneup_sh_degree(self) -> int:
-        """Raise the active SH degree by one (capped at the maximum); returns it."""
-        self.active_sh_degree.fill_(min(self.config.max_sh_degree, self.sh_degree + 1))
-        return self.sh_degree
-
     def activated(self, deltas: Any = None, *, d_xyz: Tensor | None = None,
                   d_quat: Tensor | None = None,
                   d_scale: Tensor | None = None) -> ActivatedGaussians:
@@ -450,16 +445,6 @@ def replace_gaussian_param(gaussians: GaussianSet, name: str, value: Tensor,
         raise ValueError(f"{name}: expected shape {tuple(old.shape)}, got {tuple(value.shape)}")
     _swap_param(gaussians, name, value.to(old), optimizer,
                 (lambda v: torch.zeros_like(v)) if reset_state else (lambda v: v))
-
-
-def background_colored(gaussians: GaussianSet, background: Sequence[float] | Tensor,
-                       tol: float = 1.0 / 255.0) -> Tensor:
-    """(N,) bool: Gaussians whose view-independent colour (``SH_C0 * dc + 0.5``, clamped to
-    [0, 1]) equals the training background RGB within ``tol`` per channel (METHOD §5 deletes
-    them; pass the result to :meth:`Densifier.prune`)."""
-    rgb = sh_dc_to_rgb(gaussians.sh_dc.detach()[:, 0]).clamp(0.0, 1.0)
-    bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device).reshape(1, 3)
-    return ((rgb - bg).abs() <= tol).all(dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------

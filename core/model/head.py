@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from core.model.gaussians import FACE_INIT, MOUTH_INIT, GaussianConfig, GaussianSet
 from core.model.motion_field import (AudioConfig, FaceUMF, Motion, MotionAligner, MouthUMF,
-                               PersonalizedField, aligned_motion, face_mouth_hook, MOUTH_PLANES)
+                               PersonalizedField, aligned_motion, face_mouth_hook, HOOK_K_EVAL, MOUTH_PLANES)
 from core.raster.projection import camera_center
 from core.raster.sh import sh_to_rgb
 from core.raster.render import RenderOutput, rasterize
@@ -202,7 +202,7 @@ def composite(face: RenderOutput, mouth: RenderOutput, plate: Tensor,
 
 @torch.no_grad()
 def render_frame(umf: UMF, ident: Identity, cond: FrameCond, plate: Tensor,
-                 hook_k: int = 10, dilate: int | None = None) -> Tensor:
+                 hook_k: int = HOOK_K_EVAL, dilate: int | None = None) -> Tensor:
     """Inference: the composited (H, W, 3) frame in [0, 1] for one conditioning."""
     fm = face_motion(umf, ident, cond)
     mm = mouth_motion(umf, ident, cond, hook_from_face(fm, hook_k))

@@ -11,7 +11,6 @@ hook (3,)) may be given unbatched -> outputs (N, ·), or batched (B, ·) -> outp
 """
 from __future__ import annotations
 
-import random
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
@@ -37,11 +36,6 @@ class MLP(nn.Sequential):
             if i < len(dims) - 2:
                 layers.append(act())
         super().__init__(*layers)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of scalar parameters of a module."""
-    return sum(p.numel() for p in module.parameters())
 
 
 @dataclass(frozen=True)
@@ -463,13 +457,13 @@ def face_mouth_hook(face_dxyz_y: Tensor, k: int) -> Tensor:
     return torch.stack([top, bot, top - bot], dim=-1) * 100.0
 
 
-def sample_hook_k(training: bool, rng: random.Random | None = None,
+def sample_hook_k(training: bool, generator: torch.Generator | None = None,
                   k_range: tuple[int, int] = HOOK_K_RANGE, k_eval: int = HOOK_K_EVAL) -> int:
-    """The random-k rule: uniform integer in ``k_range`` (inclusive) when training, else k_eval."""
+    """The random-k rule: uniform integer in ``k_range`` (inclusive) drawn from ``generator``
+    when training, else ``k_eval``."""
     if not training:
         return k_eval
-    r = rng or random
-    return r.randint(k_range[0], k_range[1])
+    return int(torch.randint(k_range[0], k_range[1] + 1, (1,), generator=generator))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,16 +558,6 @@ def aligned_motion(field: Callable[[Tensor, Tensor, Tensor], Motion],
     p_xyz, p_scale = aligner(xyz)
     m = field(xyz + p_xyz, audio_code, cond)
     return replace(m, d_xyz=m.d_xyz * p_scale, p_xyz=p_xyz, p_scale=p_scale)
-
-
-def aligned_face_motion(umf: FaceMotionField, aligner: MotionAligner | None, xyz: Tensor,
-                        audio_code: Tensor, expr: Tensor) -> Motion:
-    """Face motion with the aligner (METHOD §3): ``UMF(xyz + p_xyz).d_xyz * p_scale``.
-
-    xyz (N, 3) canonical positions (the Gaussians themselves are not moved by p_xyz);
-    audio_code (32,) | (B, 32); expr (6,) | (B, 6). See :func:`aligned_motion`.
-    """
-    return aligned_motion(umf, aligner, xyz, audio_code, expr)
 
 
 # ---------------------------------------------------------------------------------------------

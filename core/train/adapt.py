@@ -37,7 +37,7 @@ from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, Densify
 from core.model.head import Identity, UMF, mouth_dilation
 from core.model.mouth_drive import MouthDrive
 from core.progress import ProgressBar, ProgressFn, format_seconds
-from core.model.motion_field import HOOK_K_RANGE
+from core.model.motion_field import sample_hook_k
 from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
                          mouth_step)
 
@@ -282,7 +282,6 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     curriculum = Curriculum(frames, cfg, gen)
     t_start = time.perf_counter()
     done_before = _steps_done(state, cfg)
-    k_lo, k_hi = HOOK_K_RANGE
 
     def save_ckpt(opts: dict[str, torch.optim.Optimizer], d: Densifier | None) -> None:
         tensors = {**ident_tensors(ident), **checkpoint.module_tensors(umf, "umf."),
@@ -347,7 +346,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
                 r = face_step(umf, ident, frames, j, bg, use_aligner=aligner_on, tracked=tracked)
             elif stage == "mouth":
                 j = curriculum.mouth()
-                k = int(torch.randint(k_lo, k_hi + 1, (1,), generator=gen))
+                k = sample_hook_k(True, gen)
                 r = mouth_step(umf, ident, frames, j, bg, k, use_aligner=aligner_on, tracked=tracked)
             else:
                 j = curriculum.uniform()

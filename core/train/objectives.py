@@ -12,7 +12,6 @@ SSIM_WEIGHT = 0.2        # L1 + 0.2 (1 - SSIM)
 ALPHA_WEIGHT = 1e-3      # (1 - alpha) inside the head + alpha outside
 MOTION_WEIGHT = 1e-5     # |dxyz| + |drot| + |dscale| + |p_xyz|
 GATE_WEIGHT = 1e-4       # eye gate off the lips box, both gates off hair
-CONTRAST_WEIGHT = 1.0    # negative contrast loss (pre-training)
 MOUTH_OUTSIDE_WEIGHT = 1e-2  # mouth alpha outside the lips box
 LIPS_WEIGHT = 0.5        # extra photometric term on the lips box (face stage)
 
@@ -58,12 +57,6 @@ def box_photometric(pred: Tensor, target: Tensor, box: tuple[int, int, int, int]
     if (y1 - y0) >= 11 and (x1 - x0) >= 11:
         return photometric(p, t)
     return (p - t).abs().mean()
-
-
-def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean absolute error over the pixels where ``mask`` (H, W) is True (0 if none)."""
-    m = mask.to(pred.dtype)[..., None]
-    return ((pred - target).abs() * m).sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)
 
 
 def alpha_loss(alpha: Tensor, inside: Tensor) -> Tensor:

@@ -35,7 +35,7 @@ from core.errors import InputError
 from core.data.mouth_code import MOUTH_CODE_DIM
 from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier
 from core.model.head import Identity, UMF
-from core.model.motion_field import EMA, HOOK_K_RANGE
+from core.model.motion_field import EMA, sample_hook_k
 from core.model.mouth_drive import MouthDrive
 from core.progress import ProgressBar, ProgressFn, format_seconds
 from core.train.stages import TrainFrames, face_step, field_optimizer, gaussian_optimizer, mouth_step
@@ -184,7 +184,6 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
     total = cfg.face_steps + cfg.mouth_steps
     t_start = time.perf_counter()
     done_before = step + (cfg.face_steps if stage == "mouth" else 0)
-    k_lo, k_hi = HOOK_K_RANGE
 
     for pass_name, steps, warm in (("face", cfg.face_steps, cfg.face_warmup),
                                    ("mouth", cfg.mouth_steps, cfg.mouth_warmup)):
@@ -256,7 +255,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
                               contrast_fields=others, contrast_weight=cfg.contrast_weight,
                               tracked=tracked)
             else:
-                k = int(torch.randint(k_lo, k_hi + 1, (1,), generator=gen))
+                k = sample_hook_k(True, gen)
                 r = mouth_step(umf, ident, fr, j, bg, k, static=static, use_aligner=False,
                                contrast_fields=others, contrast_weight=cfg.contrast_weight,
                                tracked=tracked)

@@ -24,8 +24,8 @@ from core.data.dataset import ProcessedClip
 from core.model.gaussians import GaussianLR, GaussianSet
 from core.model.head import (FrameCond, Identity, UMF, composite, face_motion, hook_from_face,
                        mouth_motion, render_branch)
-from core.data.masks import Label
-from core.model.motion_field import Motion, TriPlaneEncoder, audio_windows, motion_magnitude_loss
+from core.data.masks import Label, torso_plate
+from core.model.motion_field import HOOK_K_EVAL, Motion, TriPlaneEncoder, audio_windows, motion_magnitude_loss
 from core.train.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, LIPS_WEIGHT, MOTION_WEIGHT,
                                    MOUTH_OUTSIDE_WEIGHT, alpha_loss, box_mask, box_photometric,
                                    gate_loss, photometric)
@@ -80,10 +80,9 @@ class TrainFrames:
         """
         res = res or clip.res
         idx = frames.long()
-        imgs = clip.frames[idx].float() / 255.0
-        labels = clip.labels[idx]
-        head = labels >= Label.HAIR
-        plates = torch.where(head[..., None], clip.bg.float()[None] / 255.0, imgs)
+        frames_u8, labels = clip.frames[idx], clip.labels[idx]
+        imgs = frames_u8.float() / 255.0
+        plates = torch.from_numpy(torso_plate(frames_u8.numpy(), labels.numpy(), clip.bg.numpy())).float() / 255.0
         scale = res / clip.res
         if res != clip.res:
             imgs = _resize(imgs, res)
@@ -259,7 +258,7 @@ def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tenso
     return StepResult(loss, out, m, logs)
 
 
-def fuse_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, hook_k: int = 10,
+def fuse_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, hook_k: int = HOOK_K_EVAL,
               dilate: int = 1, tracked: bool = True) -> StepResult:
     """Fuse stage loss: the composited frame against the recorded frame (motion fixed)."""
     cond = frames.cond(j, tracked)
