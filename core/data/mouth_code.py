@@ -1,7 +1,8 @@
 """The mouth code: a few numbers per frame that say how the mouth is shaped.
 
-Measured on FaceMesh landmarks with the head pose removed (every frame aligned to the clip's
-mean shape by one similarity fit, :func:`core.expression.remove_pose`), in units of the
+Measured on FaceMesh landmarks with the head pose removed (every frame aligned to the mean
+shape of the given frames by a similarity fit of the skull landmarks,
+:func:`core.data.pose.procrustes_align`), in units of the
 eye-corner distance (IOD, landmarks 33-263 of the mean shape):
 
 =============  ===========================================================================
@@ -42,13 +43,12 @@ def mouth_geometry(points3d: np.ndarray) -> np.ndarray:
     Returns:
         (T, 4) float32, columns :data:`MOUTH_CODE_NAMES`, in IOD units.
     """
-    from core.data.expression import remove_pose
+    from core.data.pose import procrustes_align
 
     P = np.asarray(points3d, np.float64)
     if P.ndim != 3 or P.shape[1] < 468 or P.shape[2] != 3:
         raise ValueError(f"points3d must be (T, 478, 3), got {P.shape}")
-    A = remove_pose(P)
-    mean = A.mean(0)
+    A, mean = procrustes_align(P)
     iod = max(float(np.linalg.norm(mean[EYE_CORNERS[0]] - mean[EYE_CORNERS[1]])), 1e-9)
     A = A / iod
     aperture = np.linalg.norm(A[:, LIP_TOP] - A[:, LIP_BOTTOM], axis=-1)
