@@ -2,7 +2,6 @@
 the baselines (retrieval, ping-pong loop, audio shifted by 0.4 s)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
