@@ -17,6 +17,7 @@ Frames are conditioned by a :class:`FrameCond`: camera, 8-frame audio window, ex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,7 @@ def face_motion(umf: UMF, ident: Identity, cond: FrameCond, use_aligner: bool = 
     xyz = ident.face.means if xyz is None else xyz
     a, e = umf.face.encode(cond.audio_win, cond.expr[:5], cond.expr[5], code=cond.mouth)
     aligner = ident.face_aligner if use_aligner else None
-    m = aligned_motion(umf.face.field, aligner, xyz, a, e)
+    m = aligned_motion(partial(umf.face.field, code=cond.mouth), aligner, xyz, a, e)
     if use_personal and ident.face_personal is not None:
         m = m.plus(ident.face_personal(xyz, a, e))
     return m
@@ -144,7 +145,7 @@ def mouth_motion(umf: UMF, ident: Identity, cond: FrameCond, hook: Tensor,
     xyz = ident.mouth.means if xyz is None else xyz
     a = umf.mouth.encode(cond.audio_win, code=cond.mouth)
     aligner = ident.mouth_aligner if use_aligner else None
-    m = aligned_motion(umf.mouth.field, aligner, xyz, a, hook)
+    m = aligned_motion(partial(umf.mouth.field, code=cond.mouth), aligner, xyz, a, hook)
     if use_personal and ident.mouth_personal is not None:
         m = m.plus(ident.mouth_personal(xyz, a, hook))
     return m

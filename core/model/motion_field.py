@@ -287,6 +287,36 @@ class CodeEncoder(nn.Module):
         return self.net(code)
 
 
+class CodeBasis(nn.Module):
+    """A per-position linear basis of motion driven by the mouth code ("blendshapes" of the
+    field): ``Δxyz(x) = B(x) @ code`` with ``B(x) = MLP(enc(x))`` reshaped to (3, code_dim).
+
+    The gated MLP of a field can express any mapping but learns a code's effect slowly; this
+    term is linear in the code, so a few hundred steps on a person's lips fit how far each
+    point moves per unit of aperture, width, protrusion or jaw drop.
+
+    forward(enc (N, E), code (code_dim,) | (B, code_dim)) -> (N, 3) | (B, N, 3), before the
+    field's ``xyz_scale``. MLP(E -> hidden -> 3 code_dim), ReLU, with biases (a basis that is
+    not zero where the tri-planes are still near zero); the last layer starts at zero.
+    """
+
+    def __init__(self, enc_dim: int, code_dim: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.code_dim = code_dim
+        self.mlp = MLP([enc_dim, hidden, 3 * code_dim], bias=True)
+        nn.init.zeros_(self.mlp[-1].weight)   # starts as "the code moves nothing"
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, enc: Tensor, code: Tensor | None) -> Tensor:
+        if code is None:
+            raise ValueError("this motion field takes a mouth code: pass code=(…, 4)")
+        basis = self.mlp(enc).reshape(enc.shape[0], 3, self.code_dim)     # (N, 3, C)
+        code = code.to(basis)
+        if code.dim() == 1:
+            return basis @ code
+        return torch.einsum("nkc,bc->bnk", basis, code)
+
+
 # ---------------------------------------------------------------------------------------------
 # motion fields
 # ---------------------------------------------------------------------------------------------
@@ -343,6 +373,8 @@ class FaceFieldConfig:
     audio_gate_hidden: int = 32
     eye_gate_hidden: int = 16
     xyz_scale: float = 0.01
+    code_dim: int = 0
+    code_hidden: int = 32
 
 
 class FaceMotionField(nn.Module):
@@ -360,8 +392,9 @@ class FaceMotionField(nn.Module):
         self.audio_gate = MLP([e, c.audio_gate_hidden, c.audio_dim])
         self.eye_gate = MLP([e, c.eye_gate_hidden, c.expr_dim])
         self.mlp = MLP([e + c.audio_dim + c.expr_dim, c.hidden, c.hidden, 10])
+        self.code_basis = CodeBasis(e, c.code_dim, c.code_hidden) if c.code_dim else None
 
-    def forward(self, xyz: Tensor, audio: Tensor, expr: Tensor) -> Motion:
+    def forward(self, xyz: Tensor, audio: Tensor, expr: Tensor, code: Tensor | None = None) -> Motion:
         enc = self.encoder(xyz)                                   # (N, 36)
         a_gate = self.audio_gate(enc)                             # (N, 32)
         e_gate = F.relu(self.eye_gate(enc))                       # (N, 6)
@@ -376,6 +409,8 @@ class FaceMotionField(nn.Module):
         if squeeze:
             out = out[0]
         d_xyz, d_quat, d_scale = _split_face_out(out, self.config.xyz_scale)
+        if self.code_basis is not None:
+            d_xyz = d_xyz + self.code_basis(enc, code) * self.config.xyz_scale
         return Motion(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale,
                       audio_gate=a_gate, eye_gate=e_gate)
 
@@ -393,6 +428,8 @@ class MouthFieldConfig:
     scaler_hidden: int = 16
     xyz_scale: float = 0.01
     lateral_scale: float = 0.2
+    code_dim: int = 0
+    code_hidden: int = 32
 
 
 def _axis_weights(c: MouthFieldConfig, ref: Tensor) -> Tensor:
@@ -413,8 +450,9 @@ class MouthMotionField(nn.Module):
         e = self.encoder.out_dim
         self.mlp = MLP([e + c.audio_dim + c.hook_dim, c.hidden, c.hidden, 3])
         self.scaler = MLP([e + c.hook_dim, c.scaler_hidden, c.scaler_hidden, 1])
+        self.code_basis = CodeBasis(e, c.code_dim, c.code_hidden) if c.code_dim else None
 
-    def forward(self, xyz: Tensor, audio: Tensor, hook: Tensor) -> Motion:
+    def forward(self, xyz: Tensor, audio: Tensor, hook: Tensor, code: Tensor | None = None) -> Motion:
         enc = self.encoder(xyz)
         audio, squeeze = _batch(audio)
         hook, _ = _batch(hook.to(enc.dtype))
@@ -426,6 +464,8 @@ class MouthMotionField(nn.Module):
         d = d * _axis_weights(self.config, d) * s
         if squeeze:
             d, s = d[0], s[0]
+        if self.code_basis is not None:
+            d = d + self.code_basis(enc, code) * _axis_weights(self.config, d)
         return Motion(d_xyz=d, scaler=s)
 
 
@@ -580,7 +620,7 @@ class FaceUMF(nn.Module):
         self.expr = ExpressionEncoder()
         self.code = CodeEncoder(code_dim, code_features) if code_dim else None
         if code_dim:
-            field = replace(field, audio_dim=field.audio_dim + code_features)
+            field = replace(field, audio_dim=field.audio_dim + code_features, code_dim=code_dim)
         self.field = FaceMotionField(field)
 
     def encode(self, audio_win: Tensor, aus: Tensor, blink: Tensor,
@@ -593,7 +633,7 @@ class FaceUMF(nn.Module):
     def forward(self, xyz: Tensor, audio_win: Tensor, aus: Tensor, blink: Tensor,
                 use_attention: bool = True, code: Tensor | None = None) -> Motion:
         a, e = self.encode(audio_win, aus, blink, use_attention, code)
-        return self.field(xyz, a, e)
+        return self.field(xyz, a, e, code)
 
 
 class MouthUMF(nn.Module):
@@ -611,7 +651,7 @@ class MouthUMF(nn.Module):
         self.audio = AudioEncoder(audio)
         self.code = CodeEncoder(code_dim, code_features) if code_dim else None
         if code_dim:
-            field = replace(field, audio_dim=field.audio_dim + code_features)
+            field = replace(field, audio_dim=field.audio_dim + code_features, code_dim=code_dim)
         self.field = MouthMotionField(field)
 
     def encode(self, audio_win: Tensor, use_attention: bool = True,
@@ -622,7 +662,7 @@ class MouthUMF(nn.Module):
 
     def forward(self, xyz: Tensor, audio_win: Tensor, hook: Tensor,
                 use_attention: bool = True, code: Tensor | None = None) -> Motion:
-        return self.field(xyz, self.encode(audio_win, use_attention, code), hook)
+        return self.field(xyz, self.encode(audio_win, use_attention, code), hook, code)
 
 
 def with_code(encoder: CodeEncoder | None, audio_code: Tensor, code: Tensor | None) -> Tensor:

@@ -25,10 +25,16 @@ from core.model.gaussians import GaussianLR, GaussianSet
 from core.model.head import (FrameCond, Identity, UMF, composite, face_motion, hook_from_face,
                        mouth_motion, render_branch)
 from core.data.masks import Label, torso_plate
-from core.model.motion_field import HOOK_K_EVAL, Motion, TriPlaneEncoder, audio_windows, motion_magnitude_loss
+from core.model.motion_field import (HOOK_K_EVAL, CodeBasis, CodeEncoder, Motion, TriPlaneEncoder,
+                                     audio_windows, motion_magnitude_loss)
 from core.train.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, LIPS_WEIGHT, MOTION_WEIGHT,
                                    MOUTH_OUTSIDE_WEIGHT, alpha_loss, box_mask, box_photometric,
                                    gate_loss, photometric)
+
+
+#: learning-rate multiplier of the mouth-code path over the field MLPs: it is new for every
+#: person (or small in a prior) and linear in the code, so it can move faster
+CODE_LR_MULT = 5.0
 
 
 @dataclass
@@ -136,17 +142,23 @@ def gaussian_optimizer(gs: GaussianSet, colours_and_opacity_only: bool = False) 
 
 
 def field_optimizer(module: torch.nn.Module, lr_grid: float, lr_mlp: float,
-                    weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW over a motion field: tri-plane grids at ``lr_grid``, everything else at
-    ``lr_mlp``; each group keeps its ``base_lr`` for the schedules."""
-    grid_ids = {id(p) for m in module.modules() if isinstance(m, TriPlaneEncoder)
-                for p in m.parameters()}
-    grids = [p for p in module.parameters() if id(p) in grid_ids]
-    rest = [p for p in module.parameters() if id(p) not in grid_ids]
-    return torch.optim.AdamW([
-        {"params": grids, "lr": lr_grid, "base_lr": lr_grid, "name": "grids"},
-        {"params": rest, "lr": lr_mlp, "base_lr": lr_mlp, "name": "mlps"},
-    ], weight_decay=weight_decay)
+                    weight_decay: float = 0.0, lr_code: float | None = None) -> torch.optim.AdamW:
+    """AdamW over a motion field: tri-plane grids at ``lr_grid``, the mouth-code path
+    (:class:`CodeEncoder`, :class:`CodeBasis`) at ``lr_code`` (default ``CODE_LR_MULT x
+    lr_mlp``), everything else at ``lr_mlp``; each group keeps its ``base_lr`` for the
+    schedules. Empty groups are left out."""
+    def ids(kind: type) -> set[int]:
+        return {id(p) for m in module.modules() if isinstance(m, kind) for p in m.parameters()}
+
+    grid_ids = ids(TriPlaneEncoder)
+    code_ids = ids(CodeEncoder) | ids(CodeBasis)
+    lr_code = CODE_LR_MULT * lr_mlp if lr_code is None else lr_code
+    groups = [("grids", lr_grid, [p for p in module.parameters() if id(p) in grid_ids]),
+              ("code", lr_code, [p for p in module.parameters() if id(p) in code_ids]),
+              ("mlps", lr_mlp, [p for p in module.parameters()
+                                if id(p) not in grid_ids and id(p) not in code_ids])]
+    return torch.optim.AdamW([{"params": ps, "lr": lr, "base_lr": lr, "name": name}
+                              for name, lr, ps in groups if ps], weight_decay=weight_decay)
 
 
 def _resize(x: Tensor, res: int) -> Tensor:
