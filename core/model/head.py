@@ -70,6 +70,35 @@ class UMF(nn.Module):
         self.mouth = MouthUMF(AudioConfig(feat_dim=audio_dim), code_dim=code_dim)
 
 
+    def load_without_code(self, state: dict[str, Tensor]) -> None:
+        """Load the state of a UMF *without* the mouth-code input into this one (which has
+        it): every shared tensor is copied; each field's first layer gets zero weights on the
+        new code-feature inputs (placed after the 32 audio-code inputs), and the audio gates'
+        new rows keep their initialisation; the code encoders and bases stay as initialised
+        (the bases output zero). So the fields compute exactly what the prior did until the
+        code path is trained."""
+        own = self.state_dict()
+        out = {}
+        for k, v in own.items():
+            old = state.get(k)
+            if old is None:
+                if ".code" not in k:
+                    raise KeyError(f"prior lacks {k}")
+                out[k] = v
+            elif old.shape == v.shape:
+                out[k] = old
+            elif k.endswith("field.mlp.0.weight"):            # (H, enc + 32 + cond)
+                enc = (self.face if k.startswith("face.") else self.mouth).field.encoder.out_dim
+                cut = enc + AudioConfig().code_dim
+                extra = v.shape[1] - old.shape[1]
+                out[k] = torch.cat([old[:, :cut], old.new_zeros(old.shape[0], extra), old[:, cut:]], 1)
+            elif k.endswith("audio_gate.2.weight"):           # (32 + code features, hidden)
+                out[k] = torch.cat([old, v[old.shape[0]:]], 0)
+            else:
+                raise ValueError(f"cannot adapt {k}: prior {tuple(old.shape)}, model {tuple(v.shape)}")
+        self.load_state_dict(out)
+
+
 class Identity(nn.Module):
     """One person's Gaussians and per-identity fields.
 

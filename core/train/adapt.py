@@ -67,8 +67,8 @@ class AdaptConfig:
         ckpt_every: checkpoint every this many steps.
         seed: seeds initialisation, frame sampling, backgrounds and hooks.
         mouth_code: give the motion fields the mouth-code input (tracked codes while adapting,
-            codes predicted from the audio when driving; :mod:`core.model.mouth_drive`).
-            With a prior, the prior decides (a prior trained without the input has none).
+            codes predicted from the audio when driving; :mod:`core.model.mouth_drive`). A
+            prior trained without the input gets a new, initially silent code path.
         predicted_code_prob: fraction of training steps conditioned on the predicted code
             instead of the tracked one, so the fields accept what they get when driven (0.2).
     """
@@ -174,19 +174,32 @@ def _densifier(base: DensifyConfig, stage_steps: int, cfg: AdaptConfig, n: int) 
     return Densifier(replace(base, start_step=start), n)
 
 
-def load_prior(path: str | os.PathLike, spec: AudioFeatureSpec | None = None) -> tuple[UMF, dict]:
+def load_prior(path: str | os.PathLike, spec: AudioFeatureSpec | None = None,
+               code_dim: int | None = None) -> tuple[UMF, dict]:
     """The prior's UMF (EMA weights) and metadata; refuses a mismatched audio feature type.
 
     ``path``: a .safetensors file or a name from ``weights/manifest.json``
-    (:func:`core.weights.resolve_prior`)."""
+    (:func:`core.weights.resolve_prior`). ``code_dim``: the mouth-code input wanted (None:
+    as the prior has it). A prior trained without the input is given one by
+    :meth:`UMF.load_without_code`: its fields behave exactly as before until adaptation
+    teaches the new code path."""
     from core.weights import resolve_prior
 
     t, meta = checkpoint.load(resolve_prior(path), kind="prior")
     prior_spec = AudioFeatureSpec.from_dict(meta["audio"])
     if spec is not None:
         prior_spec.check_matches(spec)
-    umf = UMF(prior_spec.dim, int(meta.get("code_dim", 0)))
-    umf.load_state_dict(checkpoint.prefixed(t, "umf."))
+    has = int(meta.get("code_dim", 0))
+    want = has if code_dim is None else code_dim
+    umf = UMF(prior_spec.dim, want)
+    state = checkpoint.prefixed(t, "umf.")
+    if want and not has:
+        umf.load_without_code(state)
+    elif has and not want:
+        raise InputError("wrong_weights", "This prior's motion fields take a mouth code.",
+                         "Adapt with the mouth code (the default), or use a prior without it.")
+    else:
+        umf.load_state_dict(state)
     return umf, meta
 
 
@@ -246,7 +259,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     gen = torch.Generator().manual_seed(cfg.seed)
     has_prior = prior is not None
     if has_prior:
-        umf, prior_meta = load_prior(prior, spec)
+        umf, prior_meta = load_prior(prior, spec, MOUTH_CODE_DIM if cfg.mouth_code else 0)
     else:
         umf, prior_meta = UMF(spec.dim, MOUTH_CODE_DIM if cfg.mouth_code else 0), None
     drive = None
