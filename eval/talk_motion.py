@@ -1,0 +1,118 @@
+"""How much a Talk render's mouth moves, and whether it moves with the voice.
+
+``python -m eval.talk_motion AVATAR CLIP_DIR AUDIO... --out DIR``
+
+For each audio file the avatar is driven (:func:`core.synthesize.synthesize`, no visible mark)
+and FaceMesh measures the rendered inner-lip gap per frame (landmarks 13-14, in units of the
+eye-corner distance 33-263, the benchmark's aperture). The same measure on the avatar's own
+recording (``CLIP_DIR``: its processed clip) gives the person's real range. Reported per
+audio: the rendered aperture's standard deviation over the recording's (``motion ratio``; 1 =
+moves as much as the person does), and the correlation of the rendered aperture with the
+audio's loudness per frame (:func:`core.data.phones.loudness_bands`, overall column).
+
+Writes ``DIR/talk_motion.md`` (table) and ``DIR/talk_aperture.png`` (aperture and loudness
+against time, one panel per audio). The videos go to a temporary folder and are deleted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def aperture(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T,) inner-lip gap / eye-corner distance of (T, H, W, 3) uint8 frames, and (T,) bool
+    face found (gap NaN where not)."""
+    from eval.metrics import detect
+
+    t = detect(frames)
+    p = t.points
+    iod = np.linalg.norm(p[:, 33, :2] - p[:, 263, :2], axis=-1)
+    gap = np.linalg.norm(p[:, 13, :2] - p[:, 14, :2], axis=-1) / np.maximum(iod, 1e-6)
+    return np.where(t.valid, gap, np.nan), t.valid
+
+
+def frame_loudness(audio: np.ndarray, num_frames: int) -> np.ndarray:
+    """(num_frames,) per-utterance normalised loudness in [0, 1] (mean of a frame's 2 steps)."""
+    from core.data.phones import loudness_bands
+
+    steps = -(-len(audio) // 320)
+    loud = loudness_bands(audio, steps)[:, -1]
+    idx = np.minimum(np.arange(num_frames)[:, None] * 2 + np.arange(2)[None], steps - 1)
+    return loud[idx].mean(1)
+
+
+def measure(avatar: Path, clip_dir: Path, audios: list[Path]) -> tuple[dict, list[dict]]:
+    """The person's own aperture statistics and one row per audio (see module doc)."""
+    from core.data.media import iter_frames, read_audio
+    from core.synthesize import synthesize
+
+    own, _ = aperture(np.stack(list(iter_frames(clip_dir / "frames.mp4", fps=25.0))))
+    ref = {"std": float(np.nanstd(own)), "mean": float(np.nanmean(own))}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for a in audios:
+            out = Path(tmp) / f"{a.stem}.mp4"
+            synthesize(avatar, a, out, mark=False)
+            gap, ok = aperture(np.stack(list(iter_frames(out, fps=25.0))))
+            loud = frame_loudness(read_audio(a), len(gap))
+            r = float(np.corrcoef(gap[ok], loud[ok])[0, 1]) if ok.sum() > 2 else float("nan")
+            rows.append({"audio": a.name, "frames": int(len(gap)), "std": float(np.nanstd(gap)),
+                         "ratio": float(np.nanstd(gap)) / max(ref["std"], 1e-9),
+                         "r_loudness": r, "gap": gap, "loud": loud})
+    return ref, rows
+
+
+def write(out: Path, ref: dict, rows: list[dict], avatar: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from core.atomic import write_bytes, write_text
+
+    lines = [f"Avatar `{avatar.name}`; the person's own recording: aperture std {ref['std']:.4f} "
+             f"(mean {ref['mean']:.3f}, inner-lip gap / eye-corner distance).", "",
+             "| audio | frames | rendered aperture std | motion ratio (rendered / own) | r with loudness |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['audio']} | {r['frames']} | {r['std']:.4f} | {r['ratio']:.2f} | "
+                     f"{r['r_loudness']:.2f} |")
+    write_text(out / "talk_motion.md", "\n".join(lines) + "\n")
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 2.2 * len(rows)), squeeze=False)
+    for ax, r in zip(axes[:, 0], rows):
+        t = np.arange(r["frames"]) / 25.0
+        ax.plot(t, r["gap"], color="tab:red", lw=1.2, label="rendered aperture")
+        ax.set_ylabel("aperture")
+        ax2 = ax.twinx()
+        ax2.fill_between(t, r["loud"], color="tab:blue", alpha=0.2, label="loudness")
+        ax2.set_ylim(0, 1.05)
+        ax.set_title(f"{r['audio']}: motion ratio {r['ratio']:.2f}, r(loudness) {r['r_loudness']:.2f}",
+                     fontsize=9)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    write_bytes(out / "talk_aperture.png", buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.talk_motion", description=__doc__.split("\n")[0])
+    p.add_argument("avatar", type=Path)
+    p.add_argument("clip", type=Path, help="the avatar's processed clip (its own recording)")
+    p.add_argument("audio", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    ref, rows = measure(a.avatar, a.clip, a.audio)
+    a.out.mkdir(parents=True, exist_ok=True)
+    write(a.out, ref, rows, a.avatar)
+    for r in rows:
+        print(f"{r['audio']}: motion ratio {r['ratio']:.2f}, r(loudness) {r['r_loudness']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
