@@ -34,10 +34,10 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from core.atomic import write_text
@@ -59,7 +59,8 @@ class NotFound(LookupError):
 
 def iso(t: float) -> str:
     """UTC ISO-8601 time stamp with seconds."""
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    # timezone.utc, not datetime.UTC: Python 3.10 (ZeroGPU) has no datetime.UTC
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -233,6 +234,13 @@ class AvatarStore:
                 have = []
             if str(ext) not in have:
                 write_json(f, have + [str(ext)])
+
+    def discard_external(self, path: str | os.PathLike) -> None:
+        """Remove the folder under an external root that holds ``path`` (an upload no job
+        will use); nothing outside the roots is touched."""
+        ext = self._external_dir(path)
+        if ext is not None:
+            shutil.rmtree(ext, ignore_errors=True)
 
     def _remove(self, folder: Path) -> None:
         """Remove an avatar or job folder and the external copies tied to it."""

@@ -276,6 +276,10 @@ class App:
         try:
             check_media(clip, PreprocessConfig(min_seconds=self.cfg.min_clip_s,
                                                max_seconds=self.cfg.max_clip_s))
+        except InputError as e:
+            self.store.discard_external(clip)  # an unusable upload is not kept
+            raise user_error(e) from None
+        try:
             prior = resolve_prior(self.cfg)
         except InputError as e:
             raise user_error(e) from None
@@ -434,6 +438,8 @@ class App:
                                                max_seconds=self.cfg.max_clip_s))
             prior = resolve_prior(self.cfg)
         except InputError as e:
+            if linked is None and e.code not in ("wrong_weights", "too_short"):
+                self.store.discard_external(path)  # an unusable upload is not kept
             if e.code == "too_short":
                 e.fix = (f"Training on {train[-1]:g} s and scoring {test_s:g} s held out needs "
                          f"a clip of at least {train[-1] + test_s:g} s: choose fewer training "

@@ -220,7 +220,7 @@ def test_three_users_and_hostile_uploads(app_process, clips_dir: Path, audio_dir
         def body(*a) -> None:
             try:
                 target(*a)
-            except BaseException as e:  # noqa: BLE001 - reported below
+            except BaseException as e:
                 failures.append(f"{t.name}: {type(e).__name__}: {str(e)[:300]}")
 
         return threading.Thread(target=body, args=t._args, name=t.name)  # type: ignore[attr-defined]
