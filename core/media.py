@@ -195,6 +195,8 @@ def _what_is(p: Path) -> str:
         return ""
     if not head:
         return "an empty file"
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV file"
     for magic, what in _SIGNATURES:
         if head.startswith(magic):
             return what
@@ -221,6 +223,10 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
         return av.open(str(p), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
         what = _what_is(p)
+        if what == "an MP4/MOV file":  # its index ('moov', often written last) is missing
+            raise InputError("truncated", f"{p.name} is an MP4/MOV file whose index cannot be "
+                             "read: it is damaged or cut short (an interrupted upload or "
+                             "copy?).", "Upload the complete file again, or re-export it.") from exc
         problem = (f"{p.name} is {what}, not audio or video." if what else
                    f"Cannot read {p.name} as audio or video ({exc.__class__.__name__}).")
         raise InputError("unreadable", problem, _UNREADABLE_FIX) from exc

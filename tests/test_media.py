@@ -547,6 +547,14 @@ def test_truncated_mp4(tmp_path: Path) -> None:
         assert "complete file" in e.fix
 
 
+def test_truncated_mp4_index_at_the_end(tmp_path: Path, clips_dir: Path) -> None:
+    """A phone-style mp4 (index written last) cut in half: the index is gone."""
+    p = make_truncated_mp4(tmp_path / "cut.mp4", clips_dir / "woman_desk_5s.mp4")
+    for fn in (probe, read_audio, iter_frames):
+        e = _error(fn, p)
+        assert e.code == "truncated" and "damaged or cut short" in e.problem, (fn.__name__, e)
+
+
 def test_zip_renamed_mp4(tmp_path: Path) -> None:
     p = make_zip_as_mp4(tmp_path / "clip.mp4")
     for fn in (probe, read_audio, iter_frames):
