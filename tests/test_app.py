@@ -234,6 +234,9 @@ def test_owner_tokens(server) -> None:
         assert a.cl.predict(bad, api_name="/list_avatars")[0] not in (bad, a.token)
     assert "owner.key" in {p.name for p in root.iterdir()}
     assert (root / "owner.key").stat().st_mode & 0o077 == 0
+    from demo.owners import OwnerTokens
+
+    assert OwnerTokens(root).check(a.token) == a.token  # a restarted server still knows it
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +318,8 @@ def test_consent_time_is_when_the_request_arrived(server, created) -> None:
     entries = [e for e in audit(root) if e.get("owner") == owner_key]
     assert [e["event"] for e in entries] == ["consent", "create_failed"]
     t = datetime.fromisoformat(entries[0]["consent_time"]).timestamp()
-    assert t_submit - 1.5 <= t <= t_submit + 1.5 < t_first_done
+    # received just after submitting (the upload goes first), long before the job ran
+    assert t_submit - 1.0 <= t <= t_submit + 10.0 and t < t_first_done - 10.0
     assert set(entries[0]) == {"avatar", "clip_bytes", "clip_sha256", "consent_time", "event",
                                "owner", "statement_version", "time"}  # no name, no file
     assert not (root / "avatars" / entries[0]["avatar"]).exists()  # nothing else kept
