@@ -18,8 +18,9 @@ Rotation
 Limits (hostile uploads)
     Every reader takes a :class:`MediaLimits`. Before decoding anything it checks the
     headers: each stream's start offset from the time origin, the longest stream
-    against ``max_seconds`` and the frame size against ``max_pixels`` (the decoder is
-    also opened with ``max_pixels``, so no larger frame is ever allocated). While
+    against ``max_seconds`` and the frame size against ``max_pixels`` (our decoders are
+    also opened with ``max_pixels``; only the stream probe inside ``av.open`` may decode
+    one frame, bounded by FFmpeg's own image-size ceiling, see ``_open``). While
     decoding it refuses a time gap inside a stream beyond ``max_gap_s``, stops at
     ``max_seconds`` of audio or video whatever the header said, and reports a stream
     that ends well before its header's duration (a truncated file). Memory is so
