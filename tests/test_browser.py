@@ -10,6 +10,7 @@ come from ../shared/data, which must not be shipped, nor anything rendered from 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -54,6 +55,15 @@ def _loopback_only(route) -> None:
         route.abort()
 
 
+def _body(request) -> str:
+    """A request's body as text (uploads are binary: undecodable bytes replaced)."""
+    try:
+        raw = request.post_data_buffer
+    except Exception:  # noqa: BLE001 - Playwright raises plain errors for odd bodies
+        return ""
+    return raw.decode("utf-8", "replace") if raw else ""
+
+
 def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
                                      audio_dir: Path, short_dir: Path, tmp_path: Path) -> None:
     app_url, demo = app_url
@@ -64,7 +74,7 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.route("**/*", _loopback_only)
-            page.on("request", lambda r: requests.append((r.url, r.post_data or "")))
+            page.on("request", lambda r: requests.append((r.url, _body(r))))
             page.set_default_timeout(30_000)
 
             def wait_for(ok, timeout_s: float) -> None:
@@ -81,8 +91,10 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
                 pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {ok}")
 
             def shot(name: str) -> None:
+                # masked: every video (shared clips) and machine paths in the report
+                paths = page.locator("#bench-table code").filter(has_text=re.compile(r"^/"))
                 page.screenshot(path=str(shots / name), full_page=True,
-                                mask=[page.locator("video")], mask_color="#6b7280")
+                                mask=[page.locator("video"), paths], mask_color="#6b7280")
 
             page.goto(app_url, wait_until="domcontentloaded")
             page.get_by_role("tab", name="Create avatar").wait_for()
@@ -184,8 +196,6 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
         finally:
             browser.close()
     # the token travelled in request bodies only, never in a URL
-    import re
-
     owners = demo.instag.owners
     tokens = {t for _, body in requests for t in re.findall(r"[A-Za-z0-9_-]{43}", body)
               if owners.check(t)}
