@@ -228,7 +228,9 @@ class _Plan:
 def _run_on_worker(task: Any, fn: Callable, key: str, plan: _Plan, board: Any,
                    *blobs: bytes) -> dict:
     """The Ray task: local inputs, a private output folder, ``fn``, the outputs to return.
-    Returns ``{"result": dict, "files": [(rel, is_dir, bytes)], "worker_out": str}``."""
+    Returns ``{"result": dict, "files": [(rel, is_dir, bytes)], "worker_out": str,
+    "peak_rss_mb": float}`` (the worker process's peak resident memory so far, MiB)."""
+    import resource
     import shutil
     import socket
 
@@ -272,7 +274,9 @@ def _run_on_worker(task: Any, fn: Callable, key: str, plan: _Plan, board: Any,
         takes_progress = "progress" in inspect.signature(fn).parameters
         result = fn(local_task, progress=progress) if takes_progress else fn(local_task)
         files = _collect(out, plan.returns) if out is not None else []
-        return {"result": result, "files": files, "worker_out": str(out) if out else None}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB -> MiB
+        return {"result": result, "files": files, "worker_out": str(out) if out else None,
+                "peak_rss_mb": peak}
     finally:
         stop.set()
         if out is not None:
@@ -280,8 +284,11 @@ def _run_on_worker(task: Any, fn: Callable, key: str, plan: _Plan, board: Any,
 
 
 # ============================================================================ driver side
-def _init_ray(opts: RayOptions) -> bool:
-    """Connect to / start Ray; True when this call started it (and must stop it)."""
+def init_ray(opts: RayOptions) -> bool:
+    """Start a local Ray instance or join a cluster as ``opts`` says (nothing when Ray is
+    already initialised); True when this call started it (then the caller stops it with
+    ``ray.shutdown()``). Raises RuntimeError naming the fix when Ray is not up within
+    ``init_timeout_s`` or no cluster answers at the address."""
     import logging
 
     import ray
@@ -291,8 +298,8 @@ def _init_ray(opts: RayOptions) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no reporting
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                           "logging_level": logging.WARNING, "configure_logging": True}
-    if opts.address is None:
-        kw.update(num_cpus=opts.local_cpus,
+    if opts.address is None:  # "local": a new instance even when a cluster runs here
+        kw.update(address="local", num_cpus=opts.local_cpus,
                   object_store_memory=int(opts.local_object_store_gb * 2**30),
                   runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                       [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
@@ -318,7 +325,7 @@ def _init_ray(opts: RayOptions) -> bool:
             raise
         ray.shutdown()
         where = "a local instance" if opts.address is None else f"the cluster at {opts.address!r}"
-        raise RuntimeError(f"Ray did not start {where} within {opts.init_timeout_s:.0f} s; "
+        raise RuntimeError(f"Ray: no answer from {where} within {opts.init_timeout_s:.0f} s; "
                            "check 'ray status' (and that the head's port is reachable)") from None
     except ConnectionError as e:
         raise RuntimeError(f"no Ray cluster at {opts.address!r} ({e}); start one with "
@@ -361,6 +368,107 @@ def _default_failure(task: Any, exc: BaseException) -> dict:
     return {"status": f"failed: {exc.__class__.__name__}: {exc}"}
 
 
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _ship_inputs(tasks: Sequence[Any], fields: Sequence[str]) -> list[tuple[list[_Input], list]]:
+    """Per task, its packed inputs and their object refs (one object per distinct path)."""
+    import ray
+
+    packed: dict[str, tuple[_Input, Any]] = {}
+    out = []
+    for t in tasks:
+        ins, refs = [], []
+        for f in fields:
+            p = getattr(t, f)
+            if p is None:
+                continue
+            key = str(Path(p).resolve())
+            if key not in packed:
+                data = pack_path(Path(p))
+                inp = _Input(f, Path(p).name, Path(p).is_dir(), hashlib.sha256(data).hexdigest())
+                packed[key] = (inp, ray.put(data))
+            inp, ref = packed[key]
+            ins.append(dataclasses.replace(inp, field=f))
+            refs.append(ref)
+        out.append((ins, refs))
+    return out
+
+
+def _write_back(got: dict, root: Path | None) -> dict:
+    """Write a finished task's returned files under ``root`` (in order, atomically); its
+    result with the worker's folder renamed to ``root``."""
+    for rel, is_dir, data in got["files"]:
+        if is_dir:
+            with atomic_folder(root / rel) as tmp:
+                unpack_folder(data, tmp)
+        else:
+            write_bytes(root / rel, data)
+    row = got["result"]
+    if root is not None and got["worker_out"]:
+        row = _remap(row, got["worker_out"], str(root))
+    return row
+
+
+class _Tracker:
+    """Driver-side state: attempts, live text and fraction of every task, counts, lines."""
+
+    def __init__(self, names: list[str], weights: list[float], opts: RayOptions,
+                 say: Callable[[str], None]) -> None:
+        n = len(names)
+        self.names, self.w, self.opts, self.say = names, weights, opts, say
+        self.index = {name: i for i, name in enumerate(names)}
+        self.attempts, self.frac = [0] * n, [0.0] * n
+        self.text, self.said, self.last_line = [""] * n, [""] * n, [0.0] * n
+        self.started_at = [0.0] * n
+        self.finished = [False] * n
+        self.running: set[int] = set()
+        self.done_w, self.n_ok, self.n_failed = 0.0, 0, 0
+        self.t0 = time.monotonic()
+
+    def on_events(self, events: list[tuple[str, str, str, float, float]]) -> None:
+        """Worker posts: a start (a retry when not the first), progress."""
+        now = time.monotonic()
+        for key, kind, text, frac, _ in events:
+            i = self.index.get(key)
+            if i is None or self.finished[i]:
+                continue
+            if kind == "start":
+                self.attempts[i] += 1
+                self.running.add(i)
+                self.frac[i], self.started_at[i], self.last_line[i] = 0.0, now, now
+                again = (f" (retry {self.attempts[i] - 1} of {self.opts.max_retries}: the "
+                         "previous worker was lost)") if self.attempts[i] > 1 else ""
+                self.say(f"[{_now()}] {key}: started on {text}{again}")
+            else:
+                self.frac[i], self.text[i] = frac, text
+        for i in sorted(self.running):  # changed text every line_seconds, else a heartbeat
+            wait = self.opts.line_seconds * (1 if self.text[i] != self.said[i] else 6)
+            if self.text[i] and now - self.last_line[i] >= wait:
+                self.say(f"[{_now()}] {self.text[i]} ({self.frac[i]:.0%})")
+                self.last_line[i], self.said[i] = now, self.text[i]
+
+    def on_done(self, i: int, row: dict, ok: bool, peak_mb: float | None) -> None:
+        self.finished[i] = True
+        self.running.discard(i)
+        self.done_w += self.w[i]
+        self.n_ok += ok
+        self.n_failed += not ok
+        took = format_seconds(time.monotonic() - self.started_at[i]) if self.started_at[i] else "?"
+        peak = f", worker peak {peak_mb / 1024:.2f} GiB" if peak_mb else ""
+        self.say(f"[{_now()}] {self.names[i]}: {row.get('status', 'done')} ({took}{peak})")
+
+    def status(self) -> tuple[str, float]:
+        """``('cells: 3/8 done, 2 running, 0 failed, 4:10 left', fraction)``."""
+        live = sum(self.w[i] * min(1.0, self.frac[i]) for i in self.running)
+        f = (self.done_w + live) / (sum(self.w) or 1.0)
+        el = time.monotonic() - self.t0
+        left = format_seconds(el * (1 - f) / f) if f > 0.01 else "?"
+        return (f"cells: {self.n_ok + self.n_failed}/{len(self.names)} done, "
+                f"{len(self.running)} running, {self.n_failed} failed, {left} left", f)
+
+
 def run_cells_ray(tasks: Sequence[T], fn: Callable[..., dict], options: RayOptions = RayOptions(),
                   *, inputs: Sequence[str] = (), out_field: str | None = None,
                   returns: Sequence[str] = (),
@@ -389,7 +497,7 @@ def run_cells_ray(tasks: Sequence[T], fn: Callable[..., dict], options: RayOptio
             time left.
         log: per-task lines (start, progress every ``line_seconds``, retry, end); default:
             stderr above any tqdm bar.
-        names: display names of the tasks (default ``task 1``, ...).
+        names: display names of the tasks (default ``task 1``, ...); unique.
         weights: relative cost of each task for the fraction and time left (default equal).
     """
     import ray
@@ -399,152 +507,70 @@ def run_cells_ray(tasks: Sequence[T], fn: Callable[..., dict], options: RayOptio
     if n == 0:
         return []
     report = progress or (lambda s, f: None)
-    say = log or _default_log
     names = list(names) if names is not None else [f"task {i + 1}" for i in range(n)]
-    w = [float(x) for x in weights] if weights is not None else [1.0] * n
-    total_w = sum(w) or 1.0
+    if len(set(names)) != n:
+        raise ValueError("task names must be unique (they key the progress of each task)")
+    track = _Tracker(names, [float(x) for x in weights] if weights is not None else [1.0] * n,
+                     options, log or _default_log)
     fail = on_failure or _default_failure
-
-    started_here = _init_ray(options)
+    started_here = init_ray(options)
     board = None
     refs: dict[Any, int] = {}
     try:
         res_kw = _resources(options)
         board = ray.remote(num_cpus=0)(_Board).remote()
-        # inputs: one object per distinct path
-        packed: dict[str, tuple[_Input, Any]] = {}
-        per_task: list[tuple[list[_Input], list[Any]]] = []
-        for t in tasks:
-            ins, blobs = [], []
-            for f in inputs:
-                p = getattr(t, f)
-                if p is None:
-                    continue
-                key = str(Path(p).resolve())
-                if key not in packed:
-                    data = pack_path(Path(p))
-                    inp = _Input(f, Path(p).name, Path(p).is_dir(),
-                                 hashlib.sha256(data).hexdigest())
-                    packed[key] = (inp, ray.put(data))
-                    del data
-                inp, ref = packed[key]
-                ins.append(dataclasses.replace(inp, field=f))
-                blobs.append(ref)
-            per_task.append((ins, blobs))
         remote = ray.remote(_run_on_worker)
         post_s = max(0.5, min(2.0, options.line_seconds / 2))
         threads = max(1, int(options.cpus_per_task))
-        for i, t in enumerate(tasks):
-            ins, blobs = per_task[i]
+        for i, (t, (ins, blobs)) in enumerate(zip(tasks, _ship_inputs(tasks, inputs))):
             plan = _Plan(tuple(ins), out_field, tuple(returns), threads, post_s)
-            ref = remote.options(name=names[i], **res_kw).remote(t, fn, names[i], plan, board,
-                                                                  *blobs)
-            refs[ref] = i
-        del packed, per_task
-
-        results: list[dict | None] = [None] * n
-        attempts = [0] * n
-        frac = [0.0] * n
-        text = [""] * n
-        said = [""] * n
-        last_line = [0.0] * n
-        index = {name: i for i, name in enumerate(names)}
-        running: set[int] = set()
-        done_w, n_ok, n_failed = 0.0, 0, 0
-        t0 = time.monotonic()
-        say(f"[{time.strftime('%H:%M:%S')}] {n} task(s) on Ray: {res_kw['num_cpus']:g} CPU, "
-            f"{res_kw['num_gpus']:g} GPU each; cluster {ray.cluster_resources().get('CPU', 0):g} "
-            f"CPU, {ray.cluster_resources().get('GPU', 0):g} GPU")
-
-        def events() -> None:
-            try:
-                evs = ray.get(board.drain.remote(), timeout=10)
-            except Exception:  # the board is lost (its node died): no live lines
-                return
-            now = time.monotonic()
-            for key, kind, txt, f, _ in evs:
-                i = index.get(key)
-                if i is None or results[i] is not None:
-                    continue
-                if kind == "start":
-                    attempts[i] += 1
-                    running.add(i)
-                    frac[i] = 0.0
-                    again = (f" (retry {attempts[i] - 1} of {options.max_retries}: the previous "
-                             "worker was lost)") if attempts[i] > 1 else ""
-                    say(f"[{time.strftime('%H:%M:%S')}] {key}: started on {txt}{again}")
-                    last_line[i] = now
-                else:
-                    frac[i], text[i] = f, txt
-            for i in sorted(running):  # changed text every line_seconds, else a heartbeat
-                wait = options.line_seconds * (1 if text[i] != said[i] else 6)
-                if text[i] and now - last_line[i] >= wait:
-                    say(f"[{time.strftime('%H:%M:%S')}] {text[i]} ({frac[i]:.0%})")
-                    last_line[i], said[i] = now, text[i]
-
-        def status() -> None:
-            live = sum(w[i] * min(1.0, frac[i]) for i in running)
-            f = (done_w + live) / total_w
-            el = time.monotonic() - t0
-            left = format_seconds(el * (1 - f) / f) if f > 0.01 else "?"
-            report(f"cells: {n_ok + n_failed}/{n} done, {len(running)} running, {n_failed} failed, "
-                   f"{left} left", f)
-
+            refs[remote.options(name=names[i], **res_kw).remote(t, fn, names[i], plan, board,
+                                                                 *blobs)] = i
+        cluster = ray.cluster_resources()
+        track.say(f"[{_now()}] {n} task(s) on Ray: {res_kw['num_cpus']:g} CPU, "
+                  f"{res_kw['num_gpus']:g} GPU each; cluster {cluster.get('CPU', 0):g} CPU, "
+                  f"{cluster.get('GPU', 0):g} GPU")
+        results: list[dict] = [{} for _ in range(n)]
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
             if ready:  # everything else that is ready too
                 ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
-            events()
+            try:
+                track.on_events(ray.get(board.drain.remote(), timeout=10))
+            except RayError:  # the board is lost (its node died): no live lines
+                pass
             for ref in ready:
                 i = refs.pop(ref)
-                task = tasks[i]
+                got: dict = {}
                 try:
                     got = ray.get(ref)
-                    root = Path(getattr(task, out_field)) if out_field else None
-                    for rel, is_dir, data in got["files"]:
-                        if is_dir:
-                            with atomic_folder(root / rel) as tmp:
-                                unpack_folder(data, tmp)
-                        else:
-                            write_bytes(root / rel, data)
-                    row = got["result"]
-                    if root is not None and got["worker_out"]:
-                        row = _remap(row, got["worker_out"], str(root))
-                    n_ok += 1
-                except RayTaskError as e:  # fn raised: not retried
-                    cause = e.cause if isinstance(e.cause, BaseException) else e
-                    row = fail(task, cause)
-                    n_failed += 1
+                    row = _write_back(got, Path(getattr(tasks[i], out_field)) if out_field
+                                      else None)
+                except RayTaskError as e:  # fn raised: not retried (it would raise again)
+                    row = fail(tasks[i], e.cause if isinstance(e.cause, BaseException) else e)
                 except RayError as e:  # the worker died on every attempt
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    lost = TaskLost(f"the worker died on all {max(attempts[i], 1)} attempt(s) "
-                                    f"({options.max_retries} retries): "
-                                    f"{e.__class__.__name__}: {first}")
+                    first = (str(e).strip().splitlines() or [""])[0]
                     try:
-                        raise lost from e
-                    except TaskLost as tl:
-                        row = fail(task, tl)
-                    n_failed += 1
+                        raise TaskLost(f"the worker died on all {max(track.attempts[i], 1)} "
+                                       f"attempt(s) ({options.max_retries} retries): "
+                                       f"{e.__class__.__name__}: {first}") from e
+                    except TaskLost as lost:
+                        row = fail(tasks[i], lost)
                 results[i] = row
-                running.discard(i)
-                done_w += w[i]
-                say(f"[{time.strftime('%H:%M:%S')}] {names[i]}: {row.get('status', 'done')}")
+                track.on_done(i, row, bool(got), got.get("peak_rss_mb"))
                 if on_result is not None:
-                    on_result(task, row)
-            status()
-        return [r if r is not None else {} for r in results]
+                    on_result(tasks[i], row)
+            report(*track.status())
+        return results
     except BaseException:  # Ctrl-C or a driver error: stop what still runs
         for ref in refs:
             try:
                 ray.cancel(ref, force=True)
-            except Exception:
+            except RayError:
                 pass
         raise
     finally:
         if board is not None:
-            try:
-                ray.kill(board)
-            except Exception:
-                pass
+            ray.kill(board)
         if started_here:
             ray.shutdown()
