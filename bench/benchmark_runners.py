@@ -8,7 +8,9 @@ Default: 4 quick cells = 'scratch' (tiny preset adaptation, 70 steps at 96 px, t
 on may_5s and man_suit_5s with 2 and 3 s of training. The clips are preprocessed once
 beforehand (not timed); every runner writes to its own fresh folder, one torch thread per
 cell everywhere. Wall time of ``--ray`` includes starting and stopping the Ray instance
-(also printed alone). The CSV numbers of every runner are compared with ``--jobs 1``.
+(also printed alone). The CSV numbers of every runner are compared with ``--jobs 1``. On a
+machine shared with other heavy processes the figures move a lot between runs: the load
+average before each runner is printed beside it.
 """
 from __future__ import annotations
 
@@ -72,14 +74,17 @@ def main() -> None:
                               config=cfg)
             wall = time.perf_counter() - t0
             ok = sum(x.get("status") == "ok" for x in r.rows)
-            rows.append((label, wall, ok, load, _numbers(r.csv_path)))
+            busy = sum(float(x.get("cell_seconds", 0.0)) for x in r.rows)
+            rows.append((label, wall, ok, load, busy, _numbers(r.csv_path)))
     ref = rows[0][1]
-    print(f"\n{'runner':<24} {'wall s':>8} {'vs --jobs 1':>12} {'cells ok':>9} "
-          f"{'load before':>12} {'same numbers':>13}")
-    for label, wall, ok, load, nums in rows:
-        same = "yes" if nums == rows[0][4] else "NO"
-        print(f"{label:<24} {wall:>8.1f} {ref / wall:>11.2f}x {ok:>5}/{n:<3} {load:>12.1f} "
-              f"{same:>13}")
+    print(f"\n{'runner':<24} {'wall s':>8} {'vs --jobs 1':>12} {'cell s sum':>11} "
+          f"{'cells ok':>9} {'load before':>12} {'same numbers':>13}")
+    for label, wall, ok, load, busy, nums in rows:
+        same = "yes" if nums == rows[0][5] else "NO"
+        print(f"{label:<24} {wall:>8.1f} {ref / wall:>11.2f}x {busy:>11.1f} {ok:>5}/{n:<3} "
+              f"{load:>12.1f} {same:>13}")
+    print("cell s sum: the cells' own wall seconds added up (above the runner's wall time when "
+          "cells overlap; each cell slows down when the cores are shared)")
     print(f"\nRay start + stop alone ({a.ray_cpus} CPUs, no dashboard): {ray_alone:.1f} s "
           "(included in the --ray wall time)")
 

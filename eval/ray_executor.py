@@ -286,8 +286,8 @@ def _run_on_worker(task: Any, fn: Callable, key: str, plan: _Plan, board: Any,
 # ============================================================================ driver side
 def init_ray(opts: RayOptions) -> bool:
     """Start a local Ray instance or join a cluster as ``opts`` says (nothing when Ray is
-    already initialised); True when this call started it (then the caller stops it with
-    ``ray.shutdown()``). Raises RuntimeError naming the fix when Ray is not up within
+    already initialised); True when this call did so (then the caller ends it with
+    ``ray.shutdown()``: a local instance stops, a cluster is only left). Raises RuntimeError naming the fix when Ray is not up within
     ``init_timeout_s`` or no cluster answers at the address."""
     import logging
 
