@@ -90,6 +90,8 @@ class SyncExpertConfig:
         dropout: dropout before each tower's projection (0.2, training only).
         input_scale: the mouth features (shape changes in mouth widths, std about
             0.03) are multiplied by this before the video tower (10).
+        unit_variance: also divide each clip's mouth features by their RMS, so that
+            only the timing and pattern of the motion count, not its amplitude (False).
     """
 
     window: int = 5
@@ -99,6 +101,7 @@ class SyncExpertConfig:
     embed: int = 64
     dropout: float = 0.2
     input_scale: float = 10.0
+    unit_variance: bool = False
 
     @property
     def audio_steps(self) -> int:
@@ -142,11 +145,13 @@ def canonical_landmarks(points3d: np.ndarray, viewmats: np.ndarray, focal: float
     return remove_pose(world).astype(np.float32)
 
 
-def mouth_features(canon_mouth: np.ndarray) -> np.ndarray:
+def mouth_features(canon_mouth: np.ndarray, unit_variance: bool = False) -> np.ndarray:
     """(T, K*3) float32 per-clip normalised mouth features (module doc).
 
     ``canon_mouth``: (T, K, 3) :data:`SYNC_POINTS` in the head-canonical frame, or the
     full (T, 478, 3) canonical landmarks (the mouth points are picked).
+    ``unit_variance``: divide by the features' RMS over the clip (one scalar), times
+    0.03 (the typical RMS) so the network's input scale is unchanged.
     """
     P = np.asarray(canon_mouth, np.float64)
     if P.ndim != 3 or P.shape[2] != 3:
@@ -161,7 +166,10 @@ def mouth_features(canon_mouth: np.ndarray) -> np.ndarray:
     mean = P.mean(0)
     a, b = SYNC_POINTS.index(MOUTH_CORNERS[0]), SYNC_POINTS.index(MOUTH_CORNERS[1])
     width = max(float(np.linalg.norm(mean[a] - mean[b])), 1e-9)
-    return ((P - mean) / width).reshape(len(P), -1).astype(np.float32)
+    f = ((P - mean) / width).reshape(len(P), -1)
+    if unit_variance:
+        f *= 0.03 / max(float(np.sqrt(np.mean(f ** 2))), 1e-6)
+    return f.astype(np.float32)
 
 
 def audio_features(audio: np.ndarray, num_frames: int, n_mels: int = 40) -> np.ndarray:
@@ -361,7 +369,7 @@ def score_landmarks(expert: SyncExpert, canon_mouth: np.ndarray, audio: np.ndarr
     Raises:
         InputError('too_short'): fewer than ``window + 2 max_offset`` frames (1.4 s).
     """
-    feats = mouth_features(canon_mouth)
+    feats = mouth_features(canon_mouth, expert.cfg.unit_variance)
     T = min(len(feats), len(np.asarray(audio).reshape(-1)) // SAMPLES_PER_FRAME)
     return score_features(expert, feats[:T], audio_features(audio, T, expert.cfg.n_mels),
                           max_offset)

@@ -29,7 +29,8 @@
     steps; ``--resume`` continues it and gives the same weights as an uninterrupted run.
 
 ``python -m eval.train_sync_expert validate CLIP_DIRS... [--weights W] [--table MD]``
-    Scores held-out processed clips: best offset vs the known offset, sync at the true
+    Scores held-out processed clips: best offset vs the reference offset (known, else the
+    weight-free estimate of ``eval.sync.av_offset``), sync at that
     alignment vs audio shifted by +-5 and +-10 frames, per-5-s-segment offset hits, and
     mismatched pairs (one clip's mouth with another clip's audio); prints the markdown
     table (and writes it to ``--table``).
@@ -81,7 +82,7 @@ class TrainConfig:
     """Settings of :func:`train`.
 
     Attributes:
-        steps: optimisation steps in total (3000).
+        steps: optimisation steps of the main training (2000).
         batch: centre frames per step (32); each brings 31 offset candidates.
         lr: AdamW peak learning rate (1e-3), linear warm-up over ``warmup`` steps (100),
             cosine decay to 5 % at the end.
@@ -102,7 +103,7 @@ class TrainConfig:
         seed: seed of every random draw (0).
     """
 
-    steps: int = 3000
+    steps: int = 2000
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 100
@@ -147,7 +148,7 @@ class ClipData:
         return int(self.feats.shape[0])
 
 
-def load_clip(folder: str | Path, n_mels: int = 40) -> ClipData:
+def load_clip(folder: str | Path, cfg: SyncExpertConfig | None = None) -> ClipData:
     """Read a processed clip's landmarks, poses and audio (not its frames).
 
     Raises:
@@ -157,6 +158,7 @@ def load_clip(folder: str | Path, n_mels: int = 40) -> ClipData:
 
     from eval.sync_expert import SYNC_POINTS
 
+    cfg = cfg or SyncExpertConfig()
     root = Path(folder)
     try:
         manifest = json.loads((root / "manifest.json").read_text())
@@ -169,8 +171,8 @@ def load_clip(folder: str | Path, n_mels: int = 40) -> ClipData:
     res = int(manifest["res"])
     canon = canonical_landmarks(arr["points3d"], arr["viewmats"], float(arr["K"][0, 0]), res)
     canon = canon[:, list(SYNC_POINTS)]
-    feats = mouth_features(canon)
-    mel = audio_features(arr["audio"], len(feats), n_mels)
+    feats = mouth_features(canon, cfg.unit_variance)
+    mel = audio_features(arr["audio"], len(feats), cfg.n_mels)
     return ClipData(name=name, feats=torch.from_numpy(feats), mel=torch.from_numpy(mel),
                     audio=np.asarray(arr["audio"], np.float32), canon=canon,
                     points2d=np.asarray(arr["points2d"], np.float32))
@@ -378,7 +380,7 @@ def train(clip_dirs: list[str | Path], out: str | Path, tcfg: TrainConfig | None
     out = Path(out)
     report = progress or (lambda text, frac: None)
     t0 = time.perf_counter()
-    clips = [load_clip(d, ecfg.n_mels) for d in clip_dirs]
+    clips = [load_clip(d, ecfg) for d in clip_dirs]
     banned = sorted({c.name for c in clips} & EVALUATION_CLIPS)
     if banned:
         raise InputError("wrong_weights", f"Evaluation clips among the training clips: "
@@ -465,11 +467,17 @@ def train(clip_dirs: list[str | Path], out: str | Path, tcfg: TrainConfig | None
 # ============================================================================ validation
 @dataclass
 class ClipValidation:
-    """Validation numbers of one held-out clip (see :func:`validate_clip`)."""
+    """Validation numbers of one held-out clip (see :func:`validate_clip`).
+
+    ``reference``: the offset the expert should find: the known one (``source`` 'known')
+    or, when the recording's offset is not known, the weight-free estimate of
+    :func:`eval.sync.av_offset` (``source`` 'weight-free'), which does not use the expert.
+    """
 
     name: str
     seconds: float
-    known: int
+    reference: int
+    source: str
     best: int
     weight_free: int
     weight_free_r: float
@@ -480,18 +488,20 @@ class ClipValidation:
     segments: int = 0
 
 
-def validate_clip(net: SyncExpert, clip: ClipData, known: int,
+def validate_clip(net: SyncExpert, clip: ClipData, known: int | None,
                   shifts: tuple[int, ...] = (0, 5, 10, -5, -10),
                   segment_s: float = 5.0) -> ClipValidation:
-    """Score a held-out clip: as recorded; realigned to its known offset then shifted by
-    each of ``shifts`` frames (distance and confidence at offset 0, best offset); and
-    every ``segment_s`` segment's best offset against the known one."""
+    """Score a held-out clip: as recorded; realigned to its reference offset (``known``,
+    else the weight-free estimate) then shifted by each of ``shifts`` frames (distance and
+    confidence at offset 0, best offset); and every ``segment_s`` segment's best offset
+    against the reference."""
     from eval.sync import av_offset
 
     T = clip.num_frames
     s = score_features(net, clip.feats.numpy(), clip.mel.numpy())
     wf_off, wf_r = av_offset(clip.points2d, clip.audio)
-    aligned = shift_audio(clip.audio, -known)
+    ref = wf_off if known is None else known
+    aligned = shift_audio(clip.audio, -ref)
     rows = {}
     for k in shifts:
         a = shift_audio(aligned, k)
@@ -505,10 +515,12 @@ def validate_clip(net: SyncExpert, clip: ClipData, known: int,
         ss = score_features(net, clip.feats[start:start + seg].numpy(),
                             audio_features(part, seg, net.cfg.n_mels))
         n += 1
-        hit += abs(ss.best_offset - known) <= 1
-    return ClipValidation(name=clip.name, seconds=T / 25, known=known, best=s.best_offset,
-                          weight_free=wf_off, weight_free_r=wf_r, lse_c=s.confidence,
-                          lse_d=s.distance, shifts=rows, segments_hit=hit, segments=n)
+        hit += abs(ss.best_offset - ref) <= 1
+    return ClipValidation(name=clip.name, seconds=T / 25, reference=ref,
+                          source="weight-free" if known is None else "known",
+                          best=s.best_offset, weight_free=wf_off, weight_free_r=wf_r,
+                          lse_c=s.confidence, lse_d=s.distance, shifts=rows,
+                          segments_hit=hit, segments=n)
 
 
 def mismatch_score(net: SyncExpert, mouth: ClipData, voice: ClipData) -> tuple[float, int, float]:
@@ -524,18 +536,19 @@ def validation_table(net: SyncExpert, clips: list[ClipData],
                      known: dict[str, int] | None = None) -> str:
     """The markdown validation tables of held-out clips."""
     known = KNOWN_OFFSETS if known is None else known
-    vals = [validate_clip(net, c, known.get(c.name, 0)) for c in clips]
+    vals = [validate_clip(net, c, known.get(c.name)) for c in clips]
     L = ["### Offset found on the whole clip (frames, + = audio late)", "",
-         ("| clip | s | known offset | expert best offset | error | LSE-C | LSE-D | "
-          "5-s segments within ±1 of known | weight-free offset (r) |"),
+         ("| clip | s | reference offset (source) | expert best offset | error | LSE-C | LSE-D "
+          "| 5-s segments within ±1 of reference | weight-free offset (r) |"),
          "|---|---|---|---|---|---|---|---|---|"]
     for v in vals:
-        L.append(f"| {v.name} | {v.seconds:.0f} | {v.known:+d} | {v.best:+d} | "
-                 f"{v.best - v.known:+d} | {v.lse_c:.3f} | {v.lse_d:.3f} | "
+        L.append(f"| {v.name} | {v.seconds:.0f} | {v.reference:+d} ({v.source}) | {v.best:+d} | "
+                 f"{v.best - v.reference:+d} | {v.lse_c:.3f} | {v.lse_d:.3f} | "
                  f"{v.segments_hit}/{v.segments} | {v.weight_free:+d} ({v.weight_free_r:.2f}) |")
     shifts = list(vals[0].shifts) if vals else []
     hdr = " | ".join(f"shift {k:+d}" for k in shifts)
-    L += ["", "### Audio realigned to the known offset, then shifted (frames; + = delayed)", "",
+    L += ["", "### Audio realigned to the reference offset, then shifted (frames; + = delayed)",
+          "",
           "Confidence at offset 0 (`median - distance at 0`; higher = in sync):", "",
           f"| clip | {hdr} |", "|---|" + "---|" * len(shifts)]
     for v in vals:
@@ -578,11 +591,12 @@ Definitions (`eval/sync_expert.py`): for every offset `d` in -15..15 frames, the
 5-frame windows of the distance between the mouth embedding at `t` and the audio embedding
 at `t + d`; **LSE-C** = median - min over offsets, **LSE-D** = min, **best offset** = argmin
 (positive = audio late). *Confidence at offset 0* = median - distance at `d = 0` (the
-audio as given). *Known offset*: the recording's own audio lag (obama_20s lags by about 6
-frames; the others are taken as recorded in sync). *Weight-free offset*: the independent
-lip-opening / loudness cross-correlation of `eval.sync.av_offset` (its in-sync clips
-usually read +0..+3, because the mouth opens slightly before the sound), with its
-correlation. *5-s segments*: consecutive 5 s pieces of the clip, each scored on its own.
+audio as given). *Weight-free offset*: the lip-opening / loudness cross-correlation of
+`eval.sync.av_offset`, which uses no trained weights, with its correlation r. *Reference
+offset*: the offset the expert should find: the known lag of the recording where it is
+known (obama_20s: audio about 6 frames late), else the weight-free offset (the other
+clips' true offsets are not known; the weight-free estimate is independent of the
+expert). *5-s segments*: consecutive 5 s pieces of the clip, each scored on its own.
 Trained on {len(net.meta.get("clips", {}))} clips: {trained}.
 
 {validation_table(net, clips)}"""
@@ -634,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
                       log=lambda s: print(s, flush=True))
         else:
             net = load_sync_expert(a.weights)
-            clips = [load_clip(d, net.cfg.n_mels) for d in a.clips]
+            clips = [load_clip(d, net.cfg) for d in a.clips]
             table = validation_report(net, clips, a.clips)
             print(table)
             if a.table:
