@@ -598,6 +598,7 @@ known (obama_20s: audio about 6 frames late), else the weight-free offset (the o
 clips' true offsets are not known; the weight-free estimate is independent of the
 expert). *5-s segments*: consecutive 5 s pieces of the clip, each scored on its own.
 Trained on {len(net.meta.get("clips", {}))} clips: {trained}.
+How the shipped weights were made, and the reading of these tables: `weights/README.md`.
 
 {validation_table(net, clips)}"""
 
