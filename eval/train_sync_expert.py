@@ -154,6 +154,7 @@ def load_clip(folder: str | Path, cfg: SyncExpertConfig | None = None) -> ClipDa
     Raises:
         InputError('corrupt'): not a processed-clip folder.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     from eval.sync_expert import SYNC_POINTS
@@ -162,20 +163,23 @@ def load_clip(folder: str | Path, cfg: SyncExpertConfig | None = None) -> ClipDa
     root = Path(folder)
     try:
         manifest = json.loads((root / "manifest.json").read_text())
+        name = Path(manifest["source"]["name"]).stem
+        res = int(manifest["res"])
         arr = load_file(str(root / "arrays.safetensors"))
-    except (OSError, json.JSONDecodeError, Exception) as e:  # safetensors raises its own
+        points3d, viewmats, K = arr["points3d"], arr["viewmats"], arr["K"]
+        audio, points2d = arr["audio"], arr["points2d"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            SafetensorError) as e:
         raise InputError("corrupt", f"{root} is not a readable processed clip "
-                         f"({e.__class__.__name__}).",
+                         f"({e.__class__.__name__}: {e}).",
                          "Run `python -m core.preprocess CLIP --out DIR` first.") from e
-    name = Path(manifest["source"]["name"]).stem
-    res = int(manifest["res"])
-    canon = canonical_landmarks(arr["points3d"], arr["viewmats"], float(arr["K"][0, 0]), res)
+    canon = canonical_landmarks(points3d, viewmats, float(K[0, 0]), res)
     canon = canon[:, list(SYNC_POINTS)]
     feats = mouth_features(canon, cfg.unit_variance)
-    mel = audio_features(arr["audio"], len(feats), cfg.n_mels)
+    mel = audio_features(audio, len(feats), cfg.n_mels)
     return ClipData(name=name, feats=torch.from_numpy(feats), mel=torch.from_numpy(mel),
-                    audio=np.asarray(arr["audio"], np.float32), canon=canon,
-                    points2d=np.asarray(arr["points2d"], np.float32))
+                    audio=np.asarray(audio, np.float32), canon=canon,
+                    points2d=np.asarray(points2d, np.float32))
 
 
 def _centre_range(clip: ClipData, cfg: SyncExpertConfig, max_offset: int,
@@ -401,7 +405,7 @@ def train(clip_dirs: list[str | Path], out: str | Path, tcfg: TrainConfig | None
             raise InputError("wrong_weights", f"{state_path} was made for other clips or "
                              "settings.", "Run again without --resume (or with the same "
                              "clips and settings).")
-    t_run = time.perf_counter()
+    t_run, cpu0 = time.perf_counter(), time.process_time()
     measured: list[dict[str, Any]] | None = None
     if state is not None:
         measured = state[1]["measured"]
@@ -427,6 +431,10 @@ def train(clip_dirs: list[str | Path], out: str | Path, tcfg: TrainConfig | None
         step, curve, run, elapsed0 = meta["step"], meta["curve"], meta["running"], meta["elapsed_s"]
         log(f"resumed at step {step}")
     train_pool, val_pool = _pool(clips, ecfg, tcfg, "train"), _pool(clips, ecfg, tcfg, "val")
+    if len(train_pool) == 0:
+        raise InputError("too_short", "No clip is long enough to train on (each needs at "
+                         f"least {ecfg.window + 2 * tcfg.max_offset + 1} frames).",
+                         "Pass longer processed clips.")
     log(f"{len(train_pool)} training centres, {len(val_pool)} validation centres")
     before = tcfg.align_folds * tcfg.align_steps if measured is not None else 0
     total = before + tcfg.steps
@@ -457,6 +465,7 @@ def train(clip_dirs: list[str | Path], out: str | Path, tcfg: TrainConfig | None
             "steps": step, "measured_offsets": measured,
             "applied_offsets": {c.name: c.offset for c in clips},
             "curve": curve, "train_seconds": round(elapsed, 1),
+            "cpu_seconds_this_process": round(time.process_time() - cpu0, 1),
             "parameters": sum(p.numel() for p in net.parameters())}
     save_sync_expert(net, out, info)
     log(f"wrote {out} ({info['parameters']} parameters); training {format_seconds(elapsed)}, "
