@@ -24,7 +24,7 @@ Inputs
     *Audio*: 16 kHz mono -> log-mel, 40 bins 0-8 kHz, 25 ms Hann window, 50 Hz steps
     (two per video frame, step ``s`` covers samples ``[320 s, 320 s + 320)``), level- and
     per-bin mean/variance-normalised over the clip (:func:`core.audio.log_mel_steps` with
-    this module's own :data:`MEL`). Independent of the talking-head model's learned
+    this module's own :func:`mel_config`). Independent of the talking-head model's learned
     audio encoder (only the filterbank code is shared).
 
 Window: 5 video frames (200 ms at 25 fps, frames ``c-2 .. c+2`` around a centre frame
@@ -44,6 +44,11 @@ Offset sign (the same as :mod:`eval.sync`): ``offset = d`` means the audio at fr
 An audio track delayed by ``k`` frames raises the best offset by ``k``.
 The zero point is the alignment of the training recordings (each estimated and aligned
 to the median of all, see ``weights/README.md``).
+
+Reading the scores (shipped weights, ``docs/results/sync_expert.md``): recorded speech of
+people the expert never saw scores LSE-C 0.16-0.23 over 20-60 s, one clip's mouth with
+another clip's audio 0.02-0.04; below about 0.05 there is no evidence of sync (and the
+best offset means nothing). Scores of clips shorter than a few seconds are noisier.
 """
 from __future__ import annotations
 
