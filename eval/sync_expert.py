@@ -55,7 +55,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -63,6 +63,9 @@ from torch import Tensor, nn
 
 from core.errors import InputError
 from core.masks import INNER_LIPS, JAW_LINE, OUTER_LIPS
+
+if TYPE_CHECKING:
+    from core.audio import AudioFeatureConfig
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -118,7 +121,7 @@ class SyncExpertConfig:
         return self.window // 2
 
 
-def mel_config(n_mels: int = 40):
+def mel_config(n_mels: int = 40) -> AudioFeatureConfig:
     """The expert's own log-mel settings (:class:`core.audio.AudioFeatureConfig`)."""
     from core.audio import AudioFeatureConfig
 
