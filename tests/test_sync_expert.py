@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 import eval.sync_expert as se
 from core.errors import InputError
 from core.data.media import read_clip
-from core.tracking import DetectConfig, HeadPose, detect_landmarks, fit_head_pose
+from core.data.landmarks import DetectConfig, detect_landmarks
+from core.data.pose import HeadPose, fit_head_pose
 from eval.train_sync_expert import KNOWN_OFFSETS, TrainConfig, load_clip, train
 
 FPS = 25
