@@ -115,17 +115,22 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     """Render the avatar speaking ``audio`` into an mp4 with the audio muxed in.
 
     ``duration``: use only the first this many seconds of the audio (e.g. a preview).
+    The audio is checked against ``max_seconds`` (and core.data.media's start-offset, gap and
+    frame-size limits) from its headers before anything is decoded, and decoding stops
+    at the limit, so a hostile file costs at most ``max_seconds`` of samples.
 
     Raises:
-        InputError: unreadable audio, no audio track, empty or too long audio, or an avatar
-            whose audio features cannot be computed here.
+        InputError: unreadable audio, no audio track, empty or too long audio, late starts
+            or gaps ('timing'), or an avatar whose audio features cannot be computed here.
     """
-    from core.data.media import read_audio, write_video
+    from core.data.media import DEFAULT_LIMITS, probe, read_audio, write_video
 
+    # limits first, from the headers (nothing decoded yet), then a decode capped at them
+    limits = DEFAULT_LIMITS.with_seconds(max_seconds if duration is None else math.inf)
+    probe(audio, require_video=False, limits=limits)
+    wav = read_audio(audio, 16000, limits=DEFAULT_LIMITS.with_seconds(max_seconds),
+                     duration=duration)
     av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
-    wav = read_audio(audio, 16000)
-    if duration is not None:
-        wav = wav[: int(round(duration * 16000))]
     seconds = wav.shape[0] / 16000
     name = Path(audio).name
     if seconds < 0.2 or not np.any(np.abs(wav) > 1e-4):

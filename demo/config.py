@@ -1,9 +1,14 @@
-"""App settings (:class:`AppConfig`), read from the environment with offline defaults."""
+"""App settings (:class:`AppConfig`), read from the environment with offline defaults, and
+the adaptation presets the app offers (:func:`app_presets`)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.train.adapt import AdaptConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The shipped prior (a name in ``weights/manifest.json``, file ``weights/<name>.safetensors``):
@@ -23,8 +28,38 @@ def _env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+#: Preset for a Hugging Face ZeroGPU Space: the ``gpu`` preset (512 px) cut to about an
+#: eighth of its steps, so one adaptation fits in one short GPU slot (``gpu_adapt_s``).
+ZERO_GPU_PRESET = "zerogpu"
+#: Longest GPU slot ZeroGPU grants per call (s); visitors' daily quotas are a few minutes.
+ZERO_GPU_MAX_S = 300
+
+
+def app_presets() -> dict[str, AdaptConfig]:
+    """``core.adapt.PRESETS`` plus :data:`ZERO_GPU_PRESET`."""
+    from core.train.adapt import PRESETS
+
+    short = replace(PRESETS["gpu"], face_steps=1500, mouth_steps=1000, fuse_steps=200,
+                    ckpt_every=500)
+    return {**PRESETS, ZERO_GPU_PRESET: short}
+
+
+def on_zero_gpu() -> bool:
+    """True on a Hugging Face ZeroGPU Space (the ``spaces`` package and its flag)."""
+    if not _env_bool("SPACES_ZERO_GPU"):
+        return False
+    try:
+        import spaces  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def default_preset() -> str:
-    """``gpu`` with CUDA, else ``cpu``."""
+    """``zerogpu`` on ZeroGPU (where CUDA looks available even outside GPU calls), ``gpu``
+    with CUDA, else ``cpu``."""
+    if on_zero_gpu():
+        return ZERO_GPU_PRESET
     import torch
 
     return "gpu" if torch.cuda.is_available() else "cpu"
@@ -36,7 +71,7 @@ class AppConfig:
 
     Attributes:
         data_root: private folder of the avatar store (env ``INSTAG_APP_DATA``).
-        preset: adaptation preset, a key of ``core.train.adapt.PRESETS`` (env ``INSTAG_PRESET``).
+        preset: adaptation preset, a key of :func:`app_presets` (env ``INSTAG_PRESET``).
         prior: prior checkpoint path or shipped prior name (``weights/manifest.json``), or
             ``"none"`` to adapt from scratch (env ``INSTAG_PRIOR``).
         prior_repo: Hugging Face model repo holding the prior, used when ``prior`` is not a
@@ -51,8 +86,14 @@ class AppConfig:
         expiry_hours: avatars, uploads and renders are deleted this long after creation.
         concurrency: long jobs (create, talk, benchmark) that run at the same time.
         max_queue: waiting jobs accepted before new ones are refused.
+        max_waiting: waiting jobs one owner may have in the queue (env
+            ``INSTAG_MAX_WAITING``); more are refused at once with a message.
         max_avatars: avatars one session may hold at once.
         sweep_minutes: how often expired data is removed.
+        delete_wait_s: how long Delete waits for the avatar's running job to stop (s).
+        gpu_adapt_s, gpu_render_s, gpu_bench_s: GPU seconds requested per call on ZeroGPU
+            for adaptation, one render (preview or Talk) and a quick benchmark; the largest
+            must stay within ZeroGPU's per-call maximum and a visitor's daily quota.
     """
 
     data_root: Path = field(default_factory=lambda: Path.home() / ".cache" / "instag-app")
@@ -70,8 +111,13 @@ class AppConfig:
     expiry_hours: float = 24.0
     concurrency: int = 1
     max_queue: int = 20
+    max_waiting: int = 2
     max_avatars: int = 5
     sweep_minutes: float = 10.0
+    delete_wait_s: float = 60.0
+    gpu_adapt_s: int = 120
+    gpu_render_s: int = 60
+    gpu_bench_s: int = 120
 
     @classmethod
     def from_env(cls, **overrides) -> AppConfig:
@@ -96,6 +142,7 @@ class AppConfig:
         kw["max_audio_s"] = _env_float("INSTAG_MAX_AUDIO_S", cls.max_audio_s)
         kw["expiry_hours"] = _env_float("INSTAG_EXPIRY_HOURS", cls.expiry_hours)
         kw["concurrency"] = int(_env_float("INSTAG_CONCURRENCY", cls.concurrency))
+        kw["max_waiting"] = int(_env_float("INSTAG_MAX_WAITING", cls.max_waiting))
         kw.update(overrides)
         cfg = cls(**kw)
         cfg.validate()
@@ -103,14 +150,15 @@ class AppConfig:
 
     def validate(self) -> None:
         """Refuse impossible settings early (at start-up, not in the middle of a job)."""
-        from core.train.adapt import PRESETS
-
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; one of {sorted(PRESETS)}")
+        presets = app_presets()
+        if self.preset not in presets:
+            raise ValueError(f"unknown preset {self.preset!r}; one of {sorted(presets)}")
         if not 0 < self.min_clip_s < self.max_clip_s:
             raise ValueError("need 0 < min_clip_s < max_clip_s")
-        if self.concurrency < 1 or self.expiry_hours <= 0:
-            raise ValueError("concurrency must be >= 1 and expiry_hours > 0")
+        if self.concurrency < 1 or self.expiry_hours <= 0 or self.max_waiting < 1:
+            raise ValueError("concurrency and max_waiting must be >= 1 and expiry_hours > 0")
+        if max(self.gpu_adapt_s, self.gpu_render_s, self.gpu_bench_s) > ZERO_GPU_MAX_S:
+            raise ValueError(f"GPU durations above {ZERO_GPU_MAX_S} s are refused by ZeroGPU")
 
     @property
     def expiry_s(self) -> float:

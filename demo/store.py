@@ -10,15 +10,19 @@ Layout under ``root``::
     avatars/<id>/preview.mp4    the preview render
     avatars/<id>/renders/       the Talk renders
     avatars/<id>/.incomplete    present while the avatar is being created
+    avatars/<id>/external.json  copies outside the store tied to the avatar (uploads and
+                                served files in the web server's cache), removed with it
     jobs/<id>/                  outputs of one benchmark job (job.json: owner, expiry;
-                                consent.json for an uploaded clip)
-    audit.jsonl                 append-only log: created, create_failed, deleted, expired,
-                                benchmark_consent
+                                consent.json for an uploaded clip; external.json)
+    audit.jsonl                 append-only log: consent, created, create_failed, deleted,
+                                expired, benchmark_consent
 
-Ids are 128-bit random (``secrets``). Owners are browser sessions, identified by a random
-server-side token that never leaves the server; only its sha256 (the *owner key*) is
-written to disk. Every lookup checks the owner: another session's id behaves exactly like
-an id that does not exist.
+Ids are 128-bit random (``secrets``). Owners are identified by a server-issued token
+(:mod:`demo.owners`) that the browser keeps; only its sha256 (the *owner key*) is written
+to disk. Every lookup checks the owner: another owner's id behaves exactly like an id that
+does not exist. The consent given for a clip is also logged as a minimal entry (time,
+statement version, owner key, clip hash and size; no clip, name or face data) that stays
+in the log after the avatar is gone.
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +59,8 @@ class NotFound(LookupError):
 
 def iso(t: float) -> str:
     """UTC ISO-8601 time stamp with seconds."""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+    # timezone.utc, not datetime.UTC: Python 3.10 (ZeroGPU) has no datetime.UTC
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -88,10 +94,15 @@ class AvatarRecord:
 class AvatarStore:
     """Avatars and job outputs, private to the session that made them."""
 
-    def __init__(self, root: str | os.PathLike, expiry_s: float, max_per_owner: int = 5) -> None:
+    def __init__(self, root: str | os.PathLike, expiry_s: float, max_per_owner: int = 5,
+                 external_roots: Iterable[str | os.PathLike] = ()) -> None:
+        """``external_roots``: folders outside the store (the web server's cache) whose
+        files may be tied to an avatar or job with :meth:`attach`; nothing outside them is
+        ever removed."""
         self.root = Path(root).expanduser()
         self.expiry_s = float(expiry_s)
         self.max_per_owner = max_per_owner
+        self.external_roots = [Path(r).resolve() for r in external_roots]
         self._lock = threading.RLock()
         for sub in ("avatars", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -99,11 +110,6 @@ class AvatarStore:
         self.log_path = self.root / "audit.jsonl"
 
     # -- owners -----------------------------------------------------------------------
-    @staticmethod
-    def new_token() -> str:
-        """A fresh session token (256 random bits); keep it server-side."""
-        return secrets.token_urlsafe(32)
-
     @staticmethod
     def owner_key(token: str) -> str:
         """What is stored on disk for an owner: sha256 of the token."""
@@ -142,9 +148,10 @@ class AvatarStore:
         return out
 
     def begin(self, token: str, clip: str | os.PathLike, name: str,
-              preset: str = "") -> AvatarRecord:
+              preset: str = "", consent_time: float | None = None) -> AvatarRecord:
         """Start an avatar: copy the clip in, write the consent record (the caller has
-        checked that consent was given) and the record, marked incomplete."""
+        checked that consent was given; ``consent_time`` is when the server received it,
+        default now) and the record, marked incomplete."""
         owner = self.owner_key(token)
         clip = Path(clip)
         with self._lock:
@@ -160,7 +167,8 @@ class AvatarStore:
             now = time.time()
             ext = clip.suffix.lower() if re.fullmatch(r"\.[a-z0-9]{1,5}", clip.suffix.lower()) else ".mp4"
             shutil.copyfile(clip, d / f"clip{ext}")
-            digest = self.write_consent(d, owner, d / f"clip{ext}", clip.name, avatar_id=aid)
+            digest = self.write_consent(d, owner, d / f"clip{ext}", clip.name, consent_time,
+                                        avatar=aid)
             rec = AvatarRecord(id=aid, owner=owner, name=(name.strip() or clip.stem)[:60],
                                created=now, expires=now + self.expiry_s,
                                source_name=clip.name, clip_sha256=digest,
@@ -171,16 +179,20 @@ class AvatarStore:
             raise
         return rec
 
-    @staticmethod
-    def write_consent(folder: Path, owner: str, clip: Path, clip_name: str,
-                      **ids: str) -> str:
+    def write_consent(self, folder: Path, owner: str, clip: Path, clip_name: str,
+                      consent_time: float | None = None, **ids: str) -> str:
         """Write ``folder/consent.json`` (time, statement and version, clip sha256 and size)
-        for a clip the owner confirmed consent for. Returns the clip's sha256."""
+        for a clip the owner confirmed consent for, and its minimal entry in the log.
+        Returns the clip's sha256."""
         digest = sha256_file(clip)
+        t = iso(time.time() if consent_time is None else consent_time)
+        size = clip.stat().st_size
         write_json(folder / "consent.json", {
-            **ids, "time": iso(time.time()), "statement_version": STATEMENT_VERSION,
+            **ids, "time": t, "statement_version": STATEMENT_VERSION,
             "statement": CONSENT_STATEMENT, "clip_sha256": digest,
-            "clip_bytes": clip.stat().st_size, "clip_name": clip_name, "owner": owner})
+            "clip_bytes": size, "clip_name": clip_name, "owner": owner})
+        self.audit("consent", **ids, owner=owner, consent_time=t,
+                   statement_version=STATEMENT_VERSION, clip_sha256=digest, clip_bytes=size)
         return digest
 
     def finish(self, rec: AvatarRecord) -> None:
@@ -191,8 +203,56 @@ class AvatarStore:
 
     def abort(self, rec: AvatarRecord, reason: str) -> None:
         """Remove a failed avatar and everything copied for it."""
-        shutil.rmtree(self.folder(rec), ignore_errors=True)
+        self._remove(self.folder(rec))
         self.audit("create_failed", avatar=rec.id, owner=rec.owner, reason=reason)
+
+    # -- files outside the store ---------------------------------------------------------
+    def _external_dir(self, path: str | os.PathLike) -> Path | None:
+        """The top folder under an external root that holds ``path`` (Gradio keeps each
+        file in its own folder there), or None when ``path`` is outside every root."""
+        p = Path(path).resolve()
+        for root in self.external_roots:
+            try:
+                rel = p.relative_to(root)
+            except ValueError:
+                continue
+            if len(rel.parts) >= 2:
+                return root / rel.parts[0]
+        return None
+
+    def attach(self, folder: Path, path: str | os.PathLike) -> None:
+        """Tie a copy outside the store (its folder under an external root) to an avatar
+        or job ``folder``: it is removed with it. Paths outside the roots are ignored."""
+        ext = self._external_dir(path)
+        if ext is None:
+            return
+        f = folder / "external.json"
+        with self._lock:
+            try:
+                have = json.loads(f.read_text())
+            except (OSError, ValueError):
+                have = []
+            if str(ext) not in have:
+                write_json(f, have + [str(ext)])
+
+    def discard_external(self, path: str | os.PathLike) -> None:
+        """Remove the folder under an external root that holds ``path`` (an upload no job
+        will use); nothing outside the roots is touched."""
+        ext = self._external_dir(path)
+        if ext is not None:
+            shutil.rmtree(ext, ignore_errors=True)
+
+    def _remove(self, folder: Path) -> None:
+        """Remove an avatar or job folder and the external copies tied to it."""
+        try:
+            ext = json.loads((folder / "external.json").read_text())
+        except (OSError, ValueError):
+            ext = []
+        for e in ext:
+            d = self._external_dir(Path(e) / "x")
+            if d is not None and d == Path(e):
+                shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def list(self, token: str | None) -> list[AvatarRecord]:
         """This session's complete, unexpired avatars, oldest first."""
@@ -216,11 +276,12 @@ class AvatarStore:
         return rec
 
     def delete(self, token: str | None, aid: str | None) -> AvatarRecord:
-        """Delete one of this session's avatars (all its files, renders and benchmark
-        outputs) and log it."""
+        """Delete one of this owner's avatars (all its files, renders, benchmark outputs and
+        their copies in the web server's cache) and log it. The caller makes sure no job
+        uses it (:class:`demo.jobs.AvatarLocks`)."""
         with self._lock:
             rec = self.get(token, aid)
-            shutil.rmtree(self.folder(rec), ignore_errors=True)
+            self._remove(self.folder(rec))
             self._remove_jobs_of(rec.id)
         self.audit("deleted", avatar=rec.id, owner=rec.owner, clip_sha256=rec.clip_sha256)
         return rec
@@ -235,6 +296,11 @@ class AvatarStore:
     def owner_of(self, folder: Path) -> str:
         """The owner key recorded in a job folder's ``job.json``."""
         return json.loads((folder / "job.json").read_text())["owner"]
+
+    def discard_job(self, folder: Path) -> None:
+        """Remove a failed job's folder and its external copies."""
+        if folder.parent == self.root / "jobs":
+            self._remove(folder)
 
     def job_dir(self, token: str, kind: str, avatar: str | None = None) -> Path:
         """A fresh private folder for one job's outputs (removed at expiry, or with
@@ -251,27 +317,31 @@ class AvatarStore:
         for d in (self.root / "jobs").iterdir():
             try:
                 if json.loads((d / "job.json").read_text()).get("avatar") == aid:
-                    shutil.rmtree(d, ignore_errors=True)
+                    self._remove(d)
             except (OSError, ValueError):
                 continue
 
     # -- expiry -----------------------------------------------------------------------
-    def sweep(self, now: float | None = None) -> int:
-        """Delete expired avatars (logged), stale incomplete ones and expired jobs.
-        Returns the number of folders removed."""
+    def sweep(self, now: float | None = None,
+              in_use: Callable[[str], bool] = lambda aid: False) -> int:
+        """Delete expired avatars (logged), stale incomplete ones and expired jobs, with
+        their external copies; avatars ``in_use`` (a job is running) wait for the next
+        sweep. Returns the number of folders removed."""
         now = time.time() if now is None else now
         removed = 0
         with self._lock:
             for rec, d in self._all():
+                if in_use(d.name):
+                    continue
                 incomplete = (d / _INCOMPLETE).exists()
                 if rec is None:
                     stale = now - d.stat().st_mtime > self.expiry_s
                     if stale:
-                        shutil.rmtree(d, ignore_errors=True)
+                        self._remove(d)
                         removed += 1
                     continue
                 if rec.expires <= now:
-                    shutil.rmtree(d, ignore_errors=True)
+                    self._remove(d)
                     self._remove_jobs_of(rec.id)
                     removed += 1
                     if not incomplete:
@@ -286,6 +356,29 @@ class AvatarStore:
                 except (OSError, ValueError, KeyError):
                     expires = d.stat().st_mtime + self.expiry_s
                 if expires <= now:
-                    shutil.rmtree(d, ignore_errors=True)
+                    self._remove(d)
+                    removed += 1
+        return removed
+
+    def sweep_external(self, now: float | None = None) -> int:
+        """Remove folders under the external roots older than the expiry (uploads that no
+        job used, copies of expired files). Age counts from the last change of the folder
+        or its files (st_ctime: a copy keeps its source's st_mtime). Returns the count."""
+        now = time.time() if now is None else now
+        removed = 0
+        for root in self.external_roots:
+            if not root.is_dir():
+                continue
+            for d in root.iterdir():
+                try:
+                    paths = [d, *d.rglob("*")] if d.is_dir() else [d]
+                    newest = max(max(p.lstat().st_mtime, p.lstat().st_ctime) for p in paths)
+                except OSError:
+                    continue
+                if now - newest > self.expiry_s:
+                    if d.is_dir():
+                        shutil.rmtree(d, ignore_errors=True)
+                    else:
+                        d.unlink(missing_ok=True)
                     removed += 1
         return removed

@@ -1,8 +1,16 @@
 """The Gradio app: layout and callbacks. No model logic here: it calls ``core.*``, the
 evaluation harness and :mod:`demo.store`.
 
-API names (for ``gradio_client``): ``/create``, ``/list_avatars``, ``/talk``,
-``/delete_avatar``, ``/benchmark``.
+API names (for ``gradio_client``): ``/list_avatars``, ``/create``, ``/talk``,
+``/delete_avatar``, ``/benchmark``. Every endpoint takes the owner token as its last input
+and returns it first (:mod:`demo.owners`); call ``/list_avatars`` with ``None`` for one.
+
+Files: served copies are written straight into Gradio's cache folder (one random folder
+each), so Gradio serves them without another copy; they and the uploads a job used are
+tied to their avatar or job (:meth:`demo.store.AvatarStore.attach`) and removed with it.
+The app's own sweep removes expired avatars, jobs and cache folders (Gradio 5.49's
+``delete_cache`` compares ages with ``timedelta.seconds`` and never removes files older
+than a day, so it is not used).
 """
 from __future__ import annotations
 
@@ -10,12 +18,10 @@ import logging
 import math
 import secrets
 import shutil
-import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +29,11 @@ import gradio as gr
 
 from core.errors import InputError
 from core.progress import format_seconds
-from demo.config import AppConfig
-from demo.gpu import gpu
+from demo.config import AppConfig, app_presets, on_zero_gpu
+from demo.errors import internal_error, user_error
+from demo.gpu import gpu_task
+from demo.jobs import AvatarLocks, Busy, Cancelled, cancellable, waiting_jobs
+from demo.owners import OwnerTokens
 from demo.store import (
     CONSENT_STATEMENT,
     STATEMENT_VERSION,
@@ -38,51 +47,35 @@ log = logging.getLogger("instag.app")
 
 ABOUT = Path(__file__).with_name("about.md")
 CLIP_TYPES = [".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".mpg", ".mpeg"]
-NOT_FOUND = ("That avatar does not exist in this browser session (it may have been deleted "
-             "or expired). Choose one of your avatars from the list.")
+NOT_FOUND = ("That avatar does not exist in this browser (it may have been deleted or "
+             "expired). Choose one of your avatars from the list.")
 CONSENT_NEEDED = ("Nothing was processed: tick the consent box first (you must be the person "
                   "in the video or have their explicit permission).")
-TITLES = {"no_audio": "No audio in the clip", "no_face": "No face found",
-          "multiple_faces": "More than one face", "face_lost": "Face not tracked",
-          "too_short": "Too short", "too_long": "Too long", "unreadable": "Not a usable file",
-          "no_video": "Not a video", "wrong_weights": "Model weights missing",
-          "corrupt": "Damaged avatar"}
+BEING_DELETED = "That avatar is being deleted; nothing was started."
 #: rough seconds per adaptation step by resolution on CPU (for the job's time-left estimate)
 _STEP_S = {96: 0.08, 128: 0.12, 256: 0.45, 512: 1.5}
-
-
-def internal_error(job: str, message: str) -> tuple[str, gr.Error]:
-    """Log the exception being handled under a short reference; return the reference and the
-    UI error (``message`` may use ``{ref}``), which shows no stack trace."""
-    ref = secrets.token_hex(4)
-    log.error("%s failed (ref %s):\n%s", job, ref, traceback.format_exc())
-    return ref, gr.Error(message.format(ref=ref), title="Internal error", print_exception=False)
-
-
-def user_error(e: InputError) -> gr.Error:
-    """An :class:`InputError` as a UI error: the problem and the fix, no stack trace."""
-    return gr.Error(f"{e.problem} {e.fix}", title=TITLES.get(e.code, "Cannot use this file"),
-                    duration=None, print_exception=False)
 
 
 class JobProgress:
     """Maps ``core`` progress callbacks ``(text, fraction)`` onto one ``gr.Progress`` bar:
     each stage owns a slice of the bar; the description carries the stage's own steps and
-    time left, or the job's estimated time left."""
+    time left, or the job's estimated time left (from ``t0``, a ``time.time()``)."""
 
-    def __init__(self, progress: Any, min_interval: float = 0.2) -> None:
+    def __init__(self, progress: Any, t0: float | None = None, min_interval: float = 0.2) -> None:
         self.progress = progress
-        self.t0 = time.monotonic()
+        self.t0 = time.time() if t0 is None else t0
         self.frac = 0.0
         self.last = -1.0
         self.min_interval = min_interval
 
-    def stage(self, lo: float, hi: float, label: str) -> Callable[[str, float], None]:
-        """A ``progress(text, fraction)`` callback for the part ``[lo, hi]`` of the job."""
+    def stage(self, lo: float, hi: float, label: str,
+              stop: threading.Event | None = None) -> Callable[[str, float], None]:
+        """A ``progress(text, fraction)`` callback for the part ``[lo, hi]`` of the job;
+        it raises :class:`demo.jobs.Cancelled` once ``stop`` is set."""
 
         def report(text: str, frac: float) -> None:
             overall = max(self.frac, lo + (hi - lo) * min(max(float(frac), 0.0), 1.0))
-            now = time.monotonic()
+            now = time.time()
             if now - self.last < self.min_interval and frac < 1.0:
                 return
             self.last, self.frac = now, overall
@@ -93,92 +86,112 @@ class JobProgress:
             if self.progress is not None:
                 self.progress(overall, desc=desc)
 
-        return report
+        return report if stop is None else cancellable(report, stop)
 
 
-# -- heavy work: module-level functions of picklable arguments (ZeroGPU runs them in a
-# GPU worker process); ``progress`` is the event's gr.Progress ------------------------
-def create_work(cfg: AppConfig, folder: Path, clip_file: str, prior: Path | None,
-                progress: Any) -> Path:
-    """Preprocess the clip, adapt the avatar into ``folder/avatar``, render the preview
-    (the clip's own first seconds of audio) to ``folder/preview.mp4``."""
-    from core.train.adapt import PRESETS, adapt
-    from core.data.preprocess import PreprocessConfig, preprocess
-    from core.synthesize import synthesize
-
-    jp = JobProgress(progress)
-    acfg = PRESETS[cfg.preset]
-    clip, work = folder / clip_file, folder / "work"
-    # stage shares of the bar from rough costs (preprocessing ~2.5 s per clip second at
-    # 256 px on CPU; adaptation steps; preview frames)
+# -- work: module-level functions of picklable arguments. The *_gpu ones are the only
+# work inside a GPU call (ZeroGPU runs them in a worker process, where ``stop`` is None:
+# an Event cannot cross); ``progress`` is the event's gr.Progress ------------------------
+def stage_shares(cfg: AppConfig) -> tuple[float, float]:
+    """Where preprocessing ends and adaptation ends on the create bar (rough costs:
+    ~2.5 s per clip second at 256 px, adaptation steps, preview frames)."""
+    acfg = app_presets()[cfg.preset]
     t_pre = 2.5 * acfg.seconds * (max(acfg.res, 256) / 256) ** 2
     t_adapt = acfg.total_steps * _STEP_S.get(acfg.res, 0.45 * (acfg.res / 256) ** 2)
     t_prev = cfg.preview_s * 25 * 0.05 * (acfg.res / 256) ** 2
     tot = t_pre + t_adapt + t_prev
-    a, b = t_pre / tot, (t_pre + t_adapt) / tot
+    return t_pre / tot, (t_pre + t_adapt) / tot
+
+
+def preprocess_work(cfg: AppConfig, clip: Path, out: Path,
+                    progress: Callable[[str, float], None]) -> Path:
+    """Face tracking, masks and audio features of the clip (CPU; MediaPipe)."""
+    from core.data.preprocess import PreprocessConfig, preprocess
+
+    acfg = app_presets()[cfg.preset]
     pcfg = PreprocessConfig(res=max(acfg.res, 256), min_seconds=cfg.min_clip_s,
                             max_seconds=cfg.max_clip_s, max_frames=math.ceil(acfg.seconds * 25))
-    processed = preprocess(clip, work / "clip", pcfg, overwrite=True,
-                           progress=jp.stage(0.0, a, "Preprocessing"))
-    avatar = adapt(processed, folder / "avatar", prior, acfg,
-                   progress=jp.stage(a, b, "Adapting"), work=work / "adapt")
-    synthesize(avatar, clip, folder / "preview.mp4", progress=jp.stage(b, 1.0, "Preview"),
-               max_seconds=cfg.max_clip_s, duration=cfg.preview_s)
-    shutil.rmtree(work, ignore_errors=True)
-    return folder / "preview.mp4"
+    return preprocess(clip, out, pcfg, overwrite=True, progress=progress)
 
 
-def talk_work(avatar_dir: Path, audio: Path, out: Path, max_seconds: float, progress: Any):
+def adapt_gpu(processed: Path, out: Path, prior: Path | None, preset: str, work: Path,
+              progress: Any, t0: float, lo: float, hi: float,
+              stop: threading.Event | None) -> Path:
+    """Adapt the prior to the processed clip (the GPU part of creating an avatar)."""
+    from core.train.adapt import adapt
+
+    return adapt(processed, out, prior, app_presets()[preset],
+                 progress=JobProgress(progress, t0).stage(lo, hi, "Adapting", stop), work=work)
+
+
+def render_gpu(avatar_dir: Path, audio: Path, out: Path, max_seconds: float,
+               duration: float | None, progress: Any, t0: float, lo: float, hi: float,
+               label: str, stop: threading.Event | None):
     """Render the avatar speaking ``audio`` (core.synthesize: marked frames and metadata)."""
     from core.synthesize import synthesize
 
-    return synthesize(avatar_dir, audio, out, max_seconds=max_seconds,
-                      progress=JobProgress(progress).stage(0.0, 1.0, "Rendering"))
+    return synthesize(avatar_dir, audio, out, max_seconds=max_seconds, duration=duration,
+                      progress=JobProgress(progress, t0).stage(lo, hi, label, stop))
 
 
-def bench_work(clips: list[Path], train: list[float], methods: list[str], out: Path,
-               prior: Path | None, progress: Any):
+def bench_gpu(clips: list[Path], train: list[float], methods: list[str], out: Path,
+              prior: Path | None, progress: Any, stop: threading.Event | None):
     """The evaluation harness in quick mode."""
     from eval.benchmark import run_benchmark
 
     return run_benchmark(clips, train, methods, out, prior, quick=True,
-                         progress=JobProgress(progress).stage(0.0, 1.0, "Benchmark"))
+                         progress=JobProgress(progress).stage(0.0, 1.0, "Benchmark", stop))
 
 
 @dataclass
 class App:
-    """The app's state shared by all sessions: config, store and the serving folder."""
+    """The app's state shared by all visitors: config, store, owner tokens, job locks and
+    Gradio's cache folder (where served copies go)."""
 
     cfg: AppConfig
     store: AvatarStore
-    serve_root: Path
+    owners: OwnerTokens
+    cache_root: Path
+    locks: AvatarLocks = field(default_factory=AvatarLocks)
+    blocks: Any = None          # the gr.Blocks, for the fair-queue count
+    token_block: Any = None     # its gr.BrowserState holding the owner token
+    _received: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # ZeroGPU wants its GPU functions decorated once, before launch
-        from core.train.adapt import PRESETS
-
-        steps = PRESETS[self.cfg.preset].total_steps
-        self._create_gpu = gpu(duration=int(min(3600, 120 + steps * 0.1)))(create_work)
-        self._talk_gpu = gpu(duration=120)(talk_work)
-        self._bench_gpu = gpu(duration=600)(bench_work)
+        self.zero_gpu = on_zero_gpu()
+        self._adapt_gpu = gpu_task(self.cfg.gpu_adapt_s)(adapt_gpu)
+        self._render_gpu = gpu_task(self.cfg.gpu_render_s)(render_gpu)
+        self._bench_gpu = gpu_task(self.cfg.gpu_bench_s)(bench_gpu)
 
     # -- helpers ----------------------------------------------------------------------
-    def serve(self, path: Path) -> str:
-        """Copy a private file to a fresh random folder Gradio may serve from (it copies it
-        into its own cache; these copies are swept with the rest)."""
-        d = Path(tempfile.mkdtemp(prefix="job-", dir=self.serve_root))
+    def owner(self, token: Any) -> str:
+        """The caller's token if this server issued it, else a fresh one (which owns
+        nothing yet)."""
+        return self.owners.check(token) or self.owners.issue()
+
+    def _stop_arg(self, stop: threading.Event) -> threading.Event | None:
+        return None if self.zero_gpu else stop
+
+    def serve(self, path: Path, tie_to: Path) -> str:
+        """Copy a private file into a fresh random folder in Gradio's cache (served from
+        there as is) and tie that folder to the avatar or job folder ``tie_to``."""
+        d = self.cache_root / f"instag-{secrets.token_hex(16)}"
+        d.mkdir(mode=0o700, parents=True)
         dst = d / path.name
         shutil.copyfile(path, dst)
+        self.store.attach(tie_to, dst)
         return str(dst)
 
     def sweep(self) -> None:
-        """Remove expired avatars and jobs, and served copies older than an hour."""
+        """Remove expired avatars and jobs (skipping avatars a job is using) with their
+        copies in the cache, and cache folders older than the expiry."""
         try:
-            n = self.store.sweep()
-            cutoff = time.time() - min(3600.0, self.cfg.expiry_s)
-            for d in self.serve_root.iterdir():
-                if d.stat().st_mtime < cutoff:
-                    shutil.rmtree(d, ignore_errors=True)
+            n = self.store.sweep(in_use=self.locks.in_use) + self.store.sweep_external()
+            cutoff = time.time() - 86400.0  # admission stamps never used (job refused)
+            for k, t in list(self._received.items()):
+                if t < cutoff:
+                    self._received.pop(k, None)
             if n:
                 log.info("expiry sweep removed %d folders", n)
         except Exception:  # never let the sweeper die
@@ -203,19 +216,52 @@ class App:
         return (gr.update(choices=choices, value=value), gr.update(choices=choices, value=value),
                 self.avatar_table(token))
 
+    # -- admission (runs when a job is submitted, before it is queued) -------------------
+    def _admit(self, token: Any, n_inputs: int, stamp: str | None = None) -> list[dict]:
+        """Refuse a job when the owner already has ``cfg.max_waiting`` jobs waiting;
+        remember when the request arrived (the consent time of ``stamp``'s upload)."""
+        now = time.time()
+        ok = [gr.validate(True, "")] * n_inputs
+        owner = self.owners.check(token)
+        if owner and stamp:
+            self._received[(owner, stamp)] = now
+        if self.blocks is not None and self.token_block is not None:
+            n = waiting_jobs(self.blocks, self.token_block, token)
+            if n >= self.cfg.max_waiting:
+                ok[0] = gr.validate(False, f"You already have {n} jobs waiting in the queue "
+                                    f"(the limit is {self.cfg.max_waiting} per visitor). "
+                                    "Wait for one to start, then submit again.")
+        return ok
+
+    def admit_create(self, video: Any, consent: Any, name: Any, token: Any) -> list[dict]:
+        return self._admit(token, 4, str(video) if consent is True and video else None)
+
+    def admit_talk(self, avatar_id: Any, audio: Any, token: Any) -> list[dict]:
+        return self._admit(token, 3)
+
+    def admit_benchmark(self, source: Any, avatar_id: Any, clip: Any, consent: Any,
+                        seconds: Any, methods: Any, token: Any) -> list[dict]:
+        return self._admit(token, 7, str(clip) if consent is True and clip else None)
+
+    def _consent_time(self, token: str, upload: str) -> float:
+        """When the request with this upload and consent reached the server (now if the
+        admission step did not see it)."""
+        return self._received.pop((token, upload), time.time())
+
     # -- callbacks --------------------------------------------------------------------
-    def refresh(self, token: str | None):
+    def refresh(self, token: Any):
         """Page load / refresh: (token, talk picker, benchmark picker, table)."""
-        token = token or self.store.new_token()
+        token = self.owner(token)
         return (token, *self._pick_updates(token))
 
-    def create(self, video: str | None, consent: bool, name: str, token: str | None,
+    def create(self, video: str | None, consent: Any, name: str, token: Any,
                progress=gr.Progress()):
-        """Create tab: consent, cheap checks, preprocessing, adaptation, preview."""
+        """Create tab: consent, cheap checks, preprocessing (CPU), adaptation (GPU),
+        preview (GPU)."""
         from core.data.preprocess import PreprocessConfig, check_media
 
-        token = token or self.store.new_token()
-        if not consent:
+        token = self.owner(token)
+        if consent is not True:  # only a real True: the strings "false", "no" do not count
             raise gr.Error(CONSENT_NEEDED, title="Consent needed", duration=None,
                            print_exception=False)
         if not video:
@@ -226,38 +272,65 @@ class App:
         if size_mb > self.cfg.max_upload_mb:
             raise gr.Error(f"The file is {size_mb:.0f} MB; the limit is {self.cfg.max_upload_mb} MB. "
                            "Trim or re-export it.", title="Too large", print_exception=False)
+        consent_time = self._consent_time(token, str(video))
         try:
             check_media(clip, PreprocessConfig(min_seconds=self.cfg.min_clip_s,
                                                max_seconds=self.cfg.max_clip_s))
+        except InputError as e:
+            self.store.discard_external(clip)  # an unusable upload is not kept
+            raise user_error(e) from None
+        try:
             prior = resolve_prior(self.cfg)
         except InputError as e:
             raise user_error(e) from None
         try:
-            rec = self.store.begin(token, clip, name or "", preset=self.cfg.preset)
+            rec = self.store.begin(token, clip, name or "", preset=self.cfg.preset,
+                                   consent_time=consent_time)
         except PermissionError as e:
             raise gr.Error(str(e), title="Too many avatars", print_exception=False) from None
-        try:
-            preview = self._create_gpu(self.cfg, self.store.folder(rec), rec.clip_file, prior,
-                                       progress)
-        except InputError as e:
-            self.store.abort(rec, e.code)
-            raise user_error(e) from None
-        except Exception:
-            ref, err = internal_error("create", "Creating the avatar failed unexpectedly "
-                                      "(reference {ref}). Nothing was kept; try again or "
-                                      "with another clip.")
-            self.store.abort(rec, f"internal error {ref}")
-            raise err from None
-        self.store.finish(rec)
+        folder = self.store.folder(rec)
+        self.store.attach(folder, clip)  # the upload's cached copy goes with the avatar
+        with self.locks.use(rec.id) as stop:
+            try:
+                jp = JobProgress(progress)
+                a, b = stage_shares(self.cfg)
+                work = folder / "work"
+                processed = preprocess_work(self.cfg, folder / rec.clip_file, work / "clip",
+                                            jp.stage(0.0, a, "Preprocessing", stop))
+                avatar = self._adapt_gpu(processed, folder / "avatar", prior, self.cfg.preset,
+                                         work / "adapt", progress, jp.t0, a, b,
+                                         self._stop_arg(stop))
+                self._render_gpu(avatar, folder / rec.clip_file, folder / "preview.mp4",
+                                 self.cfg.max_clip_s, self.cfg.preview_s, progress, jp.t0, b,
+                                 1.0, "Preview", self._stop_arg(stop))
+                shutil.rmtree(work, ignore_errors=True)
+            except InputError as e:
+                self.store.abort(rec, e.code)
+                raise user_error(e) from None
+            except gr.Error as e:  # a user error raised inside a GPU call
+                self.store.abort(rec, "input")
+                raise e from None
+            except Cancelled:
+                self.store.abort(rec, "stopped")
+                raise gr.Error("Creating the avatar was stopped; nothing was kept.",
+                               title="Stopped", print_exception=False) from None
+            except Exception:
+                ref, err = internal_error("create", "Creating the avatar failed unexpectedly "
+                                          "(reference {ref}). Nothing was kept; try again or "
+                                          "with another clip.")
+                self.store.abort(rec, f"internal error {ref}")
+                raise err from None
+            self.store.finish(rec)
+            preview = self.serve(folder / "preview.mp4", folder)
         status = (f"**Avatar “{rec.name}” is ready.** It expires at {iso(rec.expires)} "
                   f"(or delete it in the Talk tab). The preview re-speaks the first "
                   f"{self.cfg.preview_s:g} s of your clip's audio.")
-        return (token, status, self.serve(preview), *self._pick_updates(token, rec.id))
+        return (token, status, preview, *self._pick_updates(token, rec.id))
 
-    def talk(self, avatar_id: str | None, audio: str | None, token: str | None,
+    def talk(self, avatar_id: str | None, audio: str | None, token: Any,
              progress=gr.Progress()):
         """Talk tab: render the chosen avatar speaking the audio."""
-        token = token or self.store.new_token()
+        token = self.owner(token)
         if not audio:
             raise gr.Error("Upload or record some audio first.", title="No audio",
                            print_exception=False)
@@ -266,52 +339,87 @@ class App:
                            title="No avatar chosen", print_exception=False)
         try:
             rec = self.store.get(token, avatar_id)
+            with self.locks.use(rec.id) as stop:
+                folder = self.store.folder(rec)
+                self.store.attach(folder, audio)  # the upload goes with the avatar
+                out = self.store.render_path(rec)  # inside the avatar: deleted with it
+                try:
+                    res = self._render_gpu(folder / "avatar", Path(audio), out,
+                                           self.cfg.max_audio_s, None, progress, time.time(),
+                                           0.0, 1.0, "Rendering", self._stop_arg(stop))
+                    served = self.serve(res.path, folder)
+                except BaseException:
+                    shutil.rmtree(out.parent, ignore_errors=True)  # no empty render folders
+                    raise
         except NotFound:
             raise gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False) from None
-        out = self.store.render_path(rec)  # inside the avatar: deleted with it
-        try:
-            res = self._talk_gpu(self.store.folder(rec) / "avatar", Path(audio), out,
-                                 self.cfg.max_audio_s, progress)
+        except Busy:
+            raise gr.Error(BEING_DELETED, title="Avatar being deleted",
+                           print_exception=False) from None
         except InputError as e:
             raise user_error(e) from None
+        except gr.Error:
+            raise
+        except Cancelled:
+            raise gr.Error("Rendering was stopped: the avatar was deleted.", title="Stopped",
+                           print_exception=False) from None
         except Exception:
             raise internal_error("talk", "Rendering failed unexpectedly (reference {ref}).")[1] from None
-        served = self.serve(res.path)
         status = (f"{res.frames} frames ({res.seconds:.1f} s of audio), rendered at "
                   f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated”; "
                   "so is the file's metadata.")
         return token, served, served, status
 
-    def delete(self, avatar_id: str | None, token: str | None):
-        """Delete one of this session's avatars and all its files."""
-        token = token or self.store.new_token()
+    def delete(self, avatar_id: str | None, token: Any):
+        """Delete one of this owner's avatars and all its files, after stopping (and
+        waiting for) any job using it."""
+        token = self.owner(token)
         try:
-            rec = self.store.delete(token, avatar_id)
+            rec = self.store.get(token, avatar_id)
+            with self.locks.exclusive(rec.id, self.cfg.delete_wait_s) as stopped:
+                rec = self.store.delete(token, avatar_id)
         except NotFound:
             raise gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False) from None
-        return (token, f"Deleted “{rec.name}” and all its files.", *self._pick_updates(token))
+        except Busy:
+            raise gr.Error("That avatar is still busy with a job that could not be stopped "
+                           f"within {self.cfg.delete_wait_s:g} s; nothing was deleted. Try "
+                           "again in a minute.", title="Avatar busy",
+                           print_exception=False) from None
+        note = (f" {stopped} running job(s) on it were stopped first." if stopped else "")
+        return (token, f"Deleted “{rec.name}” and all its files.{note}",
+                *self._pick_updates(token))
 
-    def benchmark(self, source: str, avatar_id: str | None, clip: str | None, consent: bool,
-                  seconds: list, methods: list, token: str | None, progress=gr.Progress()):
+    def benchmark(self, source: str, avatar_id: str | None, clip: str | None, consent: Any,
+                  seconds: list, methods: list, token: Any, progress=gr.Progress()):
         """Benchmark tab: the evaluation harness in quick mode."""
-        from core.data.preprocess import PreprocessConfig, check_media
-
-        token = token or self.store.new_token()
+        token = self.owner(token)
         if source == "created avatar":
             try:
                 rec = self.store.get(token, avatar_id)
+                with self.locks.use(rec.id) as stop:
+                    return self._benchmark(self.store.folder(rec) / rec.clip_file,
+                                           Path(rec.source_name).stem, rec.id, None, seconds,
+                                           methods, token, progress, stop)
             except NotFound:
                 raise gr.Error(NOT_FOUND, title="Avatar not found",
                                print_exception=False) from None
-            path, stem = self.store.folder(rec) / rec.clip_file, Path(rec.source_name).stem
-            linked: str | None = rec.id
-        else:
-            if not consent:
-                raise gr.Error(CONSENT_NEEDED, title="Consent needed", duration=None,
-                               print_exception=False)
-            if not clip:
-                raise gr.Error("Upload a clip first.", title="No clip", print_exception=False)
-            path, stem, linked = Path(clip), Path(clip).stem, None
+            except Busy:
+                raise gr.Error(BEING_DELETED, title="Avatar being deleted",
+                               print_exception=False) from None
+        if consent is not True:
+            raise gr.Error(CONSENT_NEEDED, title="Consent needed", duration=None,
+                           print_exception=False)
+        if not clip:
+            raise gr.Error("Upload a clip first.", title="No clip", print_exception=False)
+        return self._benchmark(Path(clip), Path(clip).stem, None,
+                               self._consent_time(token, str(clip)), seconds, methods, token,
+                               progress, threading.Event())
+
+    def _benchmark(self, path: Path, stem: str, linked: str | None, consent_time: float | None,
+                   seconds: list, methods: list, token: str, progress: Any,
+                   stop: threading.Event):
+        from core.data.preprocess import PreprocessConfig, check_media
+
         if not methods or not seconds:
             raise gr.Error("Choose at least one method and one training length.",
                            title="Nothing to run", print_exception=False)
@@ -330,6 +438,8 @@ class App:
                                                max_seconds=self.cfg.max_clip_s))
             prior = resolve_prior(self.cfg)
         except InputError as e:
+            if linked is None and e.code not in ("wrong_weights", "too_short"):
+                self.store.discard_external(path)  # an unusable upload is not kept
             if e.code == "too_short":
                 e.fix = (f"Training on {train[-1]:g} s and scoring {test_s:g} s held out needs "
                          f"a clip of at least {train[-1] + test_s:g} s: choose fewer training "
@@ -338,24 +448,29 @@ class App:
         out = self.store.job_dir(token, "benchmark", avatar=linked)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:40] or "clip"
         work_clip = out / f"{safe}{path.suffix.lower() or '.mp4'}"
-        shutil.copyfile(path, work_clip)
-        if linked is None:  # consent for an uploaded clip, kept with its results
-            digest = self.store.write_consent(out, self.store.owner_of(out), work_clip,
-                                              path.name, job=out.name)
-            self.store.audit("benchmark_consent", job=out.name, owner=self.store.owner_of(out),
-                             clip_sha256=digest, statement_version=STATEMENT_VERSION)
         try:
+            shutil.copyfile(path, work_clip)
+            if linked is None:  # an upload: its cached copy and consent go with the job
+                self.store.attach(out, path)
+                self.store.write_consent(out, self.store.owner_of(out), work_clip, path.name,
+                                         consent_time, job=out.name)
             res = self._bench_gpu([work_clip], train, list(methods), out / "results", prior,
-                                  progress)
-        except InputError as e:
-            raise user_error(e) from None
-        except Exception:
+                                  progress, self._stop_arg(stop))
+            work_clip.unlink(missing_ok=True)
+            plots = [self.serve(Path(p), out) for p in res.plots]
+            csv = self.serve(Path(res.csv_path), out)
+        except BaseException as e:
+            self.store.discard_job(out)  # a failed job leaves nothing behind
+            if isinstance(e, InputError):
+                raise user_error(e) from None
+            if isinstance(e, (gr.Error, KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(e, Cancelled):
+                raise gr.Error("The benchmark was stopped: the avatar was deleted.",
+                               title="Stopped", print_exception=False) from None
             raise internal_error("benchmark", "The benchmark failed unexpectedly "
                                  "(reference {ref}).")[1] from None
-        finally:
-            work_clip.unlink(missing_ok=True)
-        plots = [self.serve(Path(p)) for p in res.plots]
-        return token, res.table_md, plots, self.serve(Path(res.csv_path))
+        return token, res.table_md, plots, csv
 
 
 def _benchmark_options() -> tuple[list[str], list[float]]:
@@ -374,11 +489,14 @@ def _benchmark_options() -> tuple[list[str], list[float]]:
 
 def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Blocks:
     """The ``gr.Blocks`` app with its queue configured (launch it with ``.launch()``)."""
+    from gradio.utils import get_upload_folder
+
     cfg = cfg or AppConfig.from_env()
-    store = AvatarStore(cfg.data_root, cfg.expiry_s, cfg.max_avatars)
-    serve_root = Path(tempfile.gettempdir()) / "instag-app-serve"
-    serve_root.mkdir(mode=0o700, exist_ok=True)
-    app = App(cfg, store, serve_root)
+    cache_root = Path(get_upload_folder()).resolve()  # Gradio's uploads and served files
+    cache_root.mkdir(parents=True, exist_ok=True)
+    store = AvatarStore(cfg.data_root, cfg.expiry_s, cfg.max_avatars,
+                        external_roots=[cache_root])
+    app = App(cfg, store, OwnerTokens(store.root), cache_root)
     app.sweep()
     if start_sweeper:
         def loop() -> None:
@@ -388,9 +506,7 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
 
         threading.Thread(target=loop, name="instag-expiry", daemon=True).start()
 
-    from core.train.adapt import PRESETS
-
-    acfg = PRESETS[cfg.preset]
+    acfg = app_presets()[cfg.preset]
     methods, train_seconds = _benchmark_options()
     limits = (f"**Clip:** {cfg.min_clip_s:g}–{cfg.max_clip_s:g} s, at most {cfg.max_upload_mb} MB, "
               f"{', '.join(t.lstrip('.') for t in CLIP_TYPES[:5])} or mpg. One face, looking at "
@@ -399,10 +515,9 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
               f"Avatars expire after {cfg.expiry_hours:g} h.")
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
-    sweep_s = int(cfg.sweep_minutes * 60)
-    with gr.Blocks(title="InsTaG talking head", theme=theme, analytics_enabled=False,
-                   delete_cache=(sweep_s, int(cfg.expiry_s))) as demo:
-        token = gr.State(None)
+    with gr.Blocks(title="InsTaG talking head", theme=theme, analytics_enabled=False) as demo:
+        token = gr.BrowserState(None, storage_key="instag-owner",
+                                secret=app.owners.browser_secret())
         gr.Markdown("# InsTaG: your talking head from a few seconds of video\n"
                     "Create an avatar from a short clip of yourself, then make it say anything. "
                     "Everything it renders is marked **AI-generated**.")
@@ -419,8 +534,9 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                         consent = gr.Checkbox(label=CONSENT_STATEMENT, value=False,
                                               elem_id="create-consent")
                         gr.Markdown(f"<small>Consent statement version {STATEMENT_VERSION}; "
-                                    "the time, this version and the clip's hash are stored with "
-                                    "the avatar.</small>")
+                                    "the time the server received it, this version and the "
+                                    "clip's hash are stored with the avatar, and a minimal "
+                                    "entry stays in the log after deletion.</small>")
                         create_btn = gr.Button("Create avatar", variant="primary",
                                                elem_id="create-btn")
                     with gr.Column():
@@ -483,7 +599,8 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                 gr.Markdown(ABOUT.read_text(encoding="utf-8"))
                 gr.Markdown(f"**This server:** avatars and uploads expire after "
                             f"{cfg.expiry_hours:g} h; {cfg.concurrency} long job(s) run at a time "
-                            f"(others wait in a queue that shows your place); adaptation preset "
+                            f"(others wait in a queue that shows your place; at most "
+                            f"{cfg.max_waiting} waiting jobs per visitor); adaptation preset "
                             f"`{cfg.preset}`.")
 
         picks = [pick, bench_pick, table]
@@ -492,9 +609,10 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
         refresh_btn.click(app.refresh, [token], [token, *picks], api_name="list_avatars",
                           queue=False)
         create_btn.click(app.create, [video, consent, name, token],
-                         [token, status, preview, *picks], api_name="create", **heavy)
+                         [token, status, preview, *picks], api_name="create",
+                         validator=app.admit_create, **heavy)
         talk_btn.click(app.talk, [pick, audio, token], [token, talk_video, talk_file, talk_status],
-                       api_name="talk", **heavy)
+                       api_name="talk", validator=app.admit_talk, **heavy)
         delete_btn.click(app.delete, [pick, token], [token, talk_status, *picks],
                          api_name="delete_avatar", queue=False)
         source.change(lambda src: (gr.update(visible=src == "created avatar"),
@@ -504,8 +622,10 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                       queue=False)
         bench_btn.click(app.benchmark, [source, bench_pick, bench_clip, bench_consent,
                                         bench_seconds, bench_methods, token],
-                        [token, bench_table, bench_plots, bench_csv], api_name="benchmark", **heavy)
+                        [token, bench_table, bench_plots, bench_csv], api_name="benchmark",
+                        validator=app.admit_benchmark, **heavy)
     demo.queue(max_size=cfg.max_queue, default_concurrency_limit=cfg.concurrency)
+    app.blocks, app.token_block = demo, token
     demo.instag = app  # type: ignore[attr-defined]  # for tests and tooling
     return demo
 

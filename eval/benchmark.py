@@ -66,6 +66,7 @@ import torch
 from core.atomic import write_bytes, write_text
 from core.progress import ProgressFn
 from eval.methods import LABELS, METHODS
+from eval.ray_executor import RayOptions, add_ray_arguments, ray_options, run_cells_ray
 
 #: Training lengths offered by the app (quick runs on short clips); the paper uses 5 / 10 / 20.
 TRAIN_SECONDS: tuple[float, ...] = (3.0, 5.0, 10.0)
@@ -125,6 +126,7 @@ class BenchmarkConfig:
         videos: write the side-by-side videos.
         jobs: cells run in this many processes (1 = in this process).
         syncnet: SyncNet weights (path / hub id / None = $INSTAG_SYNCNET_WEIGHTS or weights/).
+        ray: run cells as Ray tasks (``eval.ray_executor``); None = local (``jobs``).
     """
 
     preset: str = "cpu"
@@ -138,6 +140,7 @@ class BenchmarkConfig:
     videos: bool = True
     jobs: int = 1
     syncnet: str | None = None
+    ray: RayOptions | None = None  # Ray: cells as Ray tasks
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -789,7 +792,23 @@ def run_benchmark(clips: list[Path], train_seconds: list[float], methods: list[s
     def frac(extra: float = 0.0) -> float:
         return 0.05 + 0.85 * min(1.0, (done_w + extra) / total)
 
-    if cfg.jobs > 1 and len(pending) > 1:
+    # ---- Ray: pending cells as Ray tasks (eval/ray_executor.py) ----------------------------
+    if cfg.ray is not None and pending:
+        def record(t: CellTask, row: dict) -> None:  # the cell's JSON, written by the driver
+            if row.get("status") == "ok":
+                write_text(t.out / "cells" / f"{cell_name(t.stem, t.method, t.seconds)}.json",
+                           json.dumps(row, indent=1))
+
+        pend_w = sum(weight[i] for i in pending)
+        got = run_cells_ray(
+            [tasks[i] for i in pending], run_cell, cfg.ray, inputs=("clip_dir", "prior"),
+            out_field="out", returns=("avatars/*", "curves/*", "renders/*"), on_result=record,
+            on_failure=_failed, weights=[weight[i] for i in pending],
+            names=[cell_name(tasks[i].stem, tasks[i].method, tasks[i].seconds) for i in pending],
+            progress=lambda s, f: report(s, frac(f * pend_w)))
+        rows.update(zip(pending, got))
+    # ---- end Ray ---------------------------------------------------------------------------
+    elif cfg.jobs > 1 and len(pending) > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn")) as ex:
@@ -875,11 +894,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-videos", action="store_true")
     p.add_argument("--no-landmarks", action="store_true", help="skip LMD / AUE / sync")
     p.add_argument("--syncnet", default=None, help="SyncNet weights (default: weights/ or env)")
+    add_ray_arguments(p)  # Ray: --ray [ADDRESS], --ray-cpus, ...
     a = p.parse_args(argv)
     prior = None if a.prior in (None, "none", "None") else Path(a.prior)
     cfg = BenchmarkConfig(preset=a.preset, quick=a.quick, seed=a.seed, test_seconds=a.test_seconds,
                           curve_frames=a.curve_frames, curve_every=a.curve_every, videos=not a.no_videos, jobs=a.jobs,
-                          landmarks=not a.no_landmarks, syncnet=a.syncnet)
+                          landmarks=not a.no_landmarks, syncnet=a.syncnet,
+                          ray=ray_options(a))  # Ray
     from tqdm import tqdm
 
     bar = tqdm(total=1000, bar_format="{l_bar}{bar}| {elapsed} {desc}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import struct
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -11,6 +12,7 @@ import pytest
 
 from core.errors import InputError
 from core.data.media import (
+    MediaLimits,
     fit_length,
     iter_frames,
     num_frames,
@@ -320,3 +322,265 @@ def test_late_audio_start_stays_in_sync(tmp_path: Path, fmt: str, vcodec: str, a
     assert np.abs(clip.audio[: int(0.19 * 16000)]).max() < 1e-3  # leading silence inserted
     assert int(clip.frames.mean(axis=(1, 2, 3)).argmax()) == k
     assert abs(np.abs(clip.audio).argmax() / 16000 - (k / 25 + 0.01)) < 0.004
+
+
+# ----------------------------------------------------------------------------- hostile input
+# Each maker writes a small hostile file into a test's tmp_path (nothing is committed).
+def make_timestamp_bomb(path: Path, audio_start_s: float = 36000.0) -> Path:
+    """mkv (a few KB): 1 s of 64x64 video at 0 s and 1 s of tone whose timestamps start
+    at ``audio_start_s``; an aligned read would pad 10 h of silence before it."""
+    with av.open(str(path), "w", format="matroska") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width = vs.height = 64
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"preset": "ultrafast"}
+        st = c.add_stream("flac", rate=16000, layout="mono")
+        for i in range(25):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40, np.uint8), format="rgb24")
+            f.pts = i
+            for pkt in vs.encode(f):
+                c.mux(pkt)
+        for pkt in vs.encode(None):
+            c.mux(pkt)
+        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)).astype(np.float32)
+        af = av.AudioFrame.from_ndarray(tone[None], format="flt", layout="mono")
+        af.sample_rate, af.pts = 16000, int(audio_start_s * 16000)
+        for pkt in st.encode(af):
+            c.mux(pkt)
+        for pkt in st.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def make_hour_of_silence(path: Path, seconds: int = 3600, sample_rate: int = 16000,
+                         hide_length: bool = False) -> Path:
+    """FLAC of ``seconds`` of digital silence (about 650 KB for an hour). ``hide_length``
+    zeroes STREAMINFO's total-samples field ('unknown', as streamed FLAC has), so only
+    decoding can tell the length."""
+    with av.open(str(path), "w", format="flac") as c:
+        st = c.add_stream("flac", rate=sample_rate, layout="mono")
+        block = np.zeros((1, sample_rate * 10), np.int16)
+        for k in range(seconds // 10):
+            af = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            af.sample_rate, af.pts = sample_rate, k * sample_rate * 10
+            for pkt in st.encode(af):
+                c.mux(pkt)
+        for pkt in st.encode(None):
+            c.mux(pkt)
+    if hide_length:
+        data = bytearray(path.read_bytes())
+        assert data[:4] == b"fLaC"
+        off = 8 + 13  # STREAMINFO starts at byte 8; total samples = its last 36 of 108 bits
+        data[off] &= 0xF0
+        data[off + 1: off + 5] = b"\0\0\0\0"
+        path.write_bytes(bytes(data))
+    return path
+
+
+def make_huge_frames(path: Path, side: int = 10000, frames: int = 1) -> Path:
+    """mov (about 300 KB) of flat ``side x side`` frames with a short silent AAC track."""
+    with av.open(str(path), "w", format="mov") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width = vs.height = side
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"preset": "ultrafast"}
+        st = c.add_stream("aac", rate=16000, layout="mono")
+        plane = np.full((side * 3 // 2, side), 90, np.uint8)  # yuv420p: no RGB conversion
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(plane, format="yuv420p")
+            f.pts = i
+            for pkt in vs.encode(f):
+                c.mux(pkt)
+        for pkt in vs.encode(None):
+            c.mux(pkt)
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 1280), np.float32), format="flt",
+                                        layout="mono")
+        af.sample_rate, af.pts = 16000, 0
+        for pkt in st.encode(af):
+            c.mux(pkt)
+        for pkt in st.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def make_tone_clip(path: Path, seconds: float = 5.0, size: int = 64) -> Path:
+    """A moving-pattern video with a 220 Hz tone (no face)."""
+    n = round(seconds * 25)
+    yy, xx = np.mgrid[0:size, 0:size]
+    frames = (np.stack([(xx * 4 + 3 * t) % 256, (yy * 4) % 256, np.full_like(xx, 128)], -1)
+              .astype(np.uint8) for t in range(n))
+    t = np.arange(n * 640) / 16000
+    return write_video(path, frames, audio=0.2 * np.sin(2 * np.pi * 220 * t), preset="ultrafast")
+
+
+def make_truncated_mp4(path: Path, source: Path | None = None, keep: float = 0.5) -> Path:
+    """The first ``keep`` of an mp4's bytes (index at the front: an interrupted upload)."""
+    src = source or make_tone_clip(path.with_name(path.stem + "_full.mp4"))
+    data = src.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def make_zip_as_mp4(path: Path) -> Path:
+    """A ZIP archive renamed to .mp4."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "not a video\n" * 100)
+    return path
+
+
+def make_video_gap(path: Path, gap_s: float = 100.0) -> Path:
+    """mp4: 1 s of video, nothing for ``gap_s`` seconds, then 1 s more (plus audio)."""
+    with av.open(str(path), "w", format="mp4") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width = vs.height = 64
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"preset": "ultrafast"}
+        vs.codec_context.time_base = Fraction(1, 25)
+        st = c.add_stream("aac", rate=16000, layout="mono")
+        jump = round(gap_s * 25)
+        for i, pts in enumerate(list(range(25)) + list(range(25 + jump, 50 + jump))):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 4 * i % 256, np.uint8),
+                                           format="rgb24")
+            f.pts = pts
+            for pkt in vs.encode(f):
+                c.mux(pkt)
+        for pkt in vs.encode(None):
+            c.mux(pkt)
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 32000), np.float32), format="flt",
+                                        layout="mono")
+        af.sample_rate, af.pts = 16000, 0
+        for pkt in st.encode(af):
+            c.mux(pkt)
+        for pkt in st.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def _error(fn, *args, **kwargs) -> InputError:
+    with pytest.raises(InputError) as ei:
+        out = fn(*args, **kwargs)
+        if hasattr(out, "__next__"):
+            for _ in out:
+                pass
+    assert "Traceback" not in str(ei.value)
+    return ei.value
+
+
+def test_timestamp_bomb_refused_from_headers(tmp_path: Path) -> None:
+    """Audio starting 10 h after the video: refused before any padding is allocated."""
+    p = make_timestamp_bomb(tmp_path / "bomb.mkv")
+    assert p.stat().st_size < 40_000
+    for fn in (read_audio, probe, read_clip, iter_frames):
+        e = _error(fn, p)
+        assert e.code == "timing", (fn.__name__, e)
+        assert "audio starts 36000 s (10 h 0 min) after its video" in e.problem
+        assert "start together" in e.fix
+
+
+def test_late_start_within_limit_still_read(tmp_path: Path) -> None:
+    p = make_timestamp_bomb(tmp_path / "late.mkv", audio_start_s=1.5)
+    a = read_audio(p)
+    assert np.abs(a[: int(1.45 * 16000)]).max() < 1e-3 and np.abs(a[24000:]).max() > 0.1
+    with pytest.raises(InputError, match="the limit is 1 s"):
+        read_audio(p, limits=MediaLimits(max_start_offset_s=1.0))
+
+
+def test_hour_of_silence_refused_from_header(tmp_path: Path) -> None:
+    p = make_hour_of_silence(tmp_path / "hour.flac")
+    assert p.stat().st_size < 1_000_000
+    e = _error(read_audio, p, limits=MediaLimits(max_seconds=120))
+    assert e.code == "too_long" and "3600 s (1 h 0 min) long; the limit is 120 s" in e.problem
+    assert _error(read_audio, p).code == "too_long"  # the default limit (600 s) too
+    assert read_audio(p, duration=2.0).shape == (32000,)  # the first seconds stay readable
+
+
+def test_decoding_stops_at_the_limit_when_the_header_hides_the_length(tmp_path: Path) -> None:
+    """No length in the header: decoding itself stops at max_seconds (+1 s slack)."""
+    import tracemalloc
+
+    p = make_hour_of_silence(tmp_path / "hour_nolen.flac", seconds=600, hide_length=True)
+    with av.open(str(p)) as c:
+        assert c.duration is None and not c.streams.audio[0].duration
+    tracemalloc.start()
+    try:
+        e = _error(read_audio, p, limits=MediaLimits(max_seconds=30))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert e.code == "too_long" and "the limit is 30 s" in e.problem
+    assert peak < 3 * 31 * 16000 * 4  # a few copies of 31 s of float32, not 600 s
+
+
+def test_huge_frames_refused_from_header(tmp_path: Path) -> None:
+    p = make_huge_frames(tmp_path / "huge.mov")
+    assert p.stat().st_size < 2_000_000
+    for fn in (probe, iter_frames, read_clip):
+        e = _error(fn, p)
+        assert e.code == "too_large" and "10000x10000 pixels" in e.problem, (fn.__name__, e)
+        assert "1080p" in e.fix
+
+
+def test_pixel_cap_reaches_the_decoder(tmp_path: Path) -> None:
+    """The decoder itself is capped: the header check skipped, decoding still refuses."""
+    from core.data.media import _open, _open_decoder
+
+    p = make_tone_clip(tmp_path / "small.mp4", seconds=1.0, size=64)
+    with _open(p) as c:
+        vs = c.streams.video[0]
+        with pytest.raises(InputError, match="64x64"):
+            _open_decoder(vs, p.name, MediaLimits(max_pixels=1000))
+        vs.codec_context.width = 8  # a lying header (8x64 < 1000)
+        _open_decoder(vs, p.name, MediaLimits(max_pixels=1000))
+        with pytest.raises((av.FFmpegError, ValueError)):
+            next(c.decode(vs))
+    assert len(list(iter_frames(p, limits=MediaLimits(max_pixels=64 * 64)))) == 25
+
+
+def test_truncated_mp4(tmp_path: Path) -> None:
+    p = make_truncated_mp4(tmp_path / "cut.mp4")
+    assert probe(p).duration_s == pytest.approx(5.0)  # the header still says 5 s
+    for fn in (read_audio, iter_frames):
+        e = _error(fn, p)
+        assert e.code == "truncated" and "header says 5.0 s" in e.problem, (fn.__name__, e)
+        assert "complete file" in e.fix
+
+
+def test_truncated_mp4_index_at_the_end(tmp_path: Path, clips_dir: Path) -> None:
+    """A phone-style mp4 (index written last) cut in half: the index is gone."""
+    p = make_truncated_mp4(tmp_path / "cut.mp4", clips_dir / "woman_desk_5s.mp4")
+    for fn in (probe, read_audio, iter_frames):
+        e = _error(fn, p)
+        assert e.code == "truncated" and "damaged or cut short" in e.problem, (fn.__name__, e)
+
+
+def test_zip_renamed_mp4(tmp_path: Path) -> None:
+    p = make_zip_as_mp4(tmp_path / "clip.mp4")
+    for fn in (probe, read_audio, iter_frames):
+        e = _error(fn, p)
+        assert e.code == "unreadable" and e.problem == "clip.mp4 is a ZIP archive, not audio or video."
+
+
+def test_video_gap_refused_while_decoding(tmp_path: Path) -> None:
+    p = make_video_gap(tmp_path / "gap.mp4")
+    e = _error(iter_frames, p)
+    assert e.code == "timing" and "video jumps from 1.0 s to 101.0 s" in e.problem
+    assert len(list(iter_frames(p, max_frames=20))) == 20  # before the gap all is well
+
+
+def test_audio_gap_refused_while_decoding(tmp_path: Path) -> None:
+    """Audio frames at 0 s and at 10 h: with no length limit, the gap check stops it."""
+    p = tmp_path / "agap.mka"
+    with av.open(str(p), "w", format="matroska") as c:
+        st = c.add_stream("flac", rate=16000, layout="mono")
+        for start in (0, 36000 * 16000):
+            af = av.AudioFrame.from_ndarray(np.full((1, 16000), 0.1, np.float32), format="flt",
+                                            layout="mono")
+            af.sample_rate, af.pts = 16000, start
+            for pkt in st.encode(af):
+                c.mux(pkt)
+        for pkt in st.encode(None):
+            c.mux(pkt)
+    e = _error(read_audio, p, limits=MediaLimits(max_seconds=math.inf))
+    assert e.code == "timing" and "audio jumps from" in e.problem

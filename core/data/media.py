@@ -15,6 +15,20 @@ Rotation
     Display-matrix rotation (portrait phone videos) is applied on read; ``width`` /
     ``height`` and crop boxes are in the *displayed* (upright) orientation.
 
+Limits (hostile uploads)
+    Every reader takes a :class:`MediaLimits`. Before decoding anything it checks the
+    headers: each stream's start offset from the time origin, the longest stream
+    against ``max_seconds`` and the frame size against ``max_pixels`` (our decoders are
+    also opened with ``max_pixels``; only the stream probe inside ``av.open`` may decode
+    one frame, bounded by FFmpeg's own image-size ceiling, see ``_open``). While
+    decoding it refuses a time gap inside a stream beyond ``max_gap_s``, stops at
+    ``max_seconds`` of audio or video whatever the header said, and reports a stream
+    that ends well before its header's duration (a truncated file). Memory is so
+    bounded by the limits, not by the file: at most ``max_seconds * sample_rate``
+    audio samples and a few frames of at most ``max_pixels``. Error codes:
+    ``timing`` (late start or gap), ``too_long``, ``too_large`` (frame size),
+    ``truncated``, ``unreadable``, ``no_video``, ``no_audio``.
+
 Writing
     :func:`write_video` writes H.264 (libx264, present in the PyAV 16.1 wheel) + AAC
     mp4 atomically. Fallback when libx264 is missing: ``libopenh264`` (bitrate-driven,
@@ -29,7 +43,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -52,6 +66,76 @@ _EPS = 1e-6  # seconds; tolerance for 'whole frame interval inside the stream'
 
 Size = int | tuple[int, int] | None
 Crop = tuple[int, int, int, int] | None
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """What the readers accept (see the module doc, *Limits*).
+
+    Attributes:
+        max_seconds: longest audio or video stream (s); default 600 s (10 min), far above
+            any clip or driving audio the project uses. Callers pass their own (the app:
+            its clip and audio limits).
+        max_start_offset_s: largest start of the first audio / video stream after the
+            file's time origin (s); default 2 s (real files: tens of ms of encoder delay).
+        max_gap_s: largest jump between consecutive frames (video) or audio frames inside
+            a stream (s); default 2 s.
+        max_pixels: largest frame, width x height (default 3840 x 2160, 4K UHD).
+        truncation_tolerance_s: a stream may end this much before the duration in its
+            header (s) before the file counts as truncated; default 0.5 s.
+    """
+
+    max_seconds: float = 600.0
+    max_start_offset_s: float = 2.0
+    max_gap_s: float = 2.0
+    max_pixels: int = 3840 * 2160
+    truncation_tolerance_s: float = 0.5
+
+    def with_seconds(self, max_seconds: float) -> MediaLimits:
+        """These limits with another ``max_seconds``."""
+        return replace(self, max_seconds=float(max_seconds))
+
+
+DEFAULT_LIMITS = MediaLimits()
+
+
+def _limits(limits: MediaLimits | None) -> MediaLimits:
+    return DEFAULT_LIMITS if limits is None else limits
+
+
+def _fmt_s(seconds: float) -> str:
+    """'36000 s (10 h 0 min)' style duration for messages."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{seconds:.0f} s ({h} h {rem // 60} min)" if h else f"{seconds:.0f} s ({rem // 60} min)"
+
+
+def too_long(name: str, seconds: float, limit: float, what: str = "") -> InputError:
+    """The error for media longer than ``limit`` seconds."""
+    what = f" {what}" if what else ""
+    return InputError("too_long", f"{name}{what} is {_fmt_s(seconds)} long; the limit is "
+                      f"{limit:.0f} s.", "Trim it to the part you need, or split it into "
+                      "shorter files.")
+
+
+def _too_large(name: str, w: int, h: int, limit: int) -> InputError:
+    return InputError("too_large", f"{name} has frames of {w}x{h} pixels "
+                      f"({w * h / 1e6:.1f} megapixels); the limit is {limit / 1e6:.1f} megapixels "
+                      f"({limit} pixels).", "Export the video at 1080p (or at most 4K) and upload it "
+                      "again.")
+
+
+def _timing(name: str, problem: str) -> InputError:
+    return InputError("timing", f"{name}: {problem}", "Re-export the file (any video editor, or "
+                      "'ffmpeg -i in.mkv -c:v libx264 -c:a aac out.mp4') so that audio and video "
+                      "start together with no gaps.")
+
+
+def _truncated(name: str, what: str, got: float, header: float) -> InputError:
+    return InputError("truncated", f"{name} is cut short: its {what} stops at {got:.1f} s but "
+                      f"its header says {header:.1f} s (an interrupted upload or copy?).",
+                      "Upload the complete file again, or re-export it.")
 
 
 # ----------------------------------------------------------------------------- probing
@@ -97,17 +181,99 @@ class MediaInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+_SIGNATURES = ((b"PK\x03\x04", "a ZIP archive"), (b"%PDF", "a PDF document"),
+               (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+               (b"Rar!", "a RAR archive"), (b"7z\xbc\xaf", "a 7-Zip archive"),
+               (b"\x1f\x8b", "a gzip archive"))
+
+
+def _what_is(p: Path) -> str:
+    """A guess of what a non-media file is, from its first bytes (for the error)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return ""
+    if not head:
+        return "an empty file"
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV file"
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return what
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return ""
+
+
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
-    """Open for reading; every failure becomes InputError('unreadable')."""
+    """Open for reading; every failure becomes InputError('unreadable').
+
+    Opening probes the streams, which may decode one frame: that is bounded by FFmpeg's
+    own image-size ceiling, not by ``max_pixels``, because PyAV 16.1 frees its per-stream
+    option array past its end (a crash) when a demuxer adds streams while probing
+    (MPEG-PS does), so no decoder option can be given here. Every decode after that is
+    capped (:func:`_open_decoder`).
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError("unreadable", f"Media file not found: {p}.", "Check the path and file name.")
     try:
         return av.open(str(p), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(
-            "unreadable", f"Cannot read {p.name} as audio or video ({exc.__class__.__name__}).",
-            _UNREADABLE_FIX) from exc
+        what = _what_is(p)
+        if what == "an MP4/MOV file":  # its index ('moov', often written last) is missing
+            raise InputError("truncated", f"{p.name} is an MP4/MOV file whose index cannot be "
+                             "read: it is damaged or cut short (an interrupted upload or "
+                             "copy?).", "Upload the complete file again, or re-export it.") from exc
+        problem = (f"{p.name} is {what}, not audio or video." if what else
+                   f"Cannot read {p.name} as audio or video ({exc.__class__.__name__}).")
+        raise InputError("unreadable", problem, _UNREADABLE_FIX) from exc
+
+
+def _open_decoder(stream: av.stream.Stream, name: str, limits: MediaLimits) -> None:
+    """Cap the decoder's frame size before the first decode (it refuses larger frames)."""
+    if stream.type == "video":
+        stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
+        w, h = stream.codec_context.width or 0, stream.codec_context.height or 0
+        if w * h > limits.max_pixels:
+            raise _too_large(name, w, h, limits.max_pixels)
+
+
+def _check_headers(c: av.container.InputContainer, name: str, limits: MediaLimits) -> float:
+    """Refuse, from the headers alone, a late-starting stream, a stream longer than
+    ``limits.max_seconds`` and frames above ``limits.max_pixels``. Returns the time
+    origin t0 (s)."""
+    firsts = c.streams.video[:1] + c.streams.audio[:1]
+    spans = {s.type: _stream_span(s, c) for s in firsts}
+    t0 = min((a for a, _ in spans.values()), default=0.0)
+    for kind, (start, end) in spans.items():
+        if start - t0 > limits.max_start_offset_s:
+            other = "video" if kind == "audio" else "audio"
+            raise _timing(name, f"its {kind} starts {_fmt_s(start - t0)} after its {other} "
+                          f"(the limit is {limits.max_start_offset_s:g} s).")
+    longest = max((end - t0 for _, end in spans.values()), default=0.0)
+    if c.duration is not None and c.duration > 0:
+        longest = max(longest, c.duration / av.time_base)
+    if longest > limits.max_seconds + 0.5:
+        raise too_long(name, longest, limits.max_seconds)
+    if c.streams.video:
+        cc = c.streams.video[0].codec_context
+        if (cc.width or 0) * (cc.height or 0) > limits.max_pixels:
+            raise _too_large(name, cc.width, cc.height, limits.max_pixels)
+    return t0
+
+
+def _declared_end(stream: av.stream.Stream, t0: float) -> float | None:
+    """End of a stream from its own header duration (s from t0), or None when the
+    container gives none per stream (mkv, webm): only then can truncation be told."""
+    tb = stream.time_base
+    if stream.duration is None or stream.duration <= 0 or not tb:
+        return None
+    start = float(stream.start_time * tb) if stream.start_time is not None else t0
+    return start + float(stream.duration * tb) - t0
 
 
 def _stream_span(stream: av.stream.Stream, container: av.container.InputContainer
@@ -144,14 +310,18 @@ def _display_rotation(frame: av.VideoFrame) -> int:
     return round(rot / 90.0) % 4 * 90
 
 
-def probe(path: str | os.PathLike, require_video: bool = True) -> MediaInfo:
+def probe(path: str | os.PathLike, require_video: bool = True,
+          limits: MediaLimits | None = None) -> MediaInfo:
     """Read the headers (and decode one frame for the rotation) of a media file.
 
     Raises:
         InputError('unreadable'): missing file, not media, or damaged header.
         InputError('no_video'): ``require_video`` and the file has no video stream.
+        InputError('timing' | 'too_long' | 'too_large'): beyond ``limits``, told from
+            the headers (nothing large is decoded).
     """
     p = Path(path)
+    lim = _limits(limits)
     with _open(p) as c:
         vs = c.streams.video[0] if c.streams.video else None
         as_ = c.streams.audio[0] if c.streams.audio else None
@@ -162,7 +332,7 @@ def probe(path: str | os.PathLike, require_video: bool = True) -> MediaInfo:
             raise InputError("no_video", f"{p.name} has no video track (audio only?).",
                              "Use a video of the person talking to the camera "
                              "(mp4, mov, mkv, webm or mpg).")
-        t0 = _time_origin(c)
+        t0 = _check_headers(c, p.name, lim)
         ends: list[float] = []
         info: dict = {"path": p, "container": c.format.name, "has_video": vs is not None,
                       "has_audio": as_ is not None, "t0": t0,
@@ -173,9 +343,10 @@ def probe(path: str | os.PathLike, require_video: bool = True) -> MediaInfo:
             rate = vs.average_rate or vs.guessed_rate or vs.base_rate
             rotation, w, h = 0, vs.codec_context.width, vs.codec_context.height
             try:
+                _open_decoder(vs, p.name, lim)
                 first = next(c.decode(vs))
                 rotation, w, h = _display_rotation(first), first.width, first.height
-            except (StopIteration, av.FFmpegError) as exc:
+            except (StopIteration, av.FFmpegError, ValueError) as exc:
                 raise InputError("unreadable", f"{p.name}: the video track cannot be decoded.",
                                  _UNREADABLE_FIX) from exc
             if rotation in (90, 270):
@@ -262,7 +433,8 @@ def _check_crop(crop: Crop, width: int, height: int, name: str) -> Crop:
 
 
 def iter_frames(path: str | os.PathLike, fps: float = 25.0, size: Size = None,
-                crop: Crop = None, max_frames: int | None = None) -> Iterator[np.ndarray]:
+                crop: Crop = None, max_frames: int | None = None,
+                limits: MediaLimits | None = None) -> Iterator[np.ndarray]:
     """Stream frames resampled to exactly ``fps`` (see the module's timeline rule).
 
     Args:
@@ -273,41 +445,48 @@ def iter_frames(path: str | os.PathLike, fps: float = 25.0, size: Size = None,
         crop: ``(x0, y0, x1, y1)`` in displayed source pixels (after rotation),
             applied before resizing.
         max_frames: stop after this many output frames.
+        limits: :class:`MediaLimits` (default :data:`DEFAULT_LIMITS`).
 
     Returns:
         An iterator of ``(H, W, 3) uint8`` RGB frames; it holds at most a few decoded
-        frames in memory. The file is checked eagerly (errors raise on the call).
+        frames in memory. The headers are checked eagerly (errors raise on the call).
 
     Raises:
-        InputError('unreadable' | 'no_video').
+        InputError('unreadable' | 'no_video' | 'timing' | 'too_long' | 'too_large'
+        | 'truncated'); the last four may also come while iterating.
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     p = Path(path)
+    lim = _limits(limits)
     with _open(p) as c:
         if not c.streams.video:
             raise InputError("no_video", f"{p.name} has no video track.",
                              "Use a video of the person talking to the camera "
                              "(mp4, mov, mkv, webm or mpg).")
-    return _iter_frames(p, fps, _target_size(size), crop, max_frames)
+        _check_headers(c, p.name, lim)
+    return _iter_frames(p, fps, _target_size(size), crop, max_frames, lim)
 
 
 def _iter_frames(p: Path, fps: float, tsize: tuple[int, int] | None, crop: Crop,
-                 max_frames: int | None) -> Iterator[np.ndarray]:
+                 max_frames: int | None, lim: MediaLimits) -> Iterator[np.ndarray]:
     limit = math.inf if max_frames is None else int(max_frames)
     if limit <= 0:
         return
     c = _open(p)
+    prev = None                      # (ts, frame) most recent source frame
+    declared_end: float | None = None
     try:
         vs = c.streams.video[0]
         vs.thread_type = "AUTO"
+        _open_decoder(vs, p.name, lim)
         t0 = _time_origin(c)
+        declared_end = _declared_end(vs, t0)
         tb = float(vs.time_base) if vs.time_base else None
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
         nominal_dt = 1.0 / float(rate) if rate else 1.0 / 25.0
 
         i = 0                        # next output frame index
-        prev = None                  # (ts, frame) most recent source frame
         prev_img: np.ndarray | None = None
         last_dt = nominal_dt
         rotation = 0
@@ -332,6 +511,18 @@ def _iter_frames(p: Path, fps: float, tsize: tuple[int, int] | None, crop: Crop,
                 ts = (prev[0] + nominal_dt) if prev is not None else 0.0
             if prev is not None and ts <= prev[0]:
                 continue  # duplicate / non-monotonic timestamp: keep the earlier frame
+            # bounds: the pending list and the work both grow with these, not the file
+            if frame.width * frame.height > lim.max_pixels:
+                raise _too_large(p.name, frame.width, frame.height, lim.max_pixels)
+            if prev is None and ts > lim.max_start_offset_s:
+                raise _timing(p.name, f"its first video frame is at {_fmt_s(ts)} (the limit "
+                              f"is {lim.max_start_offset_s:g} s).")
+            if prev is not None and ts - prev[0] > lim.max_gap_s:
+                raise _timing(p.name, f"its video jumps from {_fmt_s(prev[0])} to "
+                              f"{_fmt_s(ts)} (gaps up to {lim.max_gap_s:g} s are accepted).")
+            if ts > lim.max_seconds:
+                raise InputError("too_long", f"{p.name}: its video runs past the limit of "
+                                 f"{lim.max_seconds:.0f} s.", "Trim it to the part you need.")
             if n_src == 0:
                 rotation = _display_rotation(frame)
                 w, h = frame.width, frame.height
@@ -364,6 +555,8 @@ def _iter_frames(p: Path, fps: float, tsize: tuple[int, int] | None, crop: Crop,
         dur = prev[1].duration
         last = dur * tb if (dur and tb) else last_dt
         end = prev[0] + last
+        if declared_end is not None and end < declared_end - lim.truncation_tolerance_s:
+            raise _truncated(p.name, "video", end, declared_end)
         while i < limit and (i + 1) / fps <= end + _EPS:
             if prev_img is None:
                 prev_img = image_of(prev[1])
@@ -371,6 +564,9 @@ def _iter_frames(p: Path, fps: float, tsize: tuple[int, int] | None, crop: Crop,
             i += 1
         yield from flush(end)
     except av.FFmpegError as exc:
+        if (prev is not None and declared_end is not None
+                and prev[0] < declared_end - lim.truncation_tolerance_s):
+            raise _truncated(p.name, "video", float(prev[0]), declared_end) from exc
         raise InputError("unreadable", f"{p.name}: decoding failed ({exc}).",
                          _UNREADABLE_FIX) from exc
     finally:
@@ -378,28 +574,76 @@ def _iter_frames(p: Path, fps: float, tsize: tuple[int, int] | None, crop: Crop,
 
 
 # ----------------------------------------------------------------------------- audio
-def _decode_audio(c: av.container.InputContainer, name: str, sample_rate: int
-                  ) -> tuple[np.ndarray, float | None]:
-    """Decode the first audio stream to float32 mono at ``sample_rate``.
+def _decode_audio(c: av.container.InputContainer, name: str, sample_rate: int, t0: float,
+                  align: bool, lim: MediaLimits, duration: float | None = None) -> np.ndarray:
+    """Decode the first audio stream to float32 mono at ``sample_rate``, sample 0 at the
+    time origin ``t0`` when ``align`` (else at the stream's first sample).
 
-    Returns (samples, time in s of the first sample on the container timeline or None).
-    Channels are averaged (stereo -> (L+R)/2): libswresample's own mono down-mix uses
-    0.707*(L+R), which can clip, and mishandles layouts of unknown order ('2 channels').
+    At most ``lim.max_seconds`` of output are kept (more raises 'too_long'), or the first
+    ``duration`` seconds when given (no error); start offsets and gaps beyond the limits
+    raise 'timing'. Channels are averaged (stereo -> (L+R)/2): libswresample's own mono
+    down-mix uses 0.707*(L+R), which can clip, and mishandles layouts of unknown order.
     """
     if not c.streams.audio:
         raise InputError("no_audio", f"{name} has no audio track.", _NO_AUDIO_FIX)
     st = c.streams.audio[0]
+    declared_end = _declared_end(st, t0)
+    cap = (math.ceil(lim.max_seconds * sample_rate) + sample_rate  # hard cap, + 1 s slack
+           if math.isfinite(lim.max_seconds) else math.inf)
+    want = None if duration is None else max(0, round(duration * sample_rate))
     resampler = av.AudioResampler(format="fltp", layout=None, rate=sample_rate)
     chunks: list[np.ndarray] = []
-    first_t: float | None = None
+    total = 0                  # output samples kept (after the alignment shift)
+    src_t: float | None = None  # source time (s) where the next decoded frame should start
+
+    def keep(block: np.ndarray) -> bool:
+        """Append; False once ``duration`` is reached."""
+        nonlocal total
+        if want is not None and total + block.shape[0] >= want:
+            chunks.append(block[: want - total])
+            total = want
+            return False
+        chunks.append(block)
+        total += block.shape[0]
+        if total > cap:
+            raise too_long(name, total / sample_rate, lim.max_seconds, "(audio)")
+        return True
+
     try:
         for frame in c.decode(st):
-            if first_t is None and frame.pts is not None and frame.time_base:
-                first_t = float(frame.pts * frame.time_base)
+            t = float(frame.pts * frame.time_base) if (frame.pts is not None
+                                                       and frame.time_base) else None
+            if src_t is None:  # first frame: place it on the timeline
+                start = (t - t0) if t is not None else 0.0
+                if start > lim.max_start_offset_s:
+                    raise _timing(name, f"its audio starts at {_fmt_s(start)} (the limit is "
+                                  f"{lim.max_start_offset_s:g} s).")
+                shift = round(start * sample_rate) if align else 0
+                if shift > 0 and not keep(np.zeros(shift, np.float32)):
+                    break
+                skip = -shift if shift < 0 else 0
+                src_t = t if t is not None else 0.0
+            elif t is not None and t - src_t > lim.max_gap_s:
+                raise _timing(name, f"its audio jumps from {_fmt_s(src_t - t0)} to "
+                              f"{_fmt_s(t - t0)} (gaps up to {lim.max_gap_s:g} s are accepted).")
+            if frame.sample_rate:
+                src_t = (t if t is not None else src_t) + frame.samples / frame.sample_rate
+            done = False
             for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().mean(axis=0))
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().mean(axis=0))
+                block = out.to_ndarray().mean(axis=0)
+                if skip:
+                    block, skip = block[skip:], max(0, skip - block.shape[0])
+                if not keep(block):
+                    done = True
+                    break
+            if done:
+                break
+        else:
+            for out in resampler.resample(None):
+                keep(out.to_ndarray().mean(axis=0))
+            if (declared_end is not None and want is None and src_t is not None
+                    and src_t - t0 < declared_end - lim.truncation_tolerance_s):
+                raise _truncated(name, "audio", src_t - t0, declared_end)
     except av.FFmpegError as exc:
         raise InputError("unreadable", f"{name}: the audio track cannot be decoded ({exc}).",
                          _UNREADABLE_FIX) from exc
@@ -407,11 +651,20 @@ def _decode_audio(c: av.container.InputContainer, name: str, sample_rate: int
         np.zeros(0, np.float32)
     if audio.size == 0:
         raise InputError("no_audio", f"{name} has an audio track with no samples.", _NO_AUDIO_FIX)
-    return audio, first_t
+    return audio
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+def read_audio(path: str | os.PathLike, sample_rate: int = 16000,
+               limits: MediaLimits | None = None, duration: float | None = None) -> np.ndarray:
     """Read any audio file (wav, mp3, m4a, flac, ogg, ...) or a video's audio track.
+
+    Args:
+        path: the file.
+        sample_rate: output rate (Hz).
+        limits: :class:`MediaLimits` (default :data:`DEFAULT_LIMITS`); audio longer than
+            ``limits.max_seconds`` raises 'too_long' (from the header when it says so,
+            else as soon as decoding passes the limit).
+        duration: read only the first this many seconds (s; no error for longer files).
 
     Returns:
         ``(N,) float32`` mono in about [-1, 1] (resampling a clipped source can
@@ -420,20 +673,17 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
         silence is inserted / early samples dropped if the audio starts late / early).
 
     Raises:
-        InputError('unreadable' | 'no_audio').
+        InputError('unreadable' | 'no_audio' | 'timing' | 'too_long' | 'too_large'
+        | 'truncated').
     """
     p = Path(path)
+    lim = _limits(limits)
     with _open(p) as c:
-        t0 = _time_origin(c)
-        has_video = bool(c.streams.video)
-        audio, first_t = _decode_audio(c, p.name, sample_rate)
-    if has_video and first_t is not None:
-        shift = round((first_t - t0) * sample_rate)
-        if shift > 0:
-            audio = np.concatenate([np.zeros(shift, np.float32), audio])
-        elif shift < 0:
-            audio = audio[-shift:]
-    return audio
+        if duration is None:
+            t0 = _check_headers(c, p.name, lim)
+        else:  # only the first seconds are read: the total length does not matter
+            t0 = _check_headers(c, p.name, lim.with_seconds(math.inf))
+        return _decode_audio(c, p.name, sample_rate, t0, bool(c.streams.video), lim, duration)
 
 
 def fit_length(audio: np.ndarray, n: int) -> np.ndarray:
@@ -471,21 +721,22 @@ class Clip:
 
 def read_clip(path: str | os.PathLike, fps: float = 25.0, sample_rate: int = 16000,
               size: Size = None, crop: Crop = None, max_frames: int | None = None,
-              max_bytes: int = 3 << 30) -> Clip:
+              max_bytes: int = 3 << 30, limits: MediaLimits | None = None) -> Clip:
     """Read a short talking clip fully: T frames + exactly T * sample_rate/fps samples.
 
     ``T = floor(min(video_end, audio_end) * fps)`` (capped by ``max_frames``, and by
     the frames actually decodable). For long clips use :func:`iter_frames`.
 
     Raises:
-        InputError('unreadable' | 'no_video' | 'no_audio'), InputError('too_long')
-        when the frames would need more than ``max_bytes`` of memory.
+        InputError('unreadable' | 'no_video' | 'no_audio' | 'timing' | 'too_large'
+        | 'truncated'), InputError('too_long') beyond ``limits.max_seconds`` or when the
+        frames would need more than ``max_bytes`` of memory.
     """
     spf = sample_rate / fps
     if abs(spf - round(spf)) > 1e-9:
         raise ValueError(f"sample_rate/fps must be an integer, got {sample_rate}/{fps}")
     spf_i = round(spf)
-    info = probe(path)
+    info = probe(path, limits=limits)
     if not info.has_audio:
         raise InputError("no_audio", f"{info.path.name} has no audio track.", _NO_AUDIO_FIX)
     T = num_frames(info, fps)
@@ -500,10 +751,11 @@ def read_clip(path: str | os.PathLike, fps: float = 25.0, sample_rate: int = 160
                          "Use a shorter clip, a smaller size, or stream it with iter_frames().")
     frames = np.empty((T, h, w, 3), np.uint8)
     n = 0
-    for n, img in enumerate(iter_frames(path, fps=fps, size=size, crop=crop, max_frames=T), 1):
+    for n, img in enumerate(iter_frames(path, fps=fps, size=size, crop=crop, max_frames=T,
+                                        limits=limits), 1):
         frames[n - 1] = img
     frames = frames[:n]
-    audio = fit_length(read_audio(path, sample_rate), n * spf_i)
+    audio = fit_length(read_audio(path, sample_rate, limits=limits, duration=n / fps), n * spf_i)
     return Clip(frames=frames, audio=audio, fps=fps, sample_rate=sample_rate, info=info)
 
 
@@ -648,14 +900,17 @@ def _encode_audio(c: av.container.OutputContainer, stream: av.audio.stream.Audio
 
 
 __all__: Sequence[str] = (
+    "DEFAULT_LIMITS",
     "VIDEO_EXTENSIONS",
     "Clip",
     "MediaInfo",
+    "MediaLimits",
     "fit_length",
     "iter_frames",
     "num_frames",
     "probe",
     "read_audio",
     "read_clip",
+    "too_long",
     "write_video",
 )
