@@ -86,25 +86,20 @@ class MouthCodeStats:
         return (np.asarray(code, np.float32) * self.std + self.mean).astype(np.float32)
 
 
-def fit_expression_basis(expr: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """Least-squares map from the mouth code to the expression input, ``expr ~ [code, 1] @ B``.
-
-    Args:
-        expr: (T, E) expression input of the training frames; code: (T, 4) their mouth code.
-    Returns:
-        (5, E) float32 ``B`` (last row: intercept). Fit on training frames only.
-    """
-    X = np.concatenate([np.asarray(code, np.float64), np.ones((len(code), 1))], 1)
-    B, *_ = np.linalg.lstsq(X, np.asarray(expr, np.float64), rcond=None)
-    return B.astype(np.float32)
+#: Column of the expression input kept for models with a mouth-code input: blink (AU45).
+BLINK_COLUMN = 5
 
 
-def decorrelate_expression(expr: np.ndarray, code: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """Expression input with its linear dependence on the mouth code removed:
-    ``expr - code @ B[:4]`` (the mean stays). The deformation fields then cannot read mouth
-    state from the brows and lids; the mouth comes only from the mouth code (audio when
-    driving). ``expr`` (T, E), ``code`` (T, 4), ``basis`` from :func:`fit_expression_basis`."""
-    return (np.asarray(expr, np.float32) - np.asarray(code, np.float32) @ basis[:-1]).astype(np.float32)
+def mouth_free_expression(expr: np.ndarray) -> np.ndarray:
+    """The expression input of a model that takes the mouth code: blink only, the other
+    columns (brow and lid AU stand-ins) zero. Measured on held-out seconds, the brow/lid
+    stand-ins predict the lips-apart signal with R² up to 0.6 (speech moves the brows and
+    cheeks, and FaceMesh couples them); a linear correction fitted on the training seconds
+    does not carry over and would feed the recorded lips back in. Blink stays (R² 0.00-0.25,
+    see docs/results/lip_sync.md). ``expr`` (T, 6) -> (T, 6) float32."""
+    out = np.zeros_like(np.asarray(expr, np.float32))
+    out[:, BLINK_COLUMN] = np.asarray(expr, np.float32)[:, BLINK_COLUMN]
+    return out
 
 
 def r2_from(X: np.ndarray, y: np.ndarray) -> float:
@@ -115,5 +110,5 @@ def r2_from(X: np.ndarray, y: np.ndarray) -> float:
     return float(1.0 - (y - A @ coef).var() / max(y.var(), 1e-12))
 
 
-__all__ = ["MOUTH_CODE_DIM", "MOUTH_CODE_NAMES", "MouthCodeStats", "decorrelate_expression",
-           "fit_expression_basis", "mouth_geometry", "r2_from"]
+__all__ = ["BLINK_COLUMN", "MOUTH_CODE_DIM", "MOUTH_CODE_NAMES", "MouthCodeStats",
+           "mouth_free_expression", "mouth_geometry", "r2_from"]

@@ -5,9 +5,9 @@
     Field; ``face_aligner.*`` / ``mouth_aligner.*`` (absent for a from-scratch avatar);
     ``viewmats`` (n, 4, 4), ``K`` (3, 3), ``expr`` (n, 6): poses and expression signals of
     the avatar's own n frames (looped when driving it with new audio; for a model with a
-    mouth-code input, the expression is already decorrelated from the mouth);
+    mouth-code input, the expression input is blink only);
     ``drive.*``: the :class:`core.model.mouth_drive.MouthDrive` of such a model (audio-to-
-    mouth predictor, its gain, the person's code statistics, expression basis, clip offset).
+    mouth predictor, its gain, the person's code statistics, clip offset).
     Metadata: res, fps, audio feature spec, ``code_dim`` (0 or 4), ``drive`` (predictor
     architecture, offset), source clip hash, training config and losses.
 ``plates.mp4``

@@ -37,9 +37,8 @@ class FrameCond:
 
     viewmat: (4, 4) world-to-camera; K: (3, 3) intrinsics at (width, height) pixels.
     audio_win: (8, 16, D) audio feature windows of frames [i-4, i+4).
-    expr: (6,) expression input (AU01, 04, 05, 06, 07 stand-ins, blink), decorrelated from
-        the mouth (:func:`core.data.mouth_code.decorrelate_expression`) for models that take a
-        mouth code.
+    expr: (6,) expression input (AU01, 04, 05, 06, 07 stand-ins, blink); blink only for
+        models that take a mouth code (:func:`core.data.mouth_code.mouth_free_expression`).
     mouth: (4,) per-person normalised mouth code (tracked while adapting, predicted from the
         audio when driving), or None for models without a mouth-code input.
     """

@@ -6,8 +6,8 @@ A :class:`MouthDrive` belongs to an avatar and holds
 * the audio-to-mouth predictor (:mod:`core.model.mouth_predictor`) and its output ``gain``
   (predictions regress toward the mean; the gain, measured on the prior's training clips,
   restores the spread of real lip motion);
-* the person's mouth-code statistics (:class:`core.data.mouth_code.MouthCodeStats`) and the
-  expression decorrelation basis, both fitted on the training frames only;
+* the person's mouth-code statistics (:class:`core.data.mouth_code.MouthCodeStats`), fitted
+  on the training frames only;
 * the audio-video offset of the avatar's own recording (frames, audio late > 0), estimated on
   the training frames; the clip's own audio is re-timed by it (new audio is not).
 
@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.data.mouth_code import (MouthCodeStats, decorrelate_expression, fit_expression_basis,
-                                  mouth_geometry)
+from core.data.mouth_code import MouthCodeStats, mouth_geometry
 from core.model.mouth_predictor import (MouthPredictor, MouthPredictorConfig, audio_front_end,
                                         load_predictor)
 
@@ -71,18 +70,17 @@ def shift_frames(n: int, offset: int, limit: int | None = None) -> Tensor:
 
 @dataclass
 class MouthDrive:
-    """See the module doc. ``gain`` (4,); ``expr_basis`` (5, 6); ``av_offset`` frames."""
+    """See the module doc. ``gain`` (4,); ``av_offset`` frames."""
 
     predictor: MouthPredictor
     gain: np.ndarray
     stats: MouthCodeStats
-    expr_basis: np.ndarray
     av_offset: int = 0
 
     # ------------------------------------------------------------------ building
     @classmethod
     def fit(cls, points3d: np.ndarray, audio: np.ndarray, n_train: int, valid: np.ndarray | None = None,
-            expr: np.ndarray | None = None, predictor: MouthPredictor | None = None,
+            predictor: MouthPredictor | None = None,
             gain: np.ndarray | None = None, estimate_offset: bool = True) -> MouthDrive:
         """Fit the per-person parts on the first ``n_train`` frames of a clip.
 
@@ -90,7 +88,6 @@ class MouthDrive:
             points3d: (T, 478, 3) tracked FaceMesh points (only ``[:n_train]`` is read).
             audio: 16 kHz mono of the clip (only the training frames' samples are read).
             valid: (T,) frames where the face was found.
-            expr: (T, 6) expression input (for the decorrelation basis).
             predictor, gain: default the shipped audio-to-mouth prior and its gain.
         """
         if predictor is None:
@@ -101,9 +98,7 @@ class MouthDrive:
         ok = np.ones(n_train, bool) if valid is None else np.asarray(valid[:n_train], bool)
         stats = MouthCodeStats.fit(raw[ok] if ok.sum() > 2 else raw)
         code = stats.normalise(raw)
-        basis = (fit_expression_basis(expr[:n_train], code) if expr is not None
-                 else np.zeros((5, 6), np.float32))
-        drive = cls(predictor, gain, stats, basis, 0)
+        drive = cls(predictor, gain, stats, 0)
         if estimate_offset:
             pred = drive.predicted(audio[: n_train * SAMPLES_PER_FRAME], n_train).numpy()
             drive.av_offset = estimate_av_offset(pred[:, 0], code[:, 0], ok)
@@ -120,10 +115,6 @@ class MouthDrive:
         steps = audio_front_end(audio, self.predictor.config.inputs)
         return self.predictor.frames(steps, num_frames) * torch.from_numpy(self.gain)
 
-    def clean_expression(self, expr: Tensor, tracked: Tensor) -> Tensor:
-        """Expression input (n, 6) with the mouth removed (basis fitted on training frames)."""
-        return torch.from_numpy(decorrelate_expression(expr.numpy(), tracked.numpy(), self.expr_basis))
-
     # ------------------------------------------------------------------ storage
     def tensors(self, prefix: str = "drive.") -> dict[str, Tensor]:
         from core.model.checkpoint import module_tensors
@@ -132,7 +123,6 @@ class MouthDrive:
                 prefix + "gain": torch.from_numpy(self.gain),
                 prefix + "code_mean": torch.from_numpy(self.stats.mean),
                 prefix + "code_std": torch.from_numpy(self.stats.std),
-                prefix + "expr_basis": torch.from_numpy(self.expr_basis),
                 prefix + "av_offset": torch.tensor([self.av_offset], dtype=torch.int64)}
 
     def meta(self) -> dict:
@@ -150,7 +140,7 @@ class MouthDrive:
         model.eval()
         return cls(model, t[prefix + "gain"].numpy(),
                    MouthCodeStats(t[prefix + "code_mean"].numpy(), t[prefix + "code_std"].numpy()),
-                   t[prefix + "expr_basis"].numpy(), int(t[prefix + "av_offset"][0]))
+                   int(t[prefix + "av_offset"][0]))
 
 
 __all__ = ["MouthDrive", "estimate_av_offset", "lagged_corr", "pearson", "shift_frames"]

@@ -264,10 +264,10 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         umf, prior_meta = UMF(spec.dim, MOUTH_CODE_DIM if cfg.mouth_code else 0), None
     drive = None
     if umf.code_dim:
-        report("mouth code: fitting the audio-to-mouth drive", 0.0)
+        say("mouth code: fitting the audio-to-mouth drive")
         a = pclip.arrays
         drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n_train,
-                               a["valid"].numpy(), pclip.expr.numpy())
+                               a["valid"].numpy())
         say(f"audio-video offset of the clip: {drive.av_offset:+d} frames")
     frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, audio_limit=n_train,
                                    drive=drive)

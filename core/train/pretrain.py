@@ -144,7 +144,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
         if cfg.mouth_code:
             a = c.arrays
             drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n,
-                                   a["valid"].numpy(), c.expr.numpy())
+                                   a["valid"].numpy())
             say(f"{c.root.name}: audio-video offset {drive.av_offset:+d} frames")
         frames.append(TrainFrames.from_clip(c, torch.arange(n), cfg.res, audio_limit=n,
                                             drive=drive))

@@ -81,8 +81,9 @@ class TrainFrames:
         ``audio_limit``: audio windows (and mouth-code predictions) may only read frames
         ``< audio_limit`` (keep the training part's windows out of held-out audio); default:
         the whole clip. ``drive``: the avatar's :class:`core.model.mouth_drive.MouthDrive`:
-        adds tracked and predicted mouth codes, removes the mouth from the expression input,
-        and re-times the clip's audio by the drive's audio-video offset.
+        adds tracked and predicted mouth codes, keeps only blink in the expression input
+        (:func:`core.data.mouth_code.mouth_free_expression`), and re-times the clip's audio
+        by the drive's audio-video offset.
         """
         res = res or clip.res
         idx = frames.long()
@@ -102,6 +103,7 @@ class TrainFrames:
         expr = clip.expr[idx].clone()
         mouth = mouth_pred = None
         if drive is not None:
+            from core.data.mouth_code import mouth_free_expression
             from core.model.mouth_drive import SAMPLES_PER_FRAME, shift_frames
 
             aligned = shift_frames(limit, drive.av_offset, limit)   # audio late: read ahead
@@ -109,7 +111,7 @@ class TrainFrames:
             wav = clip.arrays["audio"][: limit * SAMPLES_PER_FRAME]
             mouth_pred = drive.predicted(wav, limit)[aligned][idx.clamp_max(limit - 1)]
             mouth = drive.tracked(clip.arrays["points3d"][idx].numpy())
-            expr = drive.clean_expression(expr, mouth)
+            expr = torch.from_numpy(mouth_free_expression(expr.numpy()))
         audio = audio[:limit]
         signals = clip.arrays["signals"][idx]
         names = clip.manifest["signal_names"]
