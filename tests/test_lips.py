@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from core.data.media import read_audio
-from core.data.mouth_code import MOUTH_CODE_NAMES, mouth_geometry, r2_from
+from core.data.mouth_code import (BLINK_COLUMN, MOUTH_CODE_NAMES, mouth_free_expression,
+                                  mouth_geometry, r2_from)
 from core.data.phones import FEATURE_DIM, VISEMES, phone_features
 from core.data.preprocess import PreprocessConfig, preprocess
 from core.data.dataset import ProcessedClip
@@ -70,8 +71,7 @@ def test_mouth_prior_predicts_an_unseen_speaker(processed) -> None:
     assert "obama_20s" not in meta["train_clips"]
     clip = processed["obama_20s"]
     a = clip.arrays
-    drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), 125, a["valid"].numpy(),
-                           clip.expr.numpy())
+    drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), 125, a["valid"].numpy())
     tracked = drive.tracked(a["points3d"].numpy()).numpy()
     pred = drive.predicted(a["audio"].numpy(), clip.num_frames).numpy()
     lags = lagged_corr(pred[:, 0], tracked[:, 0], max_offset=8)
@@ -81,18 +81,17 @@ def test_mouth_prior_predicts_an_unseen_speaker(processed) -> None:
 
 
 def test_expression_input_carries_no_mouth_state(processed) -> None:
+    """On held-out seconds the brow/lid stand-ins predict how far the lips are apart; the
+    input a mouth-code model gets (blink only) carries far less of it."""
     clip = processed["obama_20s"]
-    a = clip.arrays
-    n = 125
-    drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n, a["valid"].numpy(),
-                           clip.expr.numpy())
-    tracked = drive.tracked(a["points3d"].numpy())
-    lips = a["signals"][:, clip.manifest["signal_names"].index("lips_apart")].numpy()
-    raw_r2 = r2_from(clip.expr.numpy()[:n], lips[:n])
-    clean = drive.clean_expression(clip.expr, tracked).numpy()
-    assert raw_r2 > 0.1                       # the raw AU stand-ins do carry the mouth here
-    assert r2_from(clean[:n], lips[:n]) < 0.05
-    assert r2_from(clean[n:], lips[n:]) < 0.1  # held-out frames, basis from training frames
+    lips = clip.arrays["signals"][:, clip.manifest["signal_names"].index("lips_apart")].numpy()
+    expr = clip.expr.numpy()
+    n = 125                                    # the training seconds; the rest is held out
+    raw = r2_from(expr[n:], lips[n:])
+    free = mouth_free_expression(expr)
+    assert np.count_nonzero(free[:, :BLINK_COLUMN]) == 0
+    assert raw > 0.15
+    assert r2_from(free[n:], lips[n:]) < min(0.15, 0.6 * raw)
 
 
 def test_tiny_avatar_mouth_follows_its_audio(processed, audio_dir: Path, tmp_path: Path) -> None:
@@ -119,30 +118,8 @@ def test_tiny_avatar_mouth_follows_its_audio(processed, audio_dir: Path, tmp_pat
         return render_frame(av.umf, av.ident, cond, av.plates[0].float() / 255.0).numpy()
     wide = codes_speech[int(codes_speech[:, 0].argmax())]
     shut = codes_silence[0]
-    diff = np.abs(lips(wide) - lips(shut)).mean(-1)
-    half = av.res // 2
-    assert diff.max() > 0.05                                # the code changes the render ...
-    assert diff[half:].mean() > 2 * diff[:half].mean()      # ... mostly in the lower face
-
-
-def test_prior_without_code_input_loads_unchanged() -> None:
-    """The shipped prior (trained without the mouth code) gets a silent code path: for any
-    code its fields move every point exactly as before, until adaptation trains the path."""
-    from core.train.adapt import load_prior
-
-    old, _ = load_prior("prior_mel_cpu")
-    new, _ = load_prior("prior_mel_cpu", code_dim=len(MOUTH_CODE_NAMES))
-    assert old.code_dim == 0 and new.code_dim == len(MOUTH_CODE_NAMES)
-    g = torch.Generator().manual_seed(0)
-    xyz = torch.rand(300, 3, generator=g) * 0.2 - 0.1
-    win = torch.randn(8, 16, 80, generator=g)
-    aus, blink, hook = torch.rand(5, generator=g), torch.rand((), generator=g), torch.rand(3, generator=g)
-    with torch.no_grad():
-        for code in (torch.zeros(4), torch.tensor([2.0, -1.0, 0.5, 1.0])):
-            a, b = old.face(xyz, win, aus, blink), new.face(xyz, win, aus, blink, code=code)
-            assert torch.equal(a.d_xyz, b.d_xyz) and torch.equal(a.d_quat, b.d_quat)
-            assert torch.equal(old.mouth(xyz, win, hook).d_xyz, new.mouth(xyz, win, hook, code=code).d_xyz)
-        # and the code path is there to be trained: the basis has parameters with gradients
-        new.face.field.code_basis.mlp[-1].bias.data.fill_(0.1)
-        moved = new.face(xyz, win, aus, blink, code=torch.tensor([2.0, 0, 0, 0])).d_xyz
-        assert not torch.equal(moved, old.face(xyz, win, aus, blink).d_xyz)
+    near = shut + 0.1 * (wide - shut)
+    far_diff = np.abs(lips(wide) - lips(shut)).mean(-1)
+    near_diff = np.abs(lips(near) - lips(shut)).mean(-1)
+    assert far_diff.max() > 0.05                            # the code changes the render ...
+    assert far_diff.sum() > 3 * near_diff.sum()             # ... more the further it moves

@@ -64,7 +64,7 @@ def test_adaptation_end_to_end_improves_the_fit(avatar: Path, clips: dict[str, P
     av = load_avatar(avatar)
     assert av.meta["run"]["n_train"] == 75 and av.ident.face_aligner is not None
     clip = ProcessedClip.load(clips["may_5s"])
-    fr = TrainFrames.from_clip(clip, torch.arange(75), av.res)
+    fr = TrainFrames.from_clip(clip, torch.arange(75), av.res, drive=av.drive)
     untrained = Identity(sh_degree=1, aligners=True).init_gaussians(clip.arrays["canonical"])
     before, after = [], []
     for j in (5, 30, 60):
