@@ -72,7 +72,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def training_frames(clip: ProcessedClip, n_train: int, res: int) -> TrainFrames:
     """The first ``n_train`` frames at ``res`` with audio windows that read training audio only."""
-    return TrainFrames.from_clip(clip, torch.arange(n_train), res, audio_limit=n_train)
+    return TrainFrames.from_clip(clip, torch.arange(n_train), res, fit_frames=n_train)
 
 
 # ----------------------------------------------------------------------------- retrieval

@@ -484,7 +484,7 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
     n_train = min(clip.num_frames, int(round(task.seconds * 25)))
     if n_train > int(test_idx[0]):
         raise ValueError(f"{task.stem}: training part overlaps the test span")
-    frames = heldout_frames(clip, test_idx, res)
+    frames = heldout_frames(clip, test_idx, res, n_train)
     gt, face = ground_truth(frames)
     span = f"{int(test_idx[0])}-{int(test_idx[-1]) + 1}"
     gt_lm = _landmarks(gt, out / "cache" / f"{task.stem}_test{span}_{res}px_landmarks.npz") \
@@ -703,7 +703,7 @@ def side_by_side(out: Path, clip_dir: Path, stem: str, seconds: float, methods: 
         return path
     clip = _load_clip(clip_dir)
     idx = test_span(clip, train_seconds, cfg.test_seconds)
-    gt, _ = ground_truth(heldout_frames(clip, idx, cfg.eval_res))
+    gt, _ = ground_truth(heldout_frames(clip, idx, cfg.eval_res, int(round(seconds * 25))))
     panels = [("gt", gt)] + [(m, _read_render(p)) for m, p in renders]
     n = min(len(f) for _, f in panels)
     up = max(1, 256 // cfg.eval_res)

@@ -8,7 +8,7 @@ computes the image and landmark metrics against the recorded frames.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +33,25 @@ def test_indices(clip: ProcessedClip, train_seconds: float,
     return test
 
 
-def heldout_frames(clip: ProcessedClip, idx: torch.Tensor, res: int) -> TrainFrames:
-    """The test frames at ``res`` with audio windows read from the whole clip."""
-    return TrainFrames.from_clip(clip, idx, res)
+def heldout_frames(clip: ProcessedClip, idx: torch.Tensor, res: int,
+                   train_frames: int) -> TrainFrames:
+    """The test frames ``idx`` (one contiguous span) at ``res``, as a trained avatar meets
+    them: expression inputs normalised with the statistics of the clip's first
+    ``train_frames`` frames (the training part), audio featurised from the test span alone
+    (like new audio driving the avatar)."""
+    start, stop = int(idx[0]), int(idx[-1]) + 1
+    if stop - start != idx.numel():
+        raise ValueError("held-out frames must be one contiguous span")
+    return TrainFrames.from_clip(clip, idx, res, fit_frames=train_frames,
+                                 audio_span=(start, stop))
+
+
+def frame_subset(frames: TrainFrames, pick: torch.Tensor) -> TrainFrames:
+    """Frames ``pick`` (positions) of ``frames``, keeping the whole utterance's audio so
+    their windows stay those of the full span."""
+    shared = ("K", "audio")
+    return replace(frames, **{f.name: getattr(frames, f.name)[pick] for f in fields(frames)
+                              if f.name not in shared})
 
 
 @torch.no_grad()
@@ -111,7 +127,8 @@ def evaluate_avatar(avatar: Avatar | str | Path, clip: ProcessedClip | str | Pat
     """Render and score an avatar on the held-out part of its clip."""
     av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
     c = clip if isinstance(clip, ProcessedClip) else ProcessedClip.load(clip)
-    frames = heldout_frames(c, test_indices(c, train_seconds, test_seconds), av.res)
+    frames = heldout_frames(c, test_indices(c, train_seconds, test_seconds), av.res,
+                            int(round(train_seconds * 25)))
     pred = render_heldout(av, frames)
     gt, face = ground_truth(frames)
     return score_frames(pred, gt, face, landmarks)
@@ -127,7 +144,8 @@ class HeldoutCurve:
 
         idx = test_indices(clip, train_seconds, test_seconds)
         pick = torch.linspace(0, idx.numel() - 1, min(num_frames, idx.numel())).round().long()
-        self.frames = heldout_frames(clip, idx[pick], res)
+        self.frames = frame_subset(heldout_frames(clip, idx, res, int(round(train_seconds * 25))),
+                                   pick)
         self.gt, self.face = ground_truth(self.frames)
         self._psnr = psnr_metric
         self.points: list[tuple[int, float, float]] = []
