@@ -82,7 +82,8 @@ def test_cells_run_and_outputs_are_written(bench: dict) -> None:
     for m in ("instag", "scratch"):
         row = _row(bench, m)
         for c in ("shuffled", "silence"):
-            assert isinstance(row[f"{c}_aperture_r"], float)
+            # the tiny avatar's faces are too rough for FaceMesh: aperture is n/a, said so
+            assert row[f"{c}_aperture_r"] == row["aperture_r"] == "n/a"
             assert isinstance(row[f"{c}_psnr_head"], float)
             assert not np.array_equal(read_render(render_path(out, f"may_5s_{m}_3s", c)),
                                       read_render(render_path(out, f"may_5s_{m}_3s")))
@@ -152,25 +153,29 @@ def test_held_audio_code_freezes_the_mouth_and_audio_moves_it(bench: dict, clip)
     n_train = int(TRAIN * 25)
     test = heldout_frames(clip, torch.arange(n_train, clip.num_frames), av.res, n_train)
     silent = C.silent_audio(test, AudioFeatureSpec.from_dict(clip.manifest["audio"]))
-    # the trained avatar's mouth moves with its audio: speech and silence differ
+    # the trained (tiny) avatar's mouth moves with its audio: speech and silence differ by
+    # several percent of the motion, and the rendered mouth changes
     j = 20
     c_speech, c_silent = test.cond(j), silent.cond(j)
-    fm = face_motion(av.umf, av.ident, c_speech)
-    d_speech = mouth_motion(av.umf, av.ident, c_speech, hook_from_face(fm, 10)).d_xyz
-    fs = face_motion(av.umf, av.ident, c_silent)
-    d_silent = mouth_motion(av.umf, av.ident, c_silent, hook_from_face(fs, 10)).d_xyz
-    assert (d_speech - d_silent).abs().max() > 1e-4
-    assert (fm.d_xyz - fs.d_xyz).abs().max() > 1e-4
-    box = test.lips_box[j].tolist()
+    with torch.no_grad():
+        fm = face_motion(av.umf, av.ident, c_speech)
+        d_speech = mouth_motion(av.umf, av.ident, c_speech, hook_from_face(fm, 10)).d_xyz
+        fs = face_motion(av.umf, av.ident, c_silent)
+        d_silent = mouth_motion(av.umf, av.ident, c_silent, hook_from_face(fs, 10)).d_xyz
+    assert (d_speech - d_silent).abs().max() > 0.02 * d_speech.abs().max()
+    assert (fm.d_xyz - fs.d_xyz).abs().max() > 0.002 * fm.d_xyz.abs().max()
     a = render_frames(av.umf, av.ident, frame_subset(test, torch.tensor([j])))[0]
     b = render_frames(av.umf, av.ident, frame_subset(silent, torch.tensor([j])))[0]
-    lips = (slice(box[1], box[3]), slice(box[0], box[2]))
-    assert np.abs(a[lips].astype(int) - b[lips].astype(int)).max() > 0
-    # with the audio code held, speech and silence give the very same motion
+    assert (a != b).any(-1).sum() > 20
+    # with the audio code held, speech and silence give the very same motion and frame
     held = C.held_audio_umf(av.umf, B.training_frames(clip, n_train, av.res))
-    h1 = face_motion(held, av.ident, c_speech).d_xyz
-    h2 = face_motion(held, av.ident, c_silent).d_xyz
-    assert torch.equal(h1, h2)
+    with torch.no_grad():
+        h1, h2 = (face_motion(held, av.ident, c) for c in (c_speech, c_silent))
+        assert torch.equal(h1.d_xyz, h2.d_xyz)
+        assert torch.equal(mouth_motion(held, av.ident, c_speech, hook_from_face(h1, 10)).d_xyz,
+                           mouth_motion(held, av.ident, c_silent, hook_from_face(h2, 10)).d_xyz)
+    assert np.array_equal(render_frames(held, av.ident, frame_subset(test, torch.tensor([j]))),
+                          render_frames(held, av.ident, frame_subset(silent, torch.tensor([j]))))
 
 
 def test_shuffled_control_lowers_aperture_r_of_a_model_that_follows_audio(clip) -> None:
@@ -213,10 +218,11 @@ def test_loop_and_retrieval_use_the_test_plate_and_pose(clip: ProcessedClip) -> 
                    B.loop_frames(clip, n_train, test_idx, frames)):
         # outside the head: the test frame's own plate
         assert np.abs(pasted[far].astype(int) - plate[far].astype(int)).mean() < 3.0
-    looped = B.loop_frames(clip, n_train, test_idx, frames, B.RetrievalConfig(paste=False))
-    assert np.array_equal(looped[74], B.to_uint8(train.images)[74])
-    assert np.array_equal(looped[75], B.to_uint8(train.images)[73])
     assert B.loop_indices(5, 12).tolist() == [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3]
+    looped = B.loop_frames(clip, 30, test_idx, frames, B.RetrievalConfig(paste=False))
+    short = B.to_uint8(B.training_frames(clip, 30, 96).images)
+    assert np.array_equal(looped, short[B.loop_indices(30, len(test_idx))])
+    assert np.array_equal(looped[29], short[29]) and np.array_equal(looped[30], short[28])
 
 
 def test_shifted_audio_is_late_by_ten_frames(clip: ProcessedClip) -> None:
