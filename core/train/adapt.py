@@ -232,7 +232,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         pclip = ProcessedClip.load(pdir, max_frames=n_want)
     spec = AudioFeatureSpec.from_dict(pclip.manifest["audio"])
     n_train = min(pclip.num_frames, int(round(cfg.seconds * 25)))
-    frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, audio_limit=n_train)
+    frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, fit_frames=n_train)
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -133,7 +133,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
     frames = []
     for c in pclips:
         n = min(c.num_frames, int(cfg.max_seconds * 25))
-        frames.append(TrainFrames.from_clip(c, torch.arange(n), cfg.res, audio_limit=n))
+        frames.append(TrainFrames.from_clip(c, torch.arange(n), cfg.res, fit_frames=n))
     n_id = len(pclips)
 
     torch.manual_seed(cfg.seed)

@@ -36,7 +36,7 @@ class TrainFrames:
 
     images, plates: (n, H, W, 3) float32 [0, 1]; labels: (n, H, W) uint8 (Label);
     viewmats: (n, 4, 4); K: (3, 3) at (H, W); expr: (n, 6); lips_box: (n, 4) int pixels;
-    audio: (T, 16, D) per-frame audio windows of the frames the windows may read;
+    audio: (m, 16, D) per-frame audio windows of the utterance these frames belong to;
     index: (n,) positions of these frames in ``audio``; lips_apart, blink: (n,) float
     curriculum signals; mouth_px: (n,) mouth-interior pixels.
     """
@@ -64,11 +64,18 @@ class TrainFrames:
 
     @classmethod
     def from_clip(cls, clip: ProcessedClip, frames: Tensor, res: int | None = None,
-                  audio_limit: int | None = None) -> "TrainFrames":
+                  fit_frames: int | None = None,
+                  audio_span: tuple[int, int] | None = None) -> "TrainFrames":
         """Frames ``frames`` (indices) of ``clip`` resized to ``res`` (default: clip res).
 
-        ``audio_limit``: audio windows may only read frames ``< audio_limit`` (keep the
-        training part's windows out of held-out audio); default: the whole clip.
+        ``fit_frames``: the model learns from the clip's first ``fit_frames`` frames only.
+        Expression inputs and curriculum signals of every returned frame are normalised
+        with statistics of those frames, and their audio is featurised on its own, so
+        nothing after them changes what the model sees. None (pre-training on whole
+        clips): the stored whole-clip features and signals.
+        ``audio_span``: ``(start, stop)`` frames whose audio is featurised as one
+        utterance for the returned frames (held-out frames: the test span, like new
+        audio driving an avatar); default ``(0, fit_frames)``, or the stored features.
         """
         res = res or clip.res
         idx = frames.long()
@@ -83,17 +90,27 @@ class TrainFrames:
         K = clip.K.clone()
         K[:2] *= scale
         K[0, 2] = K[1, 2] = res / 2.0
-        audio = clip.audio_features()
-        limit = audio_limit if audio_limit is not None else clip.num_frames
-        audio = audio[:limit]
-        signals = clip.arrays["signals"][idx]
-        names = clip.manifest["signal_names"]
+        if audio_span is None and fit_frames is not None:
+            audio_span = (0, int(fit_frames))
+        start = 0 if audio_span is None else int(audio_span[0])
+        stop = clip.num_frames if audio_span is None else int(audio_span[1])
+        if idx.numel() and (int(idx.min()) < start or int(idx.max()) >= stop):
+            raise ValueError(f"frames {int(idx.min())}..{int(idx.max())} lie outside the "
+                             f"audio span {start}..{stop}")
+        audio = clip.audio_features(audio_span)
+        if fit_frames is None:
+            expr, signals = clip.expr[idx].clone(), clip.arrays["signals"][idx]
+            names = list(clip.manifest["signal_names"])
+        else:
+            ex = clip.expression(fit_frames)
+            expr = torch.from_numpy(ex.model_input())[idx]
+            signals, names = torch.from_numpy(ex.values)[idx], list(ex.names)
         lips = signals[:, names.index("lips_apart")]
         blink = 0.5 * (signals[:, names.index("blink_left")] + signals[:, names.index("blink_right")])
         box = (clip.arrays["lips_box"][idx].float() * scale).round().int()
         return cls(images=imgs, plates=plates, labels=labels, viewmats=clip.viewmats[idx].clone(),
-                   K=K, expr=clip.expr[idx].clone(), lips_box=box, audio=audio,
-                   index=idx.clamp_max(limit - 1), lips_apart=lips, blink=blink,
+                   K=K, expr=expr, lips_box=box, audio=audio, index=idx - start,
+                   lips_apart=lips, blink=blink,
                    mouth_px=(labels == Label.MOUTH).flatten(1).sum(1))
 
     def cond(self, j: int) -> FrameCond:
