@@ -37,7 +37,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Self
 
 import numpy as np
 
@@ -64,7 +63,7 @@ class MetricUnavailable(str):
 
     reason: str
 
-    def __new__(cls, reason: str) -> Self:
+    def __new__(cls, reason: str) -> "MetricUnavailable":
         obj = super().__new__(cls, f"unavailable: {reason}")
         obj.reason = reason
         return obj
