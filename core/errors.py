@@ -8,7 +8,8 @@ class InputError(ValueError):
     Attributes:
         code: short machine-readable reason, one of ``unreadable``, ``no_video``,
             ``no_audio``, ``no_face``, ``multiple_faces``, ``face_lost``,
-            ``too_short``, ``too_long``, ``wrong_weights``, ``corrupt``.
+            ``too_short``, ``too_long``, ``too_large``, ``timing``, ``truncated``,
+            ``wrong_weights``, ``corrupt``, ``missing_dependency``.
         problem: what is wrong, in plain words.
         fix: what the user can do.
     """
@@ -18,3 +19,8 @@ class InputError(ValueError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} {fix}")
+
+    def __reduce__(self):
+        """Picklable with its three fields (it crosses process boundaries: worker pools,
+        a GPU worker), which ``ValueError``'s default would not rebuild."""
+        return (type(self), (self.code, self.problem, self.fix))

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from core.data.audio import AudioFeatureConfig, AudioFeatureSpec, audio_features, feature_spec
+from core.data.audio import AudioFeatureSpec, audio_features, feature_config, feature_spec
 from core.model.avatar import Avatar, load_avatar
 from core.errors import InputError
 from core.model.head import FrameCond, render_frame
@@ -71,15 +71,6 @@ def draw_mark(frame: np.ndarray, text: str = MARK_TEXT) -> np.ndarray:
     cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
                 cv2.LINE_AA)
     return out
-
-
-def feature_config(spec: AudioFeatureSpec, allow_download: bool = False) -> AudioFeatureConfig:
-    """The feature config that reproduces an avatar's audio features."""
-    if spec.kind == "mel":
-        return AudioFeatureConfig(kind="mel", n_mels=spec.dim, window=spec.window)
-    return AudioFeatureConfig(kind="hubert", hubert_model=spec.model or AudioFeatureConfig.hubert_model,
-                              hubert_revision=spec.revision, allow_download=allow_download,
-                              window=spec.window)
 
 
 def render_frames(av: Avatar, feats: torch.Tensor, mark: bool = True,

@@ -1,34 +1,30 @@
-"""Baselines of the benchmark, all on the held-out protocol of
-:mod:`eval.protocol` (train on the first N seconds, test on the clip's last seconds).
+"""Baselines of the benchmark, all on the held-out protocol of :mod:`eval.protocol` (train on
+the first N seconds, test on the clip's last seconds).
 
 Every baseline returns ``(n_test, res, res, 3) uint8`` frames aligned with the test frames,
-so the same scorer applies to all methods:
+so the same scorer applies to all methods (names and labels: :mod:`eval.methods`):
 
-``scratch``
-    The same model trained from scratch (``core.train.adapt`` with ``prior=None``, same preset,
-    seed and steps): not here, :mod:`eval.benchmark` runs it like ``instag``.
 ``retrieval`` (:func:`retrieval_frames`)
-    For each test frame, the training frame whose audio window is nearest: the clip's
-    per-frame log-mel windows (16 steps x D, ``core.data.audio.frame_windows``), each feature
-    standardised with the training frames' mean / std, flattened, cosine similarity.
-    Keys are computed from the training audio only (windows never read held-out audio).
-    Poses differ between the retrieved and the test frame, so the retrieved frame's
-    *recorded head* (labels hair + face + mouth) is moved onto the test frame by the
-    similarity transform (rotation, uniform scale, translation) between the two frames'
-    FaceMesh skull landmarks (``core.data.landmarks.SKULL_LANDMARKS``: forehead, nose, eye
-    corners, temples, cheekbones; no lips, jaw or brows, so the test frame's expression does
-    not leak), and composited, edge feathered
-    by 1 px, onto the test frame's own torso/background plate -- the same plate the
-    avatars render onto. Where the moved head does not cover the plate's head hole the
-    background plate shows (an honest artefact of copy-paste).
+    For each test frame, the training frame whose audio window is nearest: the per-frame
+    audio windows (16 steps x D) of the training part and of the test span, each
+    featurised as its own utterance like an avatar's inputs (``TrainFrames``), each
+    feature standardised with the training frames' mean / std, flattened, cosine
+    similarity.
 ``loop`` (:func:`loop_frames`)
-    The recorded training frames looped ping-pong (``core.synthesize.pingpong``) to the
-    test length: real pixels, no lip motion related to the test audio (an image floor and
-    a sync floor).
-``shifted`` (:func:`shifted_audio`)
-    The real test frames with the test audio delayed by 0.4 s (10 frames; the samples
-    before the test span come from the clip itself, zeros only if the clip starts there).
-    Image metrics are trivially perfect, so only sync scores are reported for it.
+    The training frames looped ping-pong (``core.synthesize.pingpong``) to the test
+    length: real pixels, no lip motion related to the test audio (an image and sync floor).
+
+Both move the source frame's *recorded head* (labels hair + face + mouth) onto the test
+frame (:func:`paste_head`): the similarity transform (rotation, uniform scale,
+translation) between the two frames' FaceMesh landmarks on rigid points (eye corners,
+nose, forehead, cheeks; no lips or jaw, so the test frame's mouth shape does not leak),
+composited, edge feathered by 1 px, onto the test frame's own torso/background plate --
+the plate and pose the avatars render with. Where the moved head does not cover the
+plate's head hole the background plate shows (an honest artefact of copy-paste).
+
+``shifted`` (:func:`shifted_audio`): the real test frames with the test audio delayed by
+0.4 s (10 frames; the samples before the test span come from the clip itself, zeros only
+if the clip starts there): a floor for the audio-based sync scores.
 """
 from __future__ import annotations
 
@@ -37,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.data.audio import frame_windows
 from core.data.dataset import ProcessedClip
 from core.data.landmarks import SKULL_LANDMARKS
 from core.data.masks import Label
@@ -52,11 +47,11 @@ SHIFT_FRAMES = 10
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    """Settings of the audio-nearest-frame retrieval baseline.
+    """Settings of the baselines that paste recorded heads (retrieval, loop).
 
     Attributes:
         feather_px: Gaussian feathering (sigma, pixels) of the pasted head's edge.
-        paste: paste the head onto the test plate (True) or return the retrieved training
+        paste: paste the head onto the test plate (True) or return the source training
             frames as they are (False: the training frame's own camera and plate).
     """
 
@@ -70,19 +65,15 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def training_frames(clip: ProcessedClip, n_train: int, res: int) -> TrainFrames:
-    """The first ``n_train`` frames at ``res`` with audio windows that read training audio only."""
-    return TrainFrames.from_clip(clip, torch.arange(n_train), res, audio_limit=n_train)
+    """The first ``n_train`` frames at ``res`` as an avatar trains on them (training audio
+    and training-frame statistics only)."""
+    return TrainFrames.from_clip(clip, torch.arange(n_train), res, fit_frames=n_train)
 
 
 # ----------------------------------------------------------------------------- retrieval
-def audio_keys(clip: ProcessedClip, idx: torch.Tensor, audio_limit: int | None = None
-               ) -> np.ndarray:
-    """(n, 16 * D) float64 flattened per-frame audio windows of frames ``idx``; with
-    ``audio_limit`` the windows read only the first ``audio_limit`` frames' audio."""
-    steps = clip.arrays["audio_steps"]
-    T = clip.num_frames if audio_limit is None else int(audio_limit)
-    win = frame_windows(steps[: 2 * T], T, int(clip.manifest["audio"]["window"]))
-    return win[idx.long()].flatten(1).double().numpy()
+def audio_keys(frames: TrainFrames) -> np.ndarray:
+    """(n, 16 * D) float64 flattened audio windows of ``frames`` (their own utterance)."""
+    return frames.audio[frames.index.long()].flatten(1).double().numpy()
 
 
 def retrieve_indices(train_keys: np.ndarray, test_keys: np.ndarray) -> np.ndarray:
@@ -100,13 +91,14 @@ def retrieve_indices(train_keys: np.ndarray, test_keys: np.ndarray) -> np.ndarra
 def paste_head(src_img: np.ndarray, src_labels: np.ndarray, src_pts: np.ndarray,
                plate: np.ndarray, dst_pts: np.ndarray, feather_px: float = 1.0) -> np.ndarray:
     """Move the recorded head of ``src_img`` (labels >= hair) onto ``plate`` by the similarity
-    transform between the skull landmarks of ``src_pts`` -> ``dst_pts`` ((478, 2) pixels)."""
+    transform between the skull landmarks (``core.data.landmarks.SKULL_LANDMARKS``: no lips, jaw
+    or brows) of ``src_pts`` -> ``dst_pts`` ((478, 2) pixels)."""
     import cv2
 
     h, w = plate.shape[:2]
     idx = list(SKULL_LANDMARKS)
-    s, R, t = similarity_fit(src_pts[idx, :2].astype(np.float64), dst_pts[idx, :2].astype(np.float64))
-    M = np.concatenate([s * R, t[:, None]], 1)  # (2, 3)
+    sc, R, t = similarity_fit(src_pts[idx, :2].astype(np.float64), dst_pts[idx, :2].astype(np.float64))
+    M = np.concatenate([sc * R, t[:, None]], 1)  # (2, 3)
     # pixel centres at +0.5 (core conventions): shift into cv2's integer-centre frame
     C = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
     A = np.linalg.inv(C) @ np.vstack([M, [0, 0, 1]]) @ C
@@ -121,26 +113,35 @@ def paste_head(src_img: np.ndarray, src_labels: np.ndarray, src_pts: np.ndarray,
     return np.clip(out.round(), 0, 255).astype(np.uint8)
 
 
+def pasted_frames(clip: ProcessedClip, train: TrainFrames, test_idx: torch.Tensor,
+                  test: TrainFrames, src_idx: np.ndarray, cfg: RetrievalConfig | None = None
+                  ) -> np.ndarray:
+    """(n_test, res, res, 3) uint8: training frame ``src_idx[j]``'s head moved onto test
+    frame ``j``'s plate and pose (``cfg.paste``; else the training frames as they are).
+    ``train`` / ``test``: :func:`training_frames` / held-out frames at the same res."""
+    cfg = cfg or RetrievalConfig()
+    res = test.res
+    src_imgs = to_uint8(train.images)
+    if not cfg.paste:
+        return src_imgs[src_idx]
+    pts = clip.arrays["points2d"].double().numpy() * (res / clip.res)
+    plates = to_uint8(test.plates)
+    src_lab = train.labels.numpy()
+    out = np.empty((len(src_idx), res, res, 3), np.uint8)
+    for j, (i, k) in enumerate(zip(test_idx.tolist(), np.asarray(src_idx).tolist())):
+        out[j] = paste_head(src_imgs[k], src_lab[k], pts[k], plates[j], pts[i], cfg.feather_px)
+    return out
+
+
 def retrieval_frames(clip: ProcessedClip, n_train: int, test_idx: torch.Tensor,
                      test: TrainFrames, cfg: RetrievalConfig | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Audio-nearest-frame retrieval: ``(frames (n_test, res, res, 3) uint8, retrieved
-    training indices (n_test,))``. ``test``: the held-out frames at the evaluation res."""
-    cfg = cfg or RetrievalConfig()
-    train_idx = torch.arange(n_train)
-    nn_idx = retrieve_indices(audio_keys(clip, train_idx, n_train), audio_keys(clip, test_idx))
-    res = test.res
-    train = training_frames(clip, n_train, res)
-    src_imgs = to_uint8(train.images)
-    if not cfg.paste:
-        return src_imgs[nn_idx], nn_idx
-    pts = clip.arrays["points2d"].double().numpy() * (res / clip.res)
-    plates = to_uint8(test.plates)
-    src_lab = train.labels.numpy()
-    out = np.empty((len(nn_idx), res, res, 3), np.uint8)
-    for j, (i, k) in enumerate(zip(test_idx.tolist(), nn_idx.tolist())):
-        out[j] = paste_head(src_imgs[k], src_lab[k], pts[k], plates[j], pts[i], cfg.feather_px)
-    return out, nn_idx
+    training indices (n_test,))``. ``test``: the held-out frames at the evaluation res
+    (:func:`eval.protocol.heldout_frames`)."""
+    train = training_frames(clip, n_train, test.res)
+    nn_idx = retrieve_indices(audio_keys(train), audio_keys(test))
+    return pasted_frames(clip, train, test_idx, test, nn_idx, cfg), nn_idx
 
 
 # ----------------------------------------------------------------------------- loop
@@ -149,10 +150,12 @@ def loop_indices(n_train: int, n_test: int) -> np.ndarray:
     return np.array([pingpong(t, n_train) for t in range(n_test)], np.int64)
 
 
-def loop_frames(clip: ProcessedClip, n_train: int, n_test: int, res: int) -> np.ndarray:
-    """The recorded training frames looped ping-pong to ``n_test`` frames at ``res``."""
-    train = training_frames(clip, n_train, res)
-    return to_uint8(train.images)[loop_indices(n_train, n_test)]
+def loop_frames(clip: ProcessedClip, n_train: int, test_idx: torch.Tensor, test: TrainFrames,
+                cfg: RetrievalConfig | None = None) -> np.ndarray:
+    """The training frames looped ping-pong, each head moved onto the test frame's plate
+    and pose (``cfg.paste=False``: the looped frames as recorded)."""
+    return pasted_frames(clip, training_frames(clip, n_train, test.res), test_idx, test,
+                         loop_indices(n_train, int(test_idx.numel())), cfg)
 
 
 # ----------------------------------------------------------------------------- audio

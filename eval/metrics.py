@@ -1,15 +1,17 @@
-"""Image and landmark metrics of METHOD.md section 8 (everything but lip sync).
+"""Image and landmark metrics of METHOD.md section 8, and the lip-aperture scores.
 
 One concept: *how close a rendered clip is to the recorded one*, frame by frame.
 
 Image metrics (frames ``(H, W, 3)`` uint8 RGB, or float in [0, 1]):
   * PSNR: ``10 log10(MAX^2 / MSE)`` with MAX = 255 (uint8) or 1 (float), MSE over all
-    pixels and channels; ``inf`` for identical images. Face region: MSE over the pixels
-    of a boolean mask only (e.g. :func:`face_mask`).
+    pixels and channels; ``inf`` for identical images. Region PSNR: MSE over the pixels
+    of a boolean mask only. *Head* region (:func:`head_mask`: hair + face + mouth labels)
+    = the pixels an avatar renders; the full frame also counts the torso and background
+    copied from the recorded test frame (the plate), which a method gets for free.
   * SSIM: ``skimage.metrics.structural_similarity`` on the RGB image (channel mean),
     Gaussian window sigma 1.5 without sample-covariance correction (Wang et al. 2004's
-    reference settings; :class:`SSIMConfig`). Face region: SSIM of the bounding-box
-    crop of the mask (SSIM needs a rectangle).
+    reference settings; :class:`SSIMConfig`). Head region: the mean of the SSIM map over
+    the mask's pixels. Face region: SSIM of the bounding-box crop of the face mask.
   * LPIPS (AlexNet, v0.1) through :mod:`eval.lpips_net`; when its weights are absent
     the result is a :class:`MetricUnavailable` string, never a number.
 
@@ -18,6 +20,12 @@ Landmark metrics (FaceMesh, :func:`core.data.landmarks.detect_landmarks` on both
     centring each frame's set on its own mean (METHOD.md section 8). Mouth set
     :data:`MOUTH_IDX` = the 40 lip-contour points (20 outer + 20 inner lip, the
     ``core.data.masks`` polygons); face set :data:`FACE_IDX` = the 468 mesh points (no iris).
+  * Lip aperture (:func:`lip_aperture`): inner-lip gap (FaceMesh pairs 82-87, 13-14,
+    312-317) over the outer-eye-corner distance (33-263) per frame. *Aperture r* = Pearson correlation of
+    the rendered and recorded aperture over the held-out frames (does the mouth open
+    when the recorded one does); *aperture spread* = std(rendered) / std(recorded) (how
+    much it moves: 1 = as much as the person, 0 = a static mouth). Unlike centred LMD,
+    a static average mouth cannot score well on either.
   * AUE: mean absolute difference of the ``core.data.expression`` action-unit columns in
     [0, 1]: upper face = AU01, 04, 05, 06, 07, 45 (brows, lids, blink), lower face =
     AU25 (lips apart). These are *landmark stand-ins* for OpenFace AU intensities (0-5
@@ -29,7 +37,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Self
 
 import numpy as np
 
@@ -56,7 +63,7 @@ class MetricUnavailable(str):
 
     reason: str
 
-    def __new__(cls, reason: str) -> Self:
+    def __new__(cls, reason: str) -> "MetricUnavailable":
         obj = super().__new__(cls, f"unavailable: {reason}")
         obj.reason = reason
         return obj
@@ -91,6 +98,12 @@ def face_mask(labels: np.ndarray) -> np.ndarray:
     """Bool face region from ``core.data.masks`` labels: FACE or MOUTH (any shape)."""
     lab = np.asarray(labels)
     return (lab == Label.FACE) | (lab == Label.MOUTH)
+
+
+def head_mask(labels: np.ndarray) -> np.ndarray:
+    """Bool head region from ``core.data.masks`` labels: HAIR, FACE or MOUTH (any shape)."""
+    lab = np.asarray(labels)
+    return (lab == Label.HAIR) | (lab == Label.FACE) | (lab == Label.MOUTH)
 
 
 def landmark_box(points: np.ndarray, width: int, height: int, margin: float = 0.0) -> Box:
@@ -154,10 +167,12 @@ class SSIMConfig:
 
 
 def ssim(pred: np.ndarray, gt: np.ndarray, box: Box | None = None,
-         cfg: SSIMConfig | None = None) -> float:
+         cfg: SSIMConfig | None = None, mask: np.ndarray | None = None) -> float:
     """SSIM of an (H, W, 3) or (H, W) image pair (uint8 or float in [0, 1]).
 
-    ``box = (x0, y0, x1, y1)`` measures only that crop (face region). 1 for identical.
+    ``box = (x0, y0, x1, y1)`` measures only that crop (face region); ``mask`` (H, W)
+    bool averages the SSIM map over those pixels only (head region; windows near its
+    edge still see the neighbouring pixels). 1 for identical.
     """
     from skimage.metrics import structural_similarity
 
@@ -167,10 +182,20 @@ def ssim(pred: np.ndarray, gt: np.ndarray, box: Box | None = None,
         a, b = _crop(a, box), _crop(b, box)
     if min(a.shape[:2]) < 7:
         raise ValueError(f"region {a.shape[:2]} too small for SSIM (needs >= 7x7)")
-    return float(structural_similarity(
-        a, b, data_range=rng, channel_axis=-1 if a.ndim == 3 else None,
-        gaussian_weights=cfg.gaussian_weights, sigma=cfg.sigma,
-        use_sample_covariance=cfg.use_sample_covariance))
+    kw = dict(data_range=rng, channel_axis=-1 if a.ndim == 3 else None,
+              gaussian_weights=cfg.gaussian_weights, sigma=cfg.sigma,
+              use_sample_covariance=cfg.use_sample_covariance)
+    if mask is None:
+        return float(structural_similarity(a, b, **kw))
+    m = np.asarray(mask, bool)
+    if m.shape != a.shape[:2]:
+        raise ValueError(f"mask {m.shape} does not match image {a.shape}")
+    if not m.any():
+        raise ValueError("empty mask: no pixels to measure")
+    _, smap = structural_similarity(a, b, full=True, **kw)
+    if smap.ndim == 3:
+        smap = smap.mean(-1)
+    return float(smap[m].mean())
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -213,13 +238,16 @@ class ImageScores:
     psnr_face: float | None = None
     ssim_face: float | None = None
     lpips_face: float | MetricUnavailable | None = None
+    psnr_head: float | None = None
+    ssim_head: float | None = None
     num_frames: int = 0
     seconds: float = 0.0
     per_frame: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, float | str | None]:
         return {k: getattr(self, k) for k in ("psnr", "ssim", "lpips", "psnr_face",
-                                               "ssim_face", "lpips_face", "num_frames")}
+                                               "ssim_face", "lpips_face", "psnr_head",
+                                               "ssim_head", "num_frames")}
 
 
 def _mean_finite(x: list[float]) -> float:
@@ -233,8 +261,9 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
                   face_masks: Sequence[np.ndarray] | np.ndarray | None = None,
                   face_boxes: Sequence[Box] | np.ndarray | None = None,
                   lpips_net: LPIPSAlex | None = None, use_lpips: bool = True,
-                  ssim_cfg: SSIMConfig | None = None) -> ImageScores:
-    """PSNR / SSIM / LPIPS over a clip, full frame and face region.
+                  ssim_cfg: SSIMConfig | None = None,
+                  head_masks: Sequence[np.ndarray] | np.ndarray | None = None) -> ImageScores:
+    """PSNR / SSIM / LPIPS over a clip: full frame, face region and head region.
 
     Args:
         pred_frames, gt_frames: T frames each, (H, W, 3) uint8 (or float in [0, 1]).
@@ -244,6 +273,8 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
             and LPIPS all on the box). Masks win when both are given.
         lpips_net: a loaded network; None = load the real weights if present.
         use_lpips: False skips LPIPS (reported unavailable: "not requested").
+        head_masks: optional T (H, W) bool masks (:func:`head_mask` of the ground truth
+            labels): head PSNR over the mask, head SSIM = SSIM map mean over the mask.
     """
     t0 = time.perf_counter()
     T = len(pred_frames)
@@ -253,11 +284,16 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
         try_load_lpips() if use_lpips else (None, "not requested"))
     has_face = face_masks is not None or face_boxes is not None
     cols: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "lpips", "psnr_face",
-                                                    "ssim_face", "lpips_face")}
+                                                    "ssim_face", "lpips_face",
+                                                    "psnr_head", "ssim_head")}
     for i in range(T):
         p, g = np.asarray(pred_frames[i]), np.asarray(gt_frames[i])
         cols["psnr"].append(psnr(p, g))
         cols["ssim"].append(ssim(p, g, cfg=ssim_cfg))
+        if head_masks is not None:
+            hm = np.asarray(head_masks[i], bool)
+            cols["psnr_head"].append(psnr(p, g, mask=hm))
+            cols["ssim_head"].append(ssim(p, g, cfg=ssim_cfg, mask=hm))
         box = None
         if has_face:
             if face_masks is not None:
@@ -280,6 +316,8 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
         ssim_face=float(np.mean(cols["ssim_face"])) if has_face else None,
         lpips_face=(float(np.mean(cols["lpips_face"])) if net is not None else unavailable)
         if has_face else None,
+        psnr_head=_mean_finite(cols["psnr_head"]) if head_masks is not None else None,
+        ssim_head=float(np.mean(cols["ssim_head"])) if head_masks is not None else None,
         num_frames=T, seconds=time.perf_counter() - t0,
         per_frame={k: np.asarray(v) for k, v in cols.items() if v})
 
@@ -315,6 +353,60 @@ def landmark_distance(pred: np.ndarray, gt: np.ndarray,
         p = p - p.mean(1, keepdims=True)
         g = g - g.mean(1, keepdims=True)
     return float(np.linalg.norm(p - g, axis=-1).mean())
+
+
+# ----------------------------------------------------------------------------- lip aperture
+#: FaceMesh inner-lip point pairs (upper, lower: left of centre, centre, right of centre)
+#: and the outer eye corners (right, left).
+INNER_LIP_PAIRS: tuple[tuple[int, int], ...] = ((82, 87), (13, 14), (312, 317))
+EYE_CORNERS: tuple[int, int] = (33, 263)
+
+
+def lip_aperture(points: np.ndarray) -> np.ndarray:
+    """(T,) inner-lip gap (mean distance of the :data:`INNER_LIP_PAIRS`) over the
+    eye-corner distance |33 - 263| per frame, from (T, 478, 2+) landmarks (x, y used;
+    NaN frames give NaN). Scale-free: 0 = lips closed, about 0.05-0.4 while speaking."""
+    p = np.asarray(points, np.float64)[..., :2]
+    if p.ndim != 3 or p.shape[1] <= max(EYE_CORNERS):
+        raise ValueError(f"need (T, 478, 2+) landmarks, got {p.shape}")
+    gap = np.mean([np.linalg.norm(p[:, a] - p[:, b], axis=-1) for a, b in INNER_LIP_PAIRS], 0)
+    eyes = np.linalg.norm(p[:, EYE_CORNERS[0]] - p[:, EYE_CORNERS[1]], axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(eyes > 0, gap / eyes, np.nan)
+
+
+@dataclass
+class ApertureScores:
+    """Rendered vs recorded lip aperture over the frames where both have a face.
+
+    Attributes:
+        r: Pearson correlation (NaN when either aperture is constant).
+        spread: std(rendered) / std(recorded) (NaN when the recording's is constant).
+        num_frames: frames used.
+    """
+
+    r: float
+    spread: float
+    num_frames: int
+
+
+def aperture_scores(pred_points: np.ndarray, gt_points: np.ndarray,
+                    valid: np.ndarray | None = None) -> ApertureScores:
+    """Aperture r and spread from two (T, 478, 2+) landmark tracks (pixels); ``valid``
+    (T,) bool selects frames (default: finite in both). Needs 3 frames."""
+    a, b = lip_aperture(pred_points), lip_aperture(gt_points)
+    if a.shape != b.shape:
+        raise ValueError(f"need equal landmark tracks, got {a.shape} / {b.shape}")
+    ok = np.isfinite(a) & np.isfinite(b)
+    if valid is not None:
+        ok &= np.asarray(valid, bool)
+    if ok.sum() < 3:
+        raise ValueError(f"only {int(ok.sum())} frames with a face in both clips (need 3)")
+    a, b = a[ok], b[ok]
+    sa, sb = float(a.std()), float(b.std())
+    r = float(np.mean((a - a.mean()) * (b - b.mean())) / (sa * sb)) if sa > 0 and sb > 0 \
+        else math.nan
+    return ApertureScores(r=r, spread=sa / sb if sb > 0 else math.nan, num_frames=int(ok.sum()))
 
 
 # ----------------------------------------------------------------------------- AUE

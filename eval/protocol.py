@@ -3,12 +3,15 @@
 Adaptation uses the first ``train_seconds`` of a processed clip; the test part is the last
 ``test_seconds`` (paper: 12 s; never overlapping the training part), driven by its own
 audio, poses and expressions and composited on its own recorded torso/background plate.
-:func:`render_heldout` renders those frames with an avatar's model; :func:`score_frames`
-computes the image and landmark metrics against the recorded frames.
+The avatar meets the held-out frames as it would meet new speech: their expression inputs
+are normalised with the training frames' statistics and their audio is featurised from
+the test span alone (:func:`heldout_frames`). :func:`render_heldout` renders them with an
+avatar's model; :func:`ground_truth` gives the recorded frames and region masks that
+:mod:`eval.scoring` compares them with.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,6 @@ import torch
 from core.model.avatar import Avatar, load_avatar
 from core.data.dataset import ProcessedClip
 from core.model.head import render_frame
-from core.data.masks import Label
 from core.train.stages import TrainFrames
 
 TEST_SECONDS = 12.0
@@ -33,9 +35,27 @@ def test_indices(clip: ProcessedClip, train_seconds: float,
     return test
 
 
-def heldout_frames(clip: ProcessedClip, idx: torch.Tensor, res: int) -> TrainFrames:
-    """The test frames at ``res`` with audio windows read from the whole clip."""
-    return TrainFrames.from_clip(clip, idx, res)
+def heldout_frames(clip: ProcessedClip, idx: torch.Tensor, res: int,
+                   train_frames: int, drive=None) -> TrainFrames:
+    """The test frames ``idx`` (one contiguous span) at ``res``, as a trained avatar meets
+    them: expression inputs normalised with the statistics of the clip's first
+    ``train_frames`` frames (the training part), audio featurised from the test span alone
+    (like new audio driving the avatar). ``drive``: the avatar's
+    :class:`core.model.mouth_drive.MouthDrive` when its fields take the mouth code: the
+    codes are predicted from the test span's audio (never the recorded lips)."""
+    start, stop = int(idx[0]), int(idx[-1]) + 1
+    if stop - start != idx.numel():
+        raise ValueError("held-out frames must be one contiguous span")
+    return TrainFrames.from_clip(clip, idx, res, fit_frames=train_frames,
+                                 audio_span=(start, stop), drive=drive)
+
+
+def frame_subset(frames: TrainFrames, pick: torch.Tensor) -> TrainFrames:
+    """Frames ``pick`` (positions) of ``frames``, keeping the whole utterance's audio so
+    their windows stay those of the full span."""
+    shared = ("K", "audio")
+    return replace(frames, **{f.name: getattr(frames, f.name)[pick] for f in fields(frames)
+                              if f.name not in shared})
 
 
 @torch.no_grad()
@@ -43,6 +63,8 @@ def render_heldout(avatar: Avatar | str | Path, frames: TrainFrames) -> np.ndarr
     """(n, res, res, 3) uint8 frames of the avatar driven by the test frames' own audio,
     poses and expressions, over their own plates."""
     av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
+    if av.umf.code_dim and frames.mouth_pred is None:
+        raise ValueError("this avatar takes mouth codes: build the frames with its drive")
     return render_frames(av.umf, av.ident, frames)
 
 
@@ -56,85 +78,59 @@ def render_frames(umf, ident, frames: TrainFrames) -> np.ndarray:
     return out
 
 
-def ground_truth(frames: TrainFrames) -> tuple[np.ndarray, np.ndarray]:
-    """(n, res, res, 3) uint8 recorded frames and (n, res, res) bool face masks
-    (face + mouth interior labels)."""
-    gt = (frames.images * 255.0).round().to(torch.uint8).numpy()
-    lab = frames.labels.numpy()
-    return gt, (lab == Label.FACE) | (lab == Label.MOUTH)
-
-
 @dataclass
-class HeldoutScores:
-    """Metrics of one method on one clip's held-out frames (see :mod:`eval.metrics`)."""
+class GroundTruth:
+    """The recorded held-out frames and their region masks.
 
-    psnr: float
-    ssim: float
-    psnr_face: float
-    ssim_face: float
-    lpips: float | str
-    lmd_mouth: float
-    lmd_face: float
-    aue_upper: float
-    aue_lower: float
-    num_frames: int
-    extra: dict = field(default_factory=dict)
+    frames: (n, H, W, 3) uint8; face: (n, H, W) bool, face + mouth interior labels;
+    head: (n, H, W) bool, hair + face + mouth (what an avatar renders; the rest of a frame
+    is the recorded plate).
+    """
 
-    def as_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("psnr", "ssim", "psnr_face", "ssim_face", "lpips",
-                                           "lmd_mouth", "lmd_face", "aue_upper", "aue_lower",
-                                           "num_frames")}
-        d.update(self.extra)
-        return d
+    frames: np.ndarray
+    face: np.ndarray
+    head: np.ndarray
 
 
-def score_frames(pred: np.ndarray, gt: np.ndarray, face: np.ndarray,
-                 landmarks: bool = True) -> HeldoutScores:
-    """Image metrics (full frame and face region) and landmark metrics of ``pred`` vs ``gt``
-    (both (n, H, W, 3) uint8; ``face`` (n, H, W) bool)."""
-    from eval.metrics import image_metrics, video_landmark_metrics
+def ground_truth(frames: TrainFrames) -> GroundTruth:
+    """The recorded frames of ``frames`` (uint8, the rounding every render uses) and masks."""
+    from eval.metrics import face_mask, head_mask
 
-    im = image_metrics(pred, gt, face_masks=face)
-    nan = float("nan")
-    lm = video_landmark_metrics(pred, gt) if landmarks else None
-    return HeldoutScores(
-        psnr=im.psnr, ssim=im.ssim, psnr_face=im.psnr_face, ssim_face=im.ssim_face,
-        lpips=im.lpips if isinstance(im.lpips, float) else str(im.lpips),
-        lmd_mouth=lm.lmd_mouth if lm else nan, lmd_face=lm.lmd_face if lm else nan,
-        aue_upper=lm.aue_upper if lm else nan, aue_lower=lm.aue_lower if lm else nan,
-        num_frames=int(pred.shape[0]))
-
-
-def evaluate_avatar(avatar: Avatar | str | Path, clip: ProcessedClip | str | Path,
-                    train_seconds: float, test_seconds: float | None = TEST_SECONDS,
-                    landmarks: bool = True) -> HeldoutScores:
-    """Render and score an avatar on the held-out part of its clip."""
-    av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
-    c = clip if isinstance(clip, ProcessedClip) else ProcessedClip.load(clip)
-    frames = heldout_frames(c, test_indices(c, train_seconds, test_seconds), av.res)
-    pred = render_heldout(av, frames)
-    gt, face = ground_truth(frames)
-    return score_frames(pred, gt, face, landmarks)
+    lab = frames.labels.numpy()
+    return GroundTruth(frames=(frames.images * 255.0).round().to(torch.uint8).numpy(),
+                       face=face_mask(lab), head=head_mask(lab))
 
 
 class HeldoutCurve:
-    """An ``adapt(observe=...)`` callback: face-region and full-frame PSNR of a fixed subset of
-    held-out frames along training. ``points``: list of (steps, psnr, psnr_face)."""
+    """An ``adapt(observe=...)`` callback: full-frame, face-region and head-region PSNR of a
+    fixed subset of held-out frames along training. ``points``: list of
+    (steps, psnr, psnr_face, psnr_head)."""
 
     def __init__(self, clip: ProcessedClip, train_seconds: float, res: int,
-                 test_seconds: float | None = TEST_SECONDS, num_frames: int = 25) -> None:
-        from eval.metrics import psnr as psnr_metric
-
+                 test_seconds: float | None = TEST_SECONDS, num_frames: int = 25,
+                 mouth_code: bool = False) -> None:
         idx = test_indices(clip, train_seconds, test_seconds)
         pick = torch.linspace(0, idx.numel() - 1, min(num_frames, idx.numel())).round().long()
-        self.frames = heldout_frames(clip, idx[pick], res)
-        self.gt, self.face = ground_truth(self.frames)
-        self._psnr = psnr_metric
-        self.points: list[tuple[int, float, float]] = []
+        n_train = int(round(train_seconds * 25))
+        drive = None
+        if mouth_code:  # the same drive adaptation fits (same clip, frames and shipped prior)
+            from core.model.mouth_drive import MouthDrive
+
+            a = clip.arrays
+            drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n_train,
+                                   a["valid"].numpy())
+        self.frames = frame_subset(heldout_frames(clip, idx, res, n_train, drive), pick)
+        self.gt = ground_truth(self.frames)
+        self.points: list[tuple[int, float, float, float]] = []
 
     @torch.no_grad()
     def __call__(self, steps: int, umf, ident) -> None:
+        from eval.metrics import psnr
+
         pred = render_frames(umf, ident, self.frames)
-        full = [self._psnr(p, g) for p, g in zip(pred, self.gt)]
-        face = [self._psnr(p, g, m) for p, g, m in zip(pred, self.gt, self.face)]
-        self.points.append((int(steps), float(np.mean(full)), float(np.mean(face))))
+        g = self.gt
+        full = [psnr(p, t) for p, t in zip(pred, g.frames)]
+        face = [psnr(p, t, m) for p, t, m in zip(pred, g.frames, g.face)]
+        head = [psnr(p, t, m) for p, t, m in zip(pred, g.frames, g.head)]
+        self.points.append((int(steps), float(np.mean(full)), float(np.mean(face)),
+                            float(np.mean(head))))

@@ -8,7 +8,8 @@ task computes; three conventions let the work travel without a shared filesystem
   (a processed-clip folder, a checkpoint file). The driver packs each distinct path once
   (an uncompressed tar of a folder, or the file's bytes) into the object store; every worker
   node unpacks it once into a content-addressed cache
-  (``{tempdir}/instag-ray-inputs/{sha256[:16]}/{name}``) and the task runs with that local path.
+  (``{tempdir}/instag-ray-inputs/{sha256[:16]}/{name}``, kept for later runs of the same
+  inputs; safe to delete when no run is active) and the task runs with that local path.
 * ``out_field``: the ``Path`` field of the output root. The worker runs the task with a fresh
   empty folder there; when ``fn`` returns, the entries matching the ``returns`` glob patterns
   (relative to the root; hidden names such as work folders never travel) come back with the

@@ -48,7 +48,7 @@ SyncNet (LSE-C / LSE-D, METHOD.md section 8)
     ``InputError('wrong_weights')`` naming what is missing.
 
 Offline sync score (no weights, :func:`av_offset`)
-    Cross-correlation of mouth opening (FaceMesh inner-lip gap / face width) with the
+    Cross-correlation of mouth opening (:func:`eval.metrics.lip_aperture`) with the
     audio loudness per video frame, over offsets ``-15..15`` frames. What works
     (measured on 13 real 5-20 s segments of 11 shared clips, audio shifted by +-3 / +-6
     frames: the shift is recovered exactly on 12 of 13; the miss, woman_glasses_7s,
@@ -60,6 +60,8 @@ Offline sync score (no weights, :func:`av_offset`)
     short overlaps). Without the high-pass, or with shrinking overlaps, the peak locks
     onto wrong offsets on several clips (lieu_60s, man_256_26s, aoc_8s); full-band
     loudness gives lower correlations than 1-4 kHz.
+    (Those measurements normalised the gap by face width; the eye-corner distance of
+    ``lip_aperture`` is a near-constant multiple of it per clip.)
 
 Offset sign (both scores): ``offset = d`` means audio sample time ``t + d`` frames
 matches the video at ``t``, i.e. **positive = audio lags (is late behind) the video**.
@@ -82,6 +84,7 @@ import torch
 from torch import nn
 
 from core.errors import InputError
+from eval.metrics import lip_aperture
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -94,11 +97,6 @@ VSHIFT = 15
 SYNCNET_FILE = "syncnet_v2.model"
 ENV_SYNCNET = "INSTAG_SYNCNET_WEIGHTS"
 _ROOT = Path(__file__).resolve().parents[1]
-
-#: Inner-lip landmark pairs (upper, lower) whose mean gap is the mouth opening.
-INNER_LIP_PAIRS: tuple[tuple[int, int], ...] = ((82, 87), (13, 14), (312, 317))
-#: Face-width landmarks (cheek contour), the opening's normaliser.
-FACE_WIDTH_PAIR: tuple[int, int] = (234, 454)
 
 
 # ============================================================================ MFCC
@@ -443,15 +441,6 @@ class AVSyncConfig:
     floor_rel: float = 1e-3
 
 
-def mouth_opening(points: np.ndarray) -> np.ndarray:
-    """(T,) inner-lip gap (mean of :data:`INNER_LIP_PAIRS`) over face width, from
-    (T, 478, 2+) landmarks in pixels (0 closed, ~0.1-0.3 wide open)."""
-    p = np.asarray(points, np.float64)[..., :2]
-    gap = np.mean([np.linalg.norm(p[:, a] - p[:, b], axis=-1) for a, b in INNER_LIP_PAIRS], 0)
-    fw = np.linalg.norm(p[:, FACE_WIDTH_PAIR[0]] - p[:, FACE_WIDTH_PAIR[1]], axis=-1)
-    return gap / np.maximum(fw, 1e-9)
-
-
 def audio_envelope(audio: np.ndarray, num_frames: int, cfg: AVSyncConfig | None = None
                    ) -> np.ndarray:
     """(T,) log RMS (dB) of the (band-passed) audio in each frame's 640 samples."""
@@ -492,9 +481,9 @@ def av_sync_curve(mouth: np.ndarray, audio: np.ndarray, cfg: AVSyncConfig | None
         if not track.valid.any():
             raise InputError("no_face", "No face found to measure the mouth opening.",
                              "Check that the frames show the face.")
-        m = mouth_opening(track.filled())
+        m = lip_aperture(track.filled())
     elif m.ndim == 3:
-        m = mouth_opening(m)
+        m = lip_aperture(m)
     elif m.ndim != 1:
         raise ValueError(f"expected opening (T,), landmarks (T, 478, 2+) or frames, got {m.shape}")
     T, K = m.shape[0], cfg.max_offset

@@ -745,9 +745,6 @@ def test_app_imports_on_python_310(tmp_path: Path) -> None:
     assert "py310 ok 3.10." in r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="eval/metrics.py imports typing.Self (Python 3.11+); "
-                   "the Benchmark tab fails on 3.10 until it uses typing_extensions or a "
-                   "string annotation")
 def test_benchmark_metrics_import_on_python_310(tmp_path: Path) -> None:
     import subprocess
 

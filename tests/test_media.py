@@ -584,3 +584,15 @@ def test_audio_gap_refused_while_decoding(tmp_path: Path) -> None:
             c.mux(pkt)
     e = _error(read_audio, p, limits=MediaLimits(max_seconds=math.inf))
     assert e.code == "timing" and "audio jumps from" in e.problem
+
+
+def test_input_error_survives_pickling() -> None:
+    """Errors cross process boundaries (worker pools, a ZeroGPU worker) with their fields."""
+    import pickle
+
+    from core.errors import InputError
+
+    e = pickle.loads(pickle.dumps(InputError("timing", "The audio starts at 36000 s.", "Re-encode it.")))
+    assert isinstance(e, InputError) and (e.code, e.problem, e.fix) == (
+        "timing", "The audio starts at 36000 s.", "Re-encode it.")
+    assert str(e) == "The audio starts at 36000 s. Re-encode it."

@@ -11,17 +11,22 @@ from scipy.stats import norm
 from core.data.media import read_clip
 from eval.lpips_net import LPIPSAlex, LPIPSWeights, load_lpips, try_load_lpips
 from eval.metrics import (
+    EYE_CORNERS,
     FACE_IDX,
+    INNER_LIP_PAIRS,
     MOUTH_IDX,
     MetricUnavailable,
+    aperture_scores,
     au_error,
     detect,
     face_mask,
+    head_mask,
     image_metrics,
     is_available,
     landmark_box,
     landmark_distance,
     landmark_metrics,
+    lip_aperture,
     lpips,
     mask_box,
     psnr,
@@ -232,3 +237,98 @@ def test_au_error(may_track):
     assert set(e.per_au) == {"AU01", "AU04", "AU05", "AU06", "AU07", "AU45", "AU25"}
     s = landmark_metrics(closed, pts)
     assert s.aue_lower == pytest.approx(e.lower) and s.lmd_mouth > 0 and s.valid_fraction == 1.0
+
+
+# ----------------------------------------------------------------------------- head region
+def test_head_region_psnr_and_ssim(may_frames):
+    labels = np.zeros((256, 256), np.uint8)
+    labels[:, :] = 1                # TORSO / plate
+    labels[40:200, 60:200] = 2      # HAIR
+    labels[80:200, 80:180] = 3      # FACE
+    labels[150:165, 110:150] = 4    # MOUTH
+    head = head_mask(labels)
+    assert head.sum() == 160 * 140 and not head[0, 0]
+    assert face_mask(labels).sum() == 120 * 100
+    gt = may_frames[0]
+    rng = np.random.default_rng(5)
+    noisy = np.clip(gt + rng.normal(0, 12, gt.shape), 0, 255).astype(np.uint8)
+    # a wrong plate does not touch the head scores; SSIM windows (radius 5 px at sigma 1.5)
+    # that stay inside the head see identical pixels
+    plate_wrong = np.where(head[..., None], gt, noisy)
+    assert psnr(plate_wrong, gt, mask=head) == math.inf
+    inner = np.zeros_like(head)
+    inner[46:194, 66:194] = True
+    assert ssim(plate_wrong, gt, mask=inner) == pytest.approx(1.0, abs=1e-12)
+    assert ssim(plate_wrong, gt) < 0.9
+    # a wrong head and the recorded plate: full-frame PSNR gains from the copied plate
+    head_wrong = np.where(head[..., None], noisy, gt)
+    r = image_metrics([head_wrong], [gt], head_masks=[head], use_lpips=False)
+    mse = ((noisy[head].astype(float) - gt[head].astype(float)) ** 2).mean()
+    assert r.psnr_head == pytest.approx(10 * math.log10(255 ** 2 / mse), abs=1e-9)
+    assert r.psnr == pytest.approx(r.psnr_head + 10 * math.log10(head.size / head.sum()),
+                                   abs=1e-9)
+    assert r.ssim_head < r.ssim - 0.2
+    assert ssim(head_wrong, gt, mask=inner) == pytest.approx(
+        ssim(head_wrong, gt, box=(66, 46, 194, 194)), abs=0.02)
+    with pytest.raises(ValueError, match="empty mask"):
+        ssim(gt, gt, mask=np.zeros_like(head))
+
+
+# ----------------------------------------------------------------------------- lip aperture
+def _face(gaps: list[float], eyes: float = 100.0) -> np.ndarray:
+    """(T, 478, 2) landmarks: eye corners ``eyes`` px apart, inner lips open by ``gaps``."""
+    p = np.zeros((len(gaps), 478, 2))
+    p[:, EYE_CORNERS[0]] = (50.0, 50.0)
+    p[:, EYE_CORNERS[1]] = (50.0 + eyes, 50.0)
+    for t, g in enumerate(gaps):
+        for k, (up, lo) in enumerate(INNER_LIP_PAIRS):
+            p[t, up] = (80.0 + 10 * k, 120.0)
+            p[t, lo] = (80.0 + 10 * k, 120.0 + g)
+    return p
+
+
+def test_lip_aperture_known_geometry():
+    a = lip_aperture(_face([0.0, 10.0, 25.0]))
+    assert a == pytest.approx([0.0, 0.1, 0.25])
+    # scale-free: the same face twice as large (or rotated) has the same aperture
+    assert lip_aperture(2.0 * _face([0.0, 10.0, 25.0])) == pytest.approx(a)
+    th = 0.3
+    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    assert lip_aperture(_face([0.0, 10.0, 25.0]) @ rot.T) == pytest.approx(a)
+    one = _face([10.0])
+    one[0, INNER_LIP_PAIRS[0][1], 1] += 30.0  # one side open 40 px, the others 10 px
+    assert lip_aperture(one) == pytest.approx([(40 + 10 + 10) / 3 / 100])
+    with pytest.raises(ValueError):
+        lip_aperture(np.zeros((3, 10, 2)))
+
+
+def test_aperture_r_and_spread_known_answers():
+    rng = np.random.default_rng(6)
+    gaps = rng.uniform(0, 30, 50)
+    gt = _face(list(gaps))
+    same = aperture_scores(gt, gt)
+    assert same.r == pytest.approx(1.0) and same.spread == pytest.approx(1.0)
+    assert same.num_frames == 50
+    half = aperture_scores(_face(list(0.5 * gaps + 5)), gt)  # follows, half as much
+    assert half.r == pytest.approx(1.0) and half.spread == pytest.approx(0.5)
+    anti = aperture_scores(_face(list(30 - gaps)), gt)  # opens when the person closes
+    assert anti.r == pytest.approx(-1.0) and anti.spread == pytest.approx(1.0)
+    static = aperture_scores(_face([12.0] * 50), gt)  # an average mouth: no score
+    assert math.isnan(static.r) and static.spread == 0.0
+    # frames without a face in either track are left out
+    pred = _face(list(gaps))
+    pred[:10] = np.nan
+    part = aperture_scores(pred, gt)
+    assert part.num_frames == 40 and part.r == pytest.approx(1.0)
+    valid = np.ones(50, bool)
+    valid[:48] = False
+    with pytest.raises(ValueError, match="need 3"):
+        aperture_scores(gt, gt, valid)
+
+
+def test_aperture_r_on_real_frames(may_track):
+    pts = may_track.filled()
+    assert aperture_scores(pts, pts).r == pytest.approx(1.0)
+    # the same mouth 5 frames (0.2 s) late does not follow the recording
+    late = aperture_scores(pts[5:], pts[:-5])
+    assert late.r < 0.3 and late.spread == pytest.approx(1.0, abs=0.1)

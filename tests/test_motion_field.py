@@ -191,8 +191,14 @@ def test_mouth_scaler_in_range():
             p.normal_(0, 30)
         for p in f.encoder.parameters():
             p.normal_()
-    m = f(torch.rand(100, 3) * 0.2 - 0.1, torch.randn(32), torch.randn(3) * 10)
-    assert (m.scaler >= 0).all() and (m.scaler <= 2).all()
+    xyz, hook = torch.rand(100, 3) * 0.2 - 0.1, torch.randn(3) * 10
+    m = f(xyz, torch.randn(32), hook)
+    # the scaler is 2 sigmoid(MLP(encoding, hook)), the same for every audio input
+    logits = f.scaler(torch.cat([f.encoder(xyz), hook.expand(100, 3)], -1))
+    assert torch.allclose(m.scaler, 2.0 * torch.sigmoid(logits))
+    assert torch.equal(f(xyz, torch.randn(32), hook).scaler, m.scaler)
+    # large weights saturate it at both ends of (0, 2)
+    assert m.scaler.min() < 0.01 and m.scaler.max() > 1.99
 
 
 def test_personalized_fields():

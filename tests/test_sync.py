@@ -10,6 +10,7 @@ import torch
 from core.errors import InputError
 from core.data.media import read_clip
 from core.data.landmarks import DetectConfig, detect_landmarks
+from eval.metrics import lip_aperture
 from eval.sync import (
     AVSyncConfig,
     SyncNet,
@@ -20,7 +21,6 @@ from eval.sync import (
     load_syncnet,
     lse_from_distances,
     mfcc,
-    mouth_opening,
     offset_distances,
     sync_scores,
     syncnet_crops,
@@ -148,7 +148,7 @@ def test_load_syncnet_paths(tmp_path):
 @pytest.mark.parametrize("name", ["obama_20s.mp4", "may_5s.mp4"])
 def test_av_offset_recovers_planted_shift(clips, name):
     _, audio, pts = clips[name]
-    m = mouth_opening(pts)
+    m = lip_aperture(pts)
     d0, c0 = av_offset(m, audio)
     assert c0 > 0.3
     # the unshifted clip: small positive offset (mouth opens just before the sound);
@@ -166,7 +166,7 @@ def test_av_offset_inputs_and_curve(clips):
     assert offs.tolist() == list(range(-15, 16)) and corr.shape == (31,)
     assert np.all(np.abs(corr) <= 1 + 1e-9)
     d_pts = av_offset(pts, audio)
-    assert av_offset(mouth_opening(pts), audio) == d_pts
+    assert av_offset(lip_aperture(pts), audio) == d_pts
     d_frames, _ = av_offset(frames, audio)  # runs FaceMesh itself
     assert abs(d_frames - d_pts[0]) <= 1
     env = audio_envelope(audio, len(pts))

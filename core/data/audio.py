@@ -145,6 +145,15 @@ def feature_spec(cfg: AudioFeatureConfig) -> AudioFeatureSpec:
     return AudioFeatureSpec("hubert", int(dim), _model_name(cfg), cfg.hubert_revision, cfg.window)
 
 
+def feature_config(spec: AudioFeatureSpec, allow_download: bool = False) -> AudioFeatureConfig:
+    """The feature config that reproduces features of ``spec`` (an avatar's, a processed clip's)."""
+    if spec.kind == "mel":
+        return AudioFeatureConfig(kind="mel", n_mels=spec.dim, window=spec.window)
+    return AudioFeatureConfig(kind="hubert", hubert_model=spec.model or AudioFeatureConfig.hubert_model,
+                              hubert_revision=spec.revision, allow_download=allow_download,
+                              window=spec.window)
+
+
 def num_steps(num_samples: int) -> int:
     """50 Hz steps for ``num_samples`` at 16 kHz: ``ceil(N / 320)``."""
     return math.ceil(num_samples / SAMPLES_PER_STEP)
@@ -366,6 +375,7 @@ __all__ = [
     "AudioFeatureConfig",
     "AudioFeatureSpec",
     "audio_features",
+    "feature_config",
     "feature_spec",
     "feature_steps",
     "frame_windows",

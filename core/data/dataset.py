@@ -125,12 +125,33 @@ class ProcessedClip:
         """(T, 6) float32 expression inputs."""
         return self.arrays["expr"]
 
-    def audio_features(self) -> torch.Tensor:
-        """(T, 16, D) float32 per-frame audio windows (see ``core.data.audio.frame_windows``)."""
-        from core.data.audio import frame_windows
+    def audio_features(self, span: tuple[int, int] | None = None) -> torch.Tensor:
+        """Per-frame audio windows (see ``core.data.audio.frame_windows``), float32.
 
-        return frame_windows(self.arrays["audio_steps"], self.num_frames,
-                             int(self.manifest["audio"]["window"]))
+        ``span=None``: the stored features of the whole clip, (T, 16, D). ``span=(a, b)``:
+        the audio of frames ``[a, b)`` featurised on its own, as one utterance (its
+        normalisation and window edges see no audio outside the span), (b - a, 16, D).
+        """
+        from core.data.audio import AudioFeatureSpec, feature_config, feature_steps, frame_windows
+
+        window = int(self.manifest["audio"]["window"])
+        if span is None:
+            return frame_windows(self.arrays["audio_steps"], self.num_frames, window)
+        a, b = int(span[0]), int(span[1])
+        if not 0 <= a < b <= self.num_frames:
+            raise ValueError(f"audio span {span} outside the clip's {self.num_frames} frames")
+        spf = int(self.manifest["sample_rate"] / self.manifest["fps"])
+        cfg = feature_config(AudioFeatureSpec.from_dict(self.manifest["audio"]))
+        steps = feature_steps(self.arrays["audio"][a * spf: b * spf].numpy(), cfg)
+        return frame_windows(steps, b - a, window)
+
+    def expression(self, fit_frames: int | None = None):
+        """``core.data.expression.Expression`` of every loaded frame, normalised with statistics
+        of the first ``fit_frames`` frames only (None = all loaded frames), recomputed from
+        ``points3d`` (the stored ``expr`` / ``au`` / ``signals`` use the whole clip)."""
+        from core.data.expression import expression_signals
+
+        return expression_signals(self.arrays["points3d"].double().numpy(), fit_frames=fit_frames)
 
     # ------------------------------------------------------------------ splits
     def split(self, train_seconds: float, test_seconds: float | None = None,

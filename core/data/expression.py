@@ -138,12 +138,14 @@ def _ear(P: np.ndarray, eye: dict) -> np.ndarray:
     return v / (2 * np.maximum(_dist(P, eye["outer"], eye["inner"]), 1e-12))
 
 
-def _unit(x: np.ndarray, lo_p: float, hi_p: float, min_range: float) -> np.ndarray:
-    lo, hi = np.percentile(x, lo_p), np.percentile(x, hi_p)
+def _unit(x: np.ndarray, lo_p: float, hi_p: float, min_range: float, n: int) -> np.ndarray:
+    """``x`` mapped to [0, 1] by the [lo_p, hi_p] percentile range of its first ``n`` values."""
+    lo, hi = np.percentile(x[:n], lo_p), np.percentile(x[:n], hi_p)
     return np.clip((x - lo) / max(hi - lo, min_range), 0.0, 1.0)
 
 
-def expression_signals(points: np.ndarray, cfg: ExpressionConfig | None = None) -> Expression:
+def expression_signals(points: np.ndarray, cfg: ExpressionConfig | None = None,
+                       fit_frames: int | None = None) -> Expression:
     """Expression signals of a clip from its FaceMesh landmarks.
 
     Args:
@@ -152,6 +154,10 @@ def expression_signals(points: np.ndarray, cfg: ExpressionConfig | None = None) 
             landmarks (only in-plane pose is removed). No NaN (fill misses
             first with ``LandmarkTrack.filled()``).
         cfg: :class:`ExpressionConfig`.
+        fit_frames: every normalisation statistic (mean shape, eye and face widths,
+            open-eye level, percentile ranges) comes from the first ``fit_frames``
+            frames only (the training part of a clip; None = all frames); later
+            frames are mapped with those statistics and cannot change earlier values.
     Returns:
         :class:`Expression`.
     """
@@ -161,8 +167,11 @@ def expression_signals(points: np.ndarray, cfg: ExpressionConfig | None = None) 
         raise ValueError(f"points must be (T, 478, 2|3), got {P.shape}")
     if not np.all(np.isfinite(P)):
         raise ValueError("points contain NaN; fill missing frames first")
-    A, _ = procrustes_align(P)
-    mean = A.mean(0)
+    n = len(P) if fit_frames is None else int(fit_frames)
+    if not 1 <= n <= len(P):
+        raise ValueError(f"fit_frames={fit_frames} must be in [1, {len(P)}]")
+    A, _ = procrustes_align(P, fit_frames=n)
+    mean = A[:n].mean(0)
     iod = float(np.linalg.norm(mean[33] - mean[263]))
     fw = float(np.linalg.norm(mean[234] - mean[454]))
     A = A / iod  # IOD units from here
@@ -170,7 +179,7 @@ def expression_signals(points: np.ndarray, cfg: ExpressionConfig | None = None) 
     ear_l, ear_r = _ear(A, L_EYE), _ear(A, R_EYE)
 
     def blink(ear: np.ndarray) -> np.ndarray:
-        open_ = np.percentile(ear, cfg.open_percentile)
+        open_ = np.percentile(ear[:n], cfg.open_percentile)
         return np.clip((open_ - ear) / max(open_ * (1 - cfg.closed_fraction), 1e-6), 0.0, 1.0)
 
     blink_l, blink_r = blink(ear_l), blink(ear_r)
@@ -189,7 +198,7 @@ def expression_signals(points: np.ndarray, cfg: ExpressionConfig | None = None) 
     lower_lid = (_height_below_line(A, L_EYE["lower"], *eye_c_l) + _height_below_line(A, R_EYE["lower"], *eye_c_r)) / 2
     cheek = (_dist(A, L_CHEEK, L_EYE["lower"]) + _dist(A, R_CHEEK, R_EYE["lower"])) / 2
 
-    u = lambda x: _unit(x, cfg.lo_percentile, cfg.hi_percentile, cfg.min_range)
+    u = lambda x: _unit(x, cfg.lo_percentile, cfg.hi_percentile, cfg.min_range, n)
     au = np.stack([
         u(inner_brow),                         # AU01
         u(-((brow_l + brow_r) / 2 + brow_gap)),  # AU04
@@ -197,7 +206,7 @@ def expression_signals(points: np.ndarray, cfg: ExpressionConfig | None = None) 
         u(-cheek),                             # AU06
         u(-lower_lid),                         # AU07
         (blink_l + blink_r) / 2,               # AU45
-        _unit(lips_apart, cfg.lo_percentile, cfg.hi_percentile, cfg.min_range * iod / fw),  # AU25
+        _unit(lips_apart, cfg.lo_percentile, cfg.hi_percentile, cfg.min_range * iod / fw, n),  # AU25
     ], 1).astype(np.float32)
     values = np.stack([blink_l, blink_r, brow_l, brow_r, lid_open, lips_apart], 1).astype(np.float32)
     return Expression(values=values, au=au)

@@ -146,7 +146,7 @@ def similarity_fit(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray,
 
 
 def procrustes_align(points: np.ndarray, rigid_idx: Sequence[int] = SKULL_LANDMARKS,
-                     iters: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                     iters: int = 2, fit_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Generalised Procrustes: every frame aligned to the clip's mean shape.
 
     Each frame is mapped by :func:`similarity_fit` of its ``rigid_idx`` points onto a
@@ -156,19 +156,22 @@ def procrustes_align(points: np.ndarray, rigid_idx: Sequence[int] = SKULL_LANDMA
     Args:
         points: (T, N, D) points, D = 3 (removes the full head rotation) or 2 (pixels:
             removes in-plane rotation, scale and shift).
+        fit_frames: the reference comes from the first ``fit_frames`` frames only (None =
+            all), so later frames never change how earlier ones are aligned.
     Returns:
-        ``(aligned, mean)``: (T, N, D) float64 aligned frames and their (N, D) mean.
+        ``(aligned, mean)``: (T, N, D) float64 aligned frames and the (N, D) reference.
     """
     P = np.asarray(points, np.float64)
+    n = len(P) if fit_frames is None else int(fit_frames)
     idx = list(rigid_idx)
-    ref = P[len(P) // 2]
+    ref = P[n // 2]
     out = P
     for _ in range(max(iters, 1)):
         out = np.empty_like(P)
         for i, p in enumerate(P):
             s, R, t = similarity_fit(p[idx], ref[idx])
             out[i] = s * p @ R.T + t
-        ref = out.mean(0)
+        ref = out[:n].mean(0)
     return out, ref
 
 

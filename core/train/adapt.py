@@ -269,7 +269,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n_train,
                                a["valid"].numpy())
         say(f"audio-video offset of the clip: {drive.av_offset:+d} frames")
-    frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, audio_limit=n_train,
+    frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, fit_frames=n_train,
                                    drive=drive)
     ident = Identity(sh_degree=cfg.sh_degree, aligners=has_prior)
     ident.init_gaussians(pclip.arrays["canonical"], gen)

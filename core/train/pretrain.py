@@ -146,7 +146,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
             drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n,
                                    a["valid"].numpy())
             say(f"{c.root.name}: audio-video offset {drive.av_offset:+d} frames")
-        frames.append(TrainFrames.from_clip(c, torch.arange(n), cfg.res, audio_limit=n,
+        frames.append(TrainFrames.from_clip(c, torch.arange(n), cfg.res, fit_frames=n,
                                             drive=drive))
     n_id = len(pclips)
 

@@ -43,7 +43,7 @@ class TrainFrames:
 
     images, plates: (n, H, W, 3) float32 [0, 1]; labels: (n, H, W) uint8 (Label);
     viewmats: (n, 4, 4); K: (3, 3) at (H, W); expr: (n, 6); lips_box: (n, 4) int pixels;
-    audio: (T, 16, D) per-frame audio windows of the frames the windows may read;
+    audio: (m, 16, D) per-frame audio windows of the utterance these frames belong to;
     index: (n,) positions of these frames in ``audio``; lips_apart, blink: (n,) float
     curriculum signals; mouth_px: (n,) mouth-interior pixels.
     mouth: (n, 4) tracked mouth code; mouth_pred: (n, 4) mouth code predicted from the clip's
@@ -75,15 +75,22 @@ class TrainFrames:
 
     @classmethod
     def from_clip(cls, clip: ProcessedClip, frames: Tensor, res: int | None = None,
-                  audio_limit: int | None = None, drive=None) -> "TrainFrames":
+                  fit_frames: int | None = None,
+                  audio_span: tuple[int, int] | None = None, drive=None) -> "TrainFrames":
         """Frames ``frames`` (indices) of ``clip`` resized to ``res`` (default: clip res).
 
-        ``audio_limit``: audio windows (and mouth-code predictions) may only read frames
-        ``< audio_limit`` (keep the training part's windows out of held-out audio); default:
-        the whole clip. ``drive``: the avatar's :class:`core.model.mouth_drive.MouthDrive`:
-        adds tracked and predicted mouth codes, keeps only blink in the expression input
-        (:func:`core.data.mouth_code.mouth_free_expression`), and re-times the clip's audio
-        by the drive's audio-video offset.
+        ``fit_frames``: the model learns from the clip's first ``fit_frames`` frames only.
+        Expression inputs and curriculum signals of every returned frame are normalised
+        with statistics of those frames, and their audio is featurised on its own, so
+        nothing after them changes what the model sees. None (pre-training on whole
+        clips): the stored whole-clip features and signals.
+        ``audio_span``: ``(start, stop)`` frames whose audio is featurised as one
+        utterance for the returned frames (held-out frames: the test span, like new
+        audio driving an avatar); default ``(0, fit_frames)``, or the stored features.
+        ``drive``: the avatar's :class:`core.model.mouth_drive.MouthDrive`: adds tracked
+        mouth codes and codes predicted from the span's audio, keeps only blink in the
+        expression input (:func:`core.data.mouth_code.mouth_free_expression`), and re-times
+        the span's audio by the drive's audio-video offset.
         """
         res = res or clip.res
         idx = frames.long()
@@ -98,29 +105,39 @@ class TrainFrames:
         K = clip.K.clone()
         K[:2] *= scale
         K[0, 2] = K[1, 2] = res / 2.0
-        audio = clip.audio_features()
-        limit = audio_limit if audio_limit is not None else clip.num_frames
-        expr = clip.expr[idx].clone()
+        if audio_span is None and fit_frames is not None:
+            audio_span = (0, int(fit_frames))
+        start = 0 if audio_span is None else int(audio_span[0])
+        stop = clip.num_frames if audio_span is None else int(audio_span[1])
+        if idx.numel() and (int(idx.min()) < start or int(idx.max()) >= stop):
+            raise ValueError(f"frames {int(idx.min())}..{int(idx.max())} lie outside the "
+                             f"audio span {start}..{stop}")
+        audio = clip.audio_features(audio_span)
+        if fit_frames is None:
+            expr, signals = clip.expr[idx].clone(), clip.arrays["signals"][idx]
+            names = list(clip.manifest["signal_names"])
+        else:
+            ex = clip.expression(fit_frames)
+            expr = torch.from_numpy(ex.model_input())[idx]
+            signals, names = torch.from_numpy(ex.values)[idx], list(ex.names)
         mouth = mouth_pred = None
         if drive is not None:
             from core.data.mouth_code import mouth_free_expression
             from core.model.mouth_drive import SAMPLES_PER_FRAME, shift_frames
 
-            aligned = shift_frames(limit, drive.av_offset, limit)   # audio late: read ahead
+            m = stop - start
+            aligned = shift_frames(m, drive.av_offset, m)   # audio late: read ahead
             audio = audio[aligned]
-            wav = clip.arrays["audio"][: limit * SAMPLES_PER_FRAME]
-            mouth_pred = drive.predicted(wav, limit)[aligned][idx.clamp_max(limit - 1)]
+            wav = clip.arrays["audio"][start * SAMPLES_PER_FRAME: stop * SAMPLES_PER_FRAME]
+            mouth_pred = drive.predicted(wav, m)[aligned][idx - start]
             mouth = drive.tracked(clip.arrays["points3d"][idx].numpy())
             expr = torch.from_numpy(mouth_free_expression(expr.numpy()))
-        audio = audio[:limit]
-        signals = clip.arrays["signals"][idx]
-        names = clip.manifest["signal_names"]
         lips = signals[:, names.index("lips_apart")]
         blink = 0.5 * (signals[:, names.index("blink_left")] + signals[:, names.index("blink_right")])
         box = (clip.arrays["lips_box"][idx].float() * scale).round().int()
         return cls(images=imgs, plates=plates, labels=labels, viewmats=clip.viewmats[idx].clone(),
-                   K=K, expr=expr, lips_box=box, audio=audio,
-                   index=idx.clamp_max(limit - 1), lips_apart=lips, blink=blink,
+                   K=K, expr=expr, lips_box=box, audio=audio, index=idx - start,
+                   lips_apart=lips, blink=blink,
                    mouth_px=(labels == Label.MOUTH).flatten(1).sum(1), mouth=mouth,
                    mouth_pred=mouth_pred)
 
