@@ -179,7 +179,8 @@ def syncnet_scores(r: Render, cfg: ScoreConfig) -> dict:
 
 def sync_expert_scores(r: Render, cfg: ScoreConfig) -> dict:
     """The offline landmark sync expert (``eval.sync_expert``): LSE-style confidence
-    (median - min distance over offsets +-15), min distance and best offset."""
+    (median - min distance over offsets +-15), min distance and best offset; 'unavailable'
+    for a render in which FaceMesh finds no face (it scores mouths, and there is none)."""
     def load():
         from eval.sync_expert import load_sync_expert
 
@@ -189,9 +190,16 @@ def sync_expert_scores(r: Render, cfg: ScoreConfig) -> dict:
     if expert is None:
         return {"sync_expert_conf": reason, "sync_expert_dist": reason,
                 "sync_expert_offset": reason}
+    from core.errors import InputError
     from eval.sync_expert import score_video
 
-    s = score_video(expert, r.frames, r.audio)
+    try:
+        s = score_video(expert, r.frames, r.audio)
+    except InputError as e:  # a render in which FaceMesh finds no face has no lip-sync score
+        if e.code not in ("no_face", "too_short"):
+            raise
+        why = f"unavailable: {e.problem}"
+        return {"sync_expert_conf": why, "sync_expert_dist": why, "sync_expert_offset": why}
     return {"sync_expert_conf": float(s.confidence), "sync_expert_dist": float(s.distance),
             "sync_expert_offset": int(s.best_offset)}
 

@@ -25,6 +25,7 @@ from eval import controls as C
 from eval.benchmark import BenchmarkConfig, main, run_benchmark
 from eval.cells import read_render, render_path
 from eval.metrics import aperture_scores, detect
+from core.model.mouth_drive import MouthDrive
 from eval.protocol import frame_subset, heldout_frames, render_frames
 from eval.sync import av_offset
 
@@ -151,8 +152,8 @@ def test_held_audio_code_freezes_the_mouth_and_audio_moves_it(bench: dict, clip)
 
     av = load_avatar(bench["out"] / "avatars" / "may_5s_instag_3s")
     n_train = int(TRAIN * 25)
-    test = heldout_frames(clip, torch.arange(n_train, clip.num_frames), av.res, n_train)
-    silent = C.silent_audio(test, AudioFeatureSpec.from_dict(clip.manifest["audio"]))
+    test = heldout_frames(clip, torch.arange(n_train, clip.num_frames), av.res, n_train, av.drive)
+    silent = C.silent_audio(test, AudioFeatureSpec.from_dict(clip.manifest["audio"]), av.drive)
     # the trained (tiny) avatar's mouth moves with its audio: speech and silence differ by
     # several percent of the motion, and the rendered mouth changes
     j = 20
@@ -169,6 +170,8 @@ def test_held_audio_code_freezes_the_mouth_and_audio_moves_it(bench: dict, clip)
     assert (a != b).any(-1).sum() > 20
     # with the audio code held, speech and silence give the very same motion and frame
     held = C.held_audio_umf(av.umf, B.training_frames(clip, n_train, av.res))
+    test, silent = C.held_mouth(test), C.held_mouth(silent)
+    c_speech, c_silent = test.cond(j), silent.cond(j)
     with torch.no_grad():
         h1, h2 = (face_motion(held, av.ident, c) for c in (c_speech, c_silent))
         assert torch.equal(h1.d_xyz, h2.d_xyz)
@@ -253,8 +256,13 @@ def test_the_test_span_changes_nothing_the_model_sees(clip: ProcessedClip) -> No
     other.arrays["audio"][n * 640:] = torch.randn(tail.shape, generator=g)
     other.arrays["audio_steps"][2 * n:] += 5.0
     other.arrays["expr"][n:] = 1.0 - other.arrays["expr"][n:]
-    a = TrainFrames.from_clip(clip, torch.arange(n), 64, fit_frames=n)
-    b = TrainFrames.from_clip(other, torch.arange(n), 64, fit_frames=n)
+    def drive(c: ProcessedClip) -> MouthDrive:  # what adaptation fits (training frames only)
+        x = c.arrays
+        return MouthDrive.fit(x["points3d"].numpy(), x["audio"].numpy(), n, x["valid"].numpy())
+
+    a = TrainFrames.from_clip(clip, torch.arange(n), 64, fit_frames=n, drive=drive(clip))
+    b = TrainFrames.from_clip(other, torch.arange(n), 64, fit_frames=n, drive=drive(other))
+    assert a.mouth is not None and a.mouth_pred is not None
     for f in fields(a):
         assert torch.equal(getattr(a, f.name), getattr(b, f.name)), f.name
     # the whole-clip normalisation stored by preprocessing would have seen the change
