@@ -52,7 +52,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("lse_c", "LSE-C", "up", 2),
     Column("lse_d", "LSE-D", "down", 2),
     Column("sync_expert_conf", "sync expert conf", "up", 2),
-    Column("shuffled_sync_expert_conf", "sync expert conf, shuffled audio", "", 2),
+    Column("shuffled_sync_expert_conf", "sync expert conf (shuffled audio)", "", 2),
     Column("sync_expert_dist", "sync expert dist", "down", 2),
     Column("adapt_minutes", "adapt min", "down", 1),
 )
