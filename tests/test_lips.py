@@ -123,3 +123,26 @@ def test_tiny_avatar_mouth_follows_its_audio(processed, audio_dir: Path, tmp_pat
     near_diff = np.abs(lips(near) - lips(shut)).mean(-1)
     assert far_diff.max() > 0.05                            # the code changes the render ...
     assert far_diff.sum() > 3 * near_diff.sum()             # ... more the further it moves
+
+
+def test_prior_without_code_input_loads_unchanged() -> None:
+    """The shipped prior (trained without the mouth code) gets a silent code path: for any
+    code its fields move every point exactly as before, until adaptation trains the path."""
+    from core.train.adapt import load_prior
+
+    old, _ = load_prior("prior_mel_cpu")
+    new, _ = load_prior("prior_mel_cpu", code_dim=len(MOUTH_CODE_NAMES))
+    assert old.code_dim == 0 and new.code_dim == len(MOUTH_CODE_NAMES)
+    g = torch.Generator().manual_seed(0)
+    xyz = torch.rand(300, 3, generator=g) * 0.2 - 0.1
+    win = torch.randn(8, 16, 80, generator=g)
+    aus, blink, hook = torch.rand(5, generator=g), torch.rand((), generator=g), torch.rand(3, generator=g)
+    with torch.no_grad():
+        for code in (torch.zeros(4), torch.tensor([2.0, -1.0, 0.5, 1.0])):
+            a, b = old.face(xyz, win, aus, blink), new.face(xyz, win, aus, blink, code=code)
+            assert torch.equal(a.d_xyz, b.d_xyz) and torch.equal(a.d_quat, b.d_quat)
+            assert torch.equal(old.mouth(xyz, win, hook).d_xyz, new.mouth(xyz, win, hook, code=code).d_xyz)
+        # and the code path is there to be trained: once its basis is non-zero, the code moves points
+        new.face.field.code_basis.mlp[-1].bias.data.fill_(0.1)
+        moved = new.face(xyz, win, aus, blink, code=torch.tensor([2.0, 0, 0, 0])).d_xyz
+        assert not torch.equal(moved, old.face(xyz, win, aus, blink).d_xyz)
