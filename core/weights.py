@@ -26,7 +26,8 @@ from core.errors import InputError
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
 DEFAULT_PRIOR = "prior_mel_cpu"
-#: the shipped audio-to-mouth prior (:mod:`core.model.mouth_predictor`), same manifest
+#: the shipped audio-to-mouth prior (:mod:`core.model.mouth_predictor`), manifest section
+#: ``mouth_priors``
 DEFAULT_MOUTH_PRIOR = "mouth_prior"
 
 
@@ -44,19 +45,22 @@ class PriorEntry:
     description: str = ""
 
 
-def manifest(path: Path = MANIFEST) -> dict[str, PriorEntry]:
-    """The priors listed in ``weights/manifest.json`` by name."""
+def manifest(path: Path = MANIFEST, section: str = "priors") -> dict[str, PriorEntry]:
+    """The entries of one section of ``weights/manifest.json`` by name: ``priors`` (motion
+    field priors) or ``mouth_priors`` (audio-to-mouth priors)."""
     data = json.loads(path.read_text())
-    return {e["name"]: PriorEntry(**e) for e in data["priors"]}
+    return {e["name"]: PriorEntry(**e) for e in data.get(section, [])}
 
 
 def resolve_prior(name_or_path: str | os.PathLike = DEFAULT_PRIOR,
-                  allow_download: bool | None = None, manifest_path: Path = MANIFEST) -> Path:
-    """Local path of a prior given a file path or a manifest name (see module doc)."""
+                  allow_download: bool | None = None, manifest_path: Path = MANIFEST,
+                  section: str = "priors") -> Path:
+    """Local path of a prior given a file path or a manifest name of ``section`` (see module
+    doc and :func:`manifest`)."""
     p = Path(name_or_path)
     if p.suffix == ".safetensors" and p.is_file():
         return p
-    entries = manifest(manifest_path)
+    entries = manifest(manifest_path, section)
     entry = entries.get(str(name_or_path))
     if entry is None:
         raise InputError("wrong_weights", f"Unknown prior {str(name_or_path)!r}: not a file and "

@@ -19,6 +19,8 @@ import pytest
 
 from eval import benchmark as bm
 from eval.benchmark import BenchmarkConfig, cell_name, run_benchmark, run_cell
+from eval.cells import render_path
+from eval.methods import LABELS
 from eval.ray_executor import (
     RayOptions,
     _collect,
@@ -61,7 +63,7 @@ def test_ray_run_matches_local_processes(local: dict, tmp_path: Path) -> None:
     # the outputs travelled back and sit where a local run writes them
     for m in ("retrieval", "loop"):
         name = cell_name("may_5s", m, 3.0)
-        assert (out / "renders" / f"{name}.mp4").is_file()
+        assert render_path(out, name).is_file()
         row = json.loads((out / "cells" / f"{name}.json").read_text())
         ref = json.loads((local["out"] / "cells" / f"{name}.json").read_text())
         assert row["status"] == "ok" and row["psnr"] == ref["psnr"]
@@ -113,7 +115,7 @@ def test_killed_worker_is_retried_and_rerun_completes_only_the_missing_cell(
     assert len(list(marks.glob(f"{retr}.*"))) == 2
     assert (out / "cells" / f"{loop}.json").is_file()
     assert not (out / "cells" / f"{retr}.json").exists()
-    assert "loop (no lip motion)" in r.table_md and "(failed: TaskLost" in r.table_md
+    assert LABELS["loop"] in r.table_md and "(failed: TaskLost" in r.table_md
     before = (out / "cells" / f"{loop}.json").read_text()
 
     msgs: list[str] = []
@@ -144,7 +146,7 @@ def test_ctrl_c_keeps_finished_cells(local: dict, tmp_path: Path) -> None:
     done = list((out / "cells").glob("*.json"))
     assert len(done) == 1 and json.loads(done[0].read_text())["status"] == "ok"
     name = done[0].stem
-    assert (out / "renders" / f"{name}.mp4").is_file()
+    assert render_path(out, name).is_file()
     assert not list(out.rglob(".*.tmp"))  # nothing half-written
 
 

@@ -123,7 +123,7 @@ def load_predictor(path: str | Path | None = None) -> tuple[MouthPredictor, dict
     from core.model.checkpoint import load
     from core.weights import DEFAULT_MOUTH_PRIOR, resolve_prior
 
-    p = resolve_prior(DEFAULT_MOUTH_PRIOR if path is None else path)
+    p = resolve_prior(DEFAULT_MOUTH_PRIOR if path is None else path, section="mouth_priors")
     tensors, meta = load(p, kind=CHECKPOINT_KIND)
     model = MouthPredictor(MouthPredictorConfig(**meta["config"]))
     model.load_state_dict({k[len("predictor."):]: v for k, v in tensors.items()
