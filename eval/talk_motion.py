@@ -3,8 +3,9 @@
 ``python -m eval.talk_motion AVATAR CLIP_DIR AUDIO... --out DIR``
 
 For each audio file the avatar is driven (:func:`core.synthesize.synthesize`, no visible mark)
-and FaceMesh measures the rendered inner-lip gap per frame (landmarks 13-14, in units of the
-eye-corner distance 33-263, the benchmark's aperture). The same measure on the avatar's own
+and FaceMesh measures the rendered inner-lip gap per frame (the middle pair 13-14 only, in
+units of the eye-corner distance 33-263; the benchmark's ``eval.metrics.lip_aperture``
+averages several inner-lip pairs, so values differ slightly from its aperture). The same measure on the avatar's own
 recording (``CLIP_DIR``: its processed clip) gives the person's real range. Reported per
 audio: the rendered aperture's standard deviation over the recording's (``motion ratio``; 1 =
 moves as much as the person does), and the correlation of the rendered aperture with the
