@@ -290,12 +290,18 @@ def test_negative_contrast_loss():
     other1 = (3.0 * ex).requires_grad_(True)
     other2 = (-1.0 * ex + ey).requires_grad_(True)
     loss = negative_contrast_loss(d_self, [other1, other2])
-    # other1: <2x, 3x> = 6 for every Gaussian; other2: <2x, -x + y> = -2 -> relu 0
-    assert loss.item() == pytest.approx((6.0 + 0.0) / 2)
+    # other1: <2x, 3x> = 6 over rms 2 * 3 -> 1 (same direction); other2: <2x, -x + y> < 0 -> 0
+    assert loss.item() == pytest.approx((1.0 + 0.0) / 2)
     loss.backward()
     assert other1.grad is None and other2.grad is None
-    assert torch.allclose(d_self.grad, other1.detach() / (2 * n))
+    # gradient of the first pair only: other1 / (rms(self) rms(other1)) / (pairs * n)
+    assert torch.allclose(d_self.grad, other1.detach() / (2 * 3) / (2 * n))
     assert negative_contrast_loss(d_self, []).item() == 0.0
+    # scale-free: the same directions 1000x smaller give the same value
+    tiny = negative_contrast_loss(d_self.detach() * 1e-3, [other1.detach() * 1e-3])
+    assert tiny.item() == pytest.approx(1.0, rel=1e-4)
+    # motionless fields give 0, not NaN
+    assert negative_contrast_loss(torch.zeros(n, 3), [torch.zeros(n, 3)]).item() == 0.0
 
 
 def test_motion_magnitude_loss():

@@ -681,20 +681,30 @@ def with_code(encoder: CodeEncoder | None, audio_code: Tensor, code: Tensor | No
 # ---------------------------------------------------------------------------------------------
 # losses
 # ---------------------------------------------------------------------------------------------
-def negative_contrast_loss(d_self: Tensor, d_others: Sequence[Tensor]) -> Tensor:
-    """Identity-specific motions must not share directions (METHOD §4).
+def negative_contrast_loss(d_self: Tensor, d_others: Sequence[Tensor], eps: float = 1e-24) -> Tensor:
+    """Identity-specific motions must not share directions (METHOD §4), scale-free.
+
+    METHOD's form ``mean ReLU(<d_self, d_other>)`` scales with the square of the offsets; at
+    CPU scale offsets are ~1e-3 head units, so that term is ~1e-7 and does nothing. Here each
+    pair is divided by the (detached) root-mean-square lengths of the two fields, so the value
+    is a mean clipped cosine-like agreement in [0, 1] whatever the motion's size, and its
+    gradient pushes directions apart without rewarding smaller motion.
 
     Args:
         d_self: (N, 3) Δxyz of the current identity's personalised field at its Gaussians.
         d_others: list of (N, 3) Δxyz of every other identity's personalised field evaluated at
             the same Gaussians with the same inputs (detached here).
+        eps: added to the squared-length product (fields that do not move give 0).
     Returns:
-        scalar ``mean over others and Gaussians of ReLU(<d_self, d_other>)``; 0 for no others.
+        scalar ``mean_m mean_n ReLU(<s_n, o_mn>) / (rms(s) rms(o_m))``; 0 for no others.
     """
     if len(d_others) == 0:
         return d_self.sum() * 0.0
     others = torch.stack([d.detach() for d in d_others], 0)          # (M, N, 3)
-    return F.relu((d_self[None] * others).sum(-1)).mean()
+    dots = F.relu((d_self[None] * others).sum(-1)).mean(-1)          # (M,)
+    ms_self = d_self.detach().pow(2).sum(-1).mean()
+    ms_other = others.pow(2).sum(-1).mean(-1)                        # (M,)
+    return (dots / (ms_self * ms_other + eps).sqrt()).mean()
 
 
 def motion_magnitude_loss(motion: Motion) -> Tensor:

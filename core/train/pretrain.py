@@ -48,7 +48,7 @@ class PretrainConfig:
     """Pre-training settings (paper scale in the ``gpu`` preset).
 
     Attributes:
-        res: rendering resolution (clips are resized).
+        res: rendering resolution (clips are resized); 256 so the lips move several pixels.
         max_seconds: use at most the first this many seconds of each clip (paper: 200 s).
         face_steps, mouth_steps: steps of the two passes (paper 150k + 150k).
         face_warmup, mouth_warmup: static steps (no motion) at the start of each pass
@@ -58,7 +58,8 @@ class PretrainConfig:
         decay_steps: the learning-rate half-life in steps (paper 100k of 150k).
         ema_decay: EMA of the UMF weights (0.995), one average per branch, each updated
             only during its own pass (the face average must not drift during the mouth pass).
-        contrast_weight: negative contrast loss weight (1).
+        contrast_weight: weight of the (scale-free, values in [0, 1]) negative contrast loss;
+            0.1 makes it a tenth to a half of the image loss at CPU scale.
         sh_degree: SH degree of the identities' Gaussians (2).
         densify_start: first densification step of each identity (per-identity steps).
         ckpt_every: checkpoint interval in steps.
@@ -68,7 +69,7 @@ class PretrainConfig:
             the code predicted from its audio by the shipped audio-to-mouth prior.
     """
 
-    res: int = 128
+    res: int = 256
     max_seconds: float = 60.0
     face_steps: int = 4000
     mouth_steps: int = 2000
@@ -78,7 +79,7 @@ class PretrainConfig:
     umf_lr_mlp: float = 5e-4
     decay_steps: int = 4000
     ema_decay: float = 0.995
-    contrast_weight: float = 1.0
+    contrast_weight: float = 0.1
     sh_degree: int = 2
     densify_start: int = 100
     ckpt_every: int = 250
