@@ -119,17 +119,45 @@ def test_background_plate_synthetic_moving_person():
     assert np.array_equal(plate, bg)  # every pixel is far from the person in some frame
 
 
+def test_torso_plate_continues_neck_and_background_under_the_head():
+    """Known answer: background colour above, neck colour below, a head disc in between.
+    Filled pixels next to the neck take the neck colour, those next to the background its
+    colour; no pixel outside the head changes."""
+    H = W = 64
+    bg, neck, skin = np.array([0, 200, 220]), np.array([120, 80, 60]), np.array([230, 180, 150])
+    frame = np.zeros((H, W, 3), np.uint8)
+    frame[:] = bg
+    frame[40:, 24:40] = neck
+    lab = np.zeros((H, W), np.uint8)
+    lab[40:, 24:40] = Label.TORSO
+    yy, xx = np.mgrid[:H, :W]
+    disc = (yy - 28) ** 2 + (xx - 32) ** 2 < 14 ** 2
+    frame[disc] = skin
+    lab[disc] = Label.FACE
+    out = torso_plate(frame, lab)
+    assert np.array_equal(out[~disc], frame[~disc])
+    dist = lambda px, c: np.abs(px.astype(float) - c).sum(-1)  # noqa: E731
+    under_chin = out[38:41, 28:36][disc[38:41, 28:36]]          # the disc's bottom, above the neck
+    assert len(under_chin) and (dist(under_chin, neck) < dist(under_chin, bg)).all()
+    top = out[15:17, 28:36][disc[15:17, 28:36]]
+    assert len(top) and (dist(top, bg) < 30).all()
+    assert not (dist(out[disc], skin) < 60).any()                # nothing of the head stays
+
+
 def test_torso_plate_replaces_only_the_head():
     frames, _pts, lab = labelled("may_5s.mp4")
-    plate = background_plate(frames, lab)
     t = 40
-    out = torso_plate(frames[t], lab[t], plate)
+    out = torso_plate(frames[t], lab[t])
     head = head_mask(lab[t])
     assert head.sum() > 1000
-    assert np.array_equal(out[head], plate[head])
     assert np.array_equal(out[~head], frames[t][~head])
+    # the head area is filled from its surroundings: its colours lie within those of the
+    # non-head pixels (per channel, up to rounding), not the recorded face's
+    lo, hi = frames[t][~head].min(0).astype(int), frames[t][~head].max(0).astype(int)
+    assert ((out[head] >= lo - 1) & (out[head] <= hi + 1)).all()
+    assert np.abs(out[head].astype(int) - frames[t][head]).mean() > 10
     # a batch gives the same plates as one frame at a time
-    batch = torso_plate(frames[t - 1:t + 2], lab[t - 1:t + 2], plate)
+    batch = torso_plate(frames[t - 1:t + 2], lab[t - 1:t + 2])
     assert batch.shape == (3, *frames[t].shape) and batch.dtype == np.uint8
     assert np.array_equal(batch[1], out)
 

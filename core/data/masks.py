@@ -283,19 +283,60 @@ def head_mask(labels: np.ndarray) -> np.ndarray:
     return np.asarray(labels) >= Label.HAIR
 
 
-def torso_plate(frames: np.ndarray, labels: np.ndarray, bg_plate: np.ndarray) -> np.ndarray:
-    """Frames with the head replaced by the background plate: the project's one plate builder.
+@dataclass
+class TorsoPlateConfig:
+    """Settings of :func:`torso_plate`.
+
+    Attributes:
+        blur_frac: the filled head area is smoothed by a Gaussian of this standard deviation,
+            as a fraction of the frame width (0.015 = 3.8 px at 256 px): the nearest-pixel fill
+            becomes a soft continuation of the neck, collar, hair and background around it.
+    """
+
+    blur_frac: float = 0.015
+
+
+def _fill_from_surroundings(frame: np.ndarray, hole: np.ndarray, sigma: float) -> np.ndarray:
+    """``frame`` (H, W, 3) uint8 with the ``hole`` (H, W) bool pixels filled from outside it:
+    each hole pixel takes the colour of its nearest non-hole pixel, then the hole is smoothed
+    by a Gaussian of ``sigma`` pixels. A frame that is all hole is returned unchanged."""
+    import cv2
+    from scipy.ndimage import distance_transform_edt
+
+    if not hole.any() or hole.all():
+        return frame
+    _, (iy, ix) = distance_transform_edt(hole, return_indices=True)
+    near = frame[iy, ix]
+    if sigma > 0:
+        near = cv2.GaussianBlur(near, (0, 0), sigmaX=sigma, sigmaY=sigma,
+                                borderType=cv2.BORDER_REPLICATE)
+    return np.where(hole[..., None], near, frame)
+
+
+def torso_plate(frames: np.ndarray, labels: np.ndarray,
+                cfg: TorsoPlateConfig | None = None) -> np.ndarray:
+    """Frames with the head replaced by what lies around it: the project's one plate builder.
 
     This is the image the rendered head is composited onto (training targets, the
     avatar's ``plates.mp4``, the benchmark's baselines): recorded torso and background of
-    each frame, no head.
+    each frame, and where the head was, a continuation of its surroundings in that frame
+    (:func:`_fill_from_surroundings`): the neck and collar extended up under the chin,
+    hair edges continued by the background next to them. Wherever the rendered head is not
+    fully opaque (its soft edge), the plate shows what a viewer expects there, not a flat
+    background colour.
 
     Args:
         frames: (..., res, res, 3) uint8 RGB, one frame or a batch.
         labels: (..., res, res) uint8 labels of those frames (:class:`Label`).
-        bg_plate: (res, res, 3) uint8 from :func:`background_plate`.
+        cfg: :class:`TorsoPlateConfig`.
     Returns:
-        (..., res, res, 3) uint8 RGB.
+        (..., res, res, 3) uint8 RGB; pixels outside the head are the frame's own.
     """
-    return np.where(head_mask(labels)[..., None], np.asarray(bg_plate, np.uint8),
-                    np.asarray(frames, np.uint8))
+    cfg = cfg or TorsoPlateConfig()
+    f = np.asarray(frames, np.uint8)
+    heads = head_mask(labels)
+    flat_f = f.reshape(-1, *f.shape[-3:])
+    flat_h = heads.reshape(-1, *heads.shape[-2:])
+    sigma = cfg.blur_frac * f.shape[-2]
+    out = np.stack([_fill_from_surroundings(x, h, sigma) for x, h in zip(flat_f, flat_h)])
+    return out.reshape(f.shape)

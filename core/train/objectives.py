@@ -4,12 +4,15 @@ Images are (H, W, 3) float32 in [0, 1]; masks (H, W) bool.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 SSIM_WEIGHT = 0.2        # L1 + 0.2 (1 - SSIM)
-ALPHA_WEIGHT = 1e-3      # (1 - alpha) inside the head + alpha outside
+ALPHA_WEIGHT = 0.05      # |alpha - soft head mask|, each side of the edge averaged over itself
+EDGE_SIGMA_256 = 0.7     # soft head edge: Gaussian sigma in pixels at 256 px (scaled with res)
 MOTION_WEIGHT = 1e-5     # |dxyz| + |drot| + |dscale| + |p_xyz|
 GATE_WEIGHT = 1e-4       # eye gate off the lips box, both gates off hair
 MOUTH_OUTSIDE_WEIGHT = 1e-2  # mouth alpha outside the lips box
@@ -59,11 +62,41 @@ def box_photometric(pred: Tensor, target: Tensor, box: tuple[int, int, int, int]
     return (p - t).abs().mean()
 
 
-def alpha_loss(alpha: Tensor, inside: Tensor) -> Tensor:
-    """``mean((1 - alpha) [inside] + alpha [outside])`` for alpha (H, W, 1), inside (H, W)."""
+def soft_edge(mask: Tensor, res: int | None = None) -> Tensor:
+    """(H, W) float weights in [0, 1]: the bool ``mask`` (H, W) with its edge softened by a
+    Gaussian of ``EDGE_SIGMA_256 * res / 256`` pixels (``res`` defaults to the mask width), so
+    the edge is as wide in the picture at every resolution. Recorded boundary pixels mix the
+    head with what lies behind it; a hard 0/1 target asks the renderer for a step it cannot
+    make and leaves a seam."""
+    res = res or mask.shape[-1]
+    sigma = EDGE_SIGMA_256 * res / 256.0
+    m = mask.to(torch.float32)
+    if sigma < 0.25:
+        return m
+    r = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = (g / g.sum()).to(m)
+    t = F.pad(m[None, None], (r, r, r, r), mode="replicate")
+    t = F.conv2d(t, g.view(1, 1, 1, -1))
+    t = F.conv2d(t, g.view(1, 1, -1, 1))
+    return t[0, 0].clamp(0.0, 1.0)
+
+
+def alpha_loss(alpha: Tensor, inside: Tensor, target: Tensor | None = None) -> Tensor:
+    """Opacity term: ``|alpha - target|`` averaged over the head (``inside``) plus the same
+    averaged over the rest of the frame, each side over its own pixels (so a head of 20 % of
+    the frame weighs as much as its surroundings, and the edge is not lost in a frame mean).
+
+    alpha: (H, W, 1); inside: (H, W) bool head mask; target: (H, W) soft mask
+    (:func:`soft_edge`), default the hard mask."""
     a = alpha[..., 0]
     m = inside.to(a.dtype)
-    return ((1.0 - a) * m + a * (1.0 - m)).mean()
+    t = m if target is None else target.to(a)
+    err = (a - t).abs()
+    n_in = m.sum().clamp_min(1.0)
+    n_out = (1.0 - m).sum().clamp_min(1.0)
+    return (err * m).sum() / n_in + (err * (1.0 - m)).sum() / n_out
 
 
 def box_mask(box: Tensor, height: int, width: int, pad: int = 0) -> Tensor:

@@ -6,7 +6,10 @@ Targets:
 * **face**: the head (face + hair) over a flat background, the mouth interior set to
   background, so face Gaussians become transparent inside the mouth. The flat colour is drawn
   at random every step (a transparent pixel cannot pass for a background-coloured one, so
-  no "delete Gaussians of the background colour" rule is needed).
+  no "delete Gaussians of the background colour" rule is needed). The head's edge is soft
+  (:func:`core.train.objectives.soft_edge`, the same width in the picture at any resolution)
+  and the opacity term is averaged over the head and over the rest separately, so the head
+  is opaque up to its edge.
 * **mouth**: inside the lips box, the mouth interior over the flat background (mouth
   Gaussians learn teeth/tongue/cavity and stay transparent elsewhere in the box), plus an
   alpha penalty outside the lips box.
@@ -29,7 +32,7 @@ from core.model.motion_field import (HOOK_K_EVAL, CodeBasis, CodeEncoder, Motion
                                      audio_windows, motion_magnitude_loss)
 from core.train.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, LIPS_WEIGHT, MOTION_WEIGHT,
                                    MOUTH_OUTSIDE_WEIGHT, alpha_loss, box_mask, box_photometric,
-                                   gate_loss, photometric)
+                                   gate_loss, photometric, soft_edge)
 
 
 #: learning-rate multiplier of the mouth-code path over the field MLPs: it is new for every
@@ -96,7 +99,7 @@ class TrainFrames:
         idx = frames.long()
         frames_u8, labels = clip.frames[idx], clip.labels[idx]
         imgs = frames_u8.float() / 255.0
-        plates = torch.from_numpy(torso_plate(frames_u8.numpy(), labels.numpy(), clip.bg.numpy())).float() / 255.0
+        plates = torch.from_numpy(torso_plate(frames_u8.numpy(), labels.numpy())).float() / 255.0
         scale = res / clip.res
         if res != clip.res:
             imgs = _resize(imgs, res)
@@ -227,12 +230,13 @@ def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor
     cond = frames.cond(j, tracked)
     lab = frames.labels[j]
     head = (lab == Label.FACE) | (lab == Label.HAIR)
-    target = torch.where(head[..., None], frames.images[j], bg)
+    w = soft_edge(head, frames.res)[..., None]
+    target = w * frames.images[j] + (1.0 - w) * bg
     m = None if static else face_motion(umf, ident, cond, use_aligner=use_aligner)
     gates = _gate_channels(m)
     out = render_branch(ident.face, m, cond, background=bg, extra=gates)
     pred = out.image[..., :3]
-    loss = photometric(pred, target) + ALPHA_WEIGHT * alpha_loss(out.alpha, head)
+    loss = photometric(pred, target) + ALPHA_WEIGHT * alpha_loss(out.alpha, head, w[..., 0])
     lips_box = _lips_crop(frames, j)
     loss = loss + LIPS_WEIGHT * box_photometric(pred, target, lips_box)
     logs = {}

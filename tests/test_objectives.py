@@ -1,0 +1,45 @@
+"""Training objectives with known answers: the soft head edge and the region-normalised
+opacity term (core.train.objectives)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.train.objectives import EDGE_SIGMA_256, alpha_loss, soft_edge
+
+
+def _edge_width(res: int) -> int:
+    """Pixels of a straight vertical edge whose soft weight lies strictly between 0.05 and 0.95."""
+    m = torch.zeros(res, res, dtype=torch.bool)
+    m[:, res // 2:] = True
+    w = soft_edge(m, res)[res // 2]
+    return int(((w > 0.05) & (w < 0.95)).sum())
+
+
+def test_soft_edge_is_symmetric_and_scales_with_resolution() -> None:
+    res = 256
+    m = torch.zeros(res, res, dtype=torch.bool)
+    m[:, res // 2:] = True
+    w = soft_edge(m, res)
+    # a straight edge: 0.5 halfway between the last outside and the first inside pixel
+    assert float(w[10, res // 2 - 1] + w[10, res // 2]) == pytest.approx(1.0, abs=1e-5)
+    assert float(w[10, 0]) == 0.0 and float(w[10, -1]) == 1.0
+    # the same width in the picture: twice the pixels at twice the resolution
+    assert _edge_width(512) == pytest.approx(2 * _edge_width(256), abs=1)
+    assert _edge_width(256) >= 2 and EDGE_SIGMA_256 > 0
+
+
+def test_alpha_loss_weighs_each_side_of_the_edge_by_itself() -> None:
+    """A 10x10 head in a 100x100 frame: a fully transparent head costs 1, not 1 % (a frame
+    mean); stray opacity over the whole outside costs 1 as well."""
+    inside = torch.zeros(100, 100, dtype=torch.bool)
+    inside[40:50, 40:50] = True
+    transparent = torch.zeros(100, 100, 1)
+    assert float(alpha_loss(transparent, inside)) == pytest.approx(1.0)
+    exact = inside.float()[..., None]
+    assert float(alpha_loss(exact, inside)) == pytest.approx(0.0)
+    assert float(alpha_loss(torch.ones(100, 100, 1), inside)) == pytest.approx(1.0)
+    # with a soft target the loss is zero at the target and positive for the hard mask
+    soft = soft_edge(inside, 256)
+    assert float(alpha_loss(soft[..., None], inside, soft)) == pytest.approx(0.0, abs=1e-6)
+    assert float(alpha_loss(exact, inside, soft)) > 0.0
