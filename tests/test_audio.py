@@ -179,3 +179,26 @@ def test_spec_refuses_mismatch() -> None:
     assert ei.value.code == "wrong_weights" and "mel" in ei.value.problem
     with pytest.raises(ValueError):
         AudioFeatureConfig(kind="deepspeech")
+
+
+@pytest.mark.parametrize("kind", ["phones", "mel+phones"])
+def test_phonetic_kinds_round_trip(audio_dir: Path, kind: str) -> None:
+    """The phonetic kinds give per-frame windows of the declared size on the common grid, the
+    spec turns back into the same config, and ``mel+phones`` is exactly mel beside phones."""
+    from core.data.audio import AudioFeatureConfig, feature_config, feature_spec, feature_steps
+    from core.data.phones import FEATURE_DIM, phone_features
+
+    wav = read_audio(audio_dir / "en_radio31.wav")[: 3 * 16000]
+    cfg = AudioFeatureConfig(kind=kind)
+    spec = feature_spec(cfg)
+    assert spec.dim == (FEATURE_DIM if kind == "phones" else 80 + FEATURE_DIM)
+    assert feature_config(spec) == cfg
+    steps = feature_steps(wav, cfg)
+    assert steps.shape == (150, spec.dim) and torch.isfinite(steps).all()
+    assert torch.equal(steps[:, -FEATURE_DIM:], phone_features(wav))
+    if kind == "mel+phones":
+        assert torch.equal(steps[:, :80], feature_steps(wav, AudioFeatureConfig(kind="mel")))
+    win = audio_features(wav, 75, cfg)
+    assert win.shape == (75, 16, spec.dim)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        AudioFeatureConfig(kind="phonemes")

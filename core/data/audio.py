@@ -1,4 +1,4 @@
-"""Per-frame audio features (log-mel or HuBERT) on the project's 50 Hz step grid.
+"""Per-frame audio features (log-mel, phonetic, or HuBERT) on the project's 50 Hz step grid.
 
 Grid (core conventions): audio is 16 kHz mono; feature step ``m`` covers samples
 ``[320*m, 320*(m+1))`` (20 ms), so a clip of ``N`` samples has ``S = ceil(N / 320)``
@@ -17,6 +17,10 @@ the features change). STFT frames are centred at ``160*k + 80`` so that 100 Hz f
 avatar is trained on one recording and driven by others (other microphones, rooms,
 gain), so removing each bin's recording-level offset and scale makes the features
 describe *what* is said rather than *how it was recorded*.
+
+``phones`` (no weights): the speaker-independent phonetic front end of
+:mod:`core.data.phones` (pocketsphinx allphone decoding -> 9 mouth-shape posteriors, 4 band
+loudnesses and the overall loudness, 14-d). ``mel+phones``: both, concatenated (80 + 14).
 
 ``hubert``: transformers ``HubertModel`` last hidden layer (1024-d for
 ``facebook/hubert-large-ls960-ft``), 320-sample stride = 50 Hz. Weights come from a
@@ -38,6 +42,8 @@ from core.errors import InputError
 
 SAMPLES_PER_STEP = 320  # 20 ms at 16 kHz
 STEPS_PER_FRAME = 2     # 25 fps video
+#: Feature kinds: the three offline ones need no weights; HuBERT needs its model.
+KINDS: tuple[str, ...] = ("mel", "phones", "mel+phones", "hubert")
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,8 @@ class AudioFeatureConfig:
     """How to turn 16 kHz mono audio into 50 Hz feature steps.
 
     Attributes:
-        kind: ``'mel'`` (log-mel, no weights) or ``'hubert'``.
+        kind: ``'mel'`` (log-mel, no weights), ``'phones'`` (phonetic front end, no weights),
+            ``'mel+phones'`` (both) or ``'hubert'``.
         sample_rate: input rate in Hz (16000; the grid assumes it).
         n_mels: mel bins (80). ``fmin`` / ``fmax``: filterbank range in Hz (0, 8000).
         win_length: STFT window in samples (400 = 25 ms). ``hop``: 160 (10 ms).
@@ -88,11 +95,11 @@ class AudioFeatureConfig:
     window: int = 16
 
     def __post_init__(self) -> None:
-        if self.kind not in ("mel", "hubert"):
-            raise ValueError(f"kind must be 'mel' or 'hubert', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.sample_rate != 16000:
             raise ValueError("audio features assume 16 kHz audio (core conventions)")
-        if self.kind == "mel" and 2 * self.hop != SAMPLES_PER_STEP:
+        if "mel" in self.kind and 2 * self.hop != SAMPLES_PER_STEP:
             raise ValueError(f"mel hop must be {SAMPLES_PER_STEP // 2} samples (10 ms)")
 
 
@@ -101,7 +108,7 @@ class AudioFeatureSpec:
     """What a checkpoint's audio features were: refuse to mix different kinds.
 
     Attributes:
-        kind: 'mel' | 'hubert'; dim: feature size D; model: hub id or local folder
+        kind: one of :data:`KINDS`; dim: feature size D; model: hub id or local folder
         name (None for mel); revision: hub revision or None; window: steps per frame.
     """
 
@@ -137,8 +144,10 @@ class AudioFeatureSpec:
 
 def feature_spec(cfg: AudioFeatureConfig) -> AudioFeatureSpec:
     """The spec of ``cfg`` (loads the HuBERT config, not its weights, for the dim)."""
-    if cfg.kind == "mel":
-        return AudioFeatureSpec("mel", cfg.n_mels, None, None, cfg.window)
+    if cfg.kind != "hubert":
+        from core.data.phones import FEATURE_DIM
+        dim = {"mel": cfg.n_mels, "phones": FEATURE_DIM, "mel+phones": cfg.n_mels + FEATURE_DIM}
+        return AudioFeatureSpec(cfg.kind, dim[cfg.kind], None, None, cfg.window)
     from transformers import HubertConfig
     folder = resolve_hubert_dir(cfg)
     dim = HubertConfig.from_pretrained(folder).hidden_size
@@ -147,8 +156,11 @@ def feature_spec(cfg: AudioFeatureConfig) -> AudioFeatureSpec:
 
 def feature_config(spec: AudioFeatureSpec, allow_download: bool = False) -> AudioFeatureConfig:
     """The feature config that reproduces features of ``spec`` (an avatar's, a processed clip's)."""
-    if spec.kind == "mel":
-        return AudioFeatureConfig(kind="mel", n_mels=spec.dim, window=spec.window)
+    if spec.kind != "hubert":
+        from core.data.phones import FEATURE_DIM
+        n_mels = {"mel": spec.dim, "phones": AudioFeatureConfig.n_mels,
+                  "mel+phones": spec.dim - FEATURE_DIM}[spec.kind]
+        return AudioFeatureConfig(kind=spec.kind, n_mels=n_mels, window=spec.window)
     return AudioFeatureConfig(kind="hubert", hubert_model=spec.model or AudioFeatureConfig.hubert_model,
                               hubert_revision=spec.revision, allow_download=allow_download,
                               window=spec.window)
@@ -342,9 +354,18 @@ def hubert_steps(audio: np.ndarray | torch.Tensor, cfg: AudioFeatureConfig) -> t
 # ----------------------------------------------------------------------------- public
 def feature_steps(audio: np.ndarray | torch.Tensor, cfg: AudioFeatureConfig) -> torch.Tensor:
     """Raw 50 Hz feature sequence ``(S, D)`` float32 for 16 kHz mono ``audio``."""
-    if cfg.kind == "mel":
-        return log_mel_steps(audio, cfg)
-    return hubert_steps(audio, cfg)
+    if cfg.kind == "hubert":
+        return hubert_steps(audio, cfg)
+    parts = []
+    if "mel" in cfg.kind:
+        parts.append(log_mel_steps(audio, cfg))
+    if "phones" in cfg.kind:
+        from core.data.phones import phone_features
+        parts.append(phone_features(audio))
+    if len(parts) == 1:
+        return parts[0]
+    n = min(p.shape[0] for p in parts)   # both use S = ceil(N / 320); guard anyway
+    return torch.cat([p[:n] for p in parts], 1)
 
 
 def frame_windows(steps: torch.Tensor, num_frames: int, window: int = 16) -> torch.Tensor:

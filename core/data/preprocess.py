@@ -57,6 +57,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.atomic import atomic_folder
+from core.data.audio import KINDS
 from core.errors import InputError
 from core.progress import ProgressBar, ProgressFn
 
@@ -73,7 +74,8 @@ class PreprocessConfig:
 
     Attributes:
         res: side of the square working frames in pixels (256 on CPU, 512 on GPU).
-        audio: audio feature kind, ``'mel'`` (offline default) or ``'hubert'``.
+        audio: audio feature kind (:data:`core.data.audio.KINDS`): ``'mel'`` (offline
+            default), ``'phones'``, ``'mel+phones'`` or ``'hubert'``.
         hubert_model: HuBERT hub id or local folder (only for ``audio='hubert'``).
         allow_download: let huggingface-hub download HuBERT weights if missing.
         min_seconds: shortest accepted clip (s); the paper adapts on 5 s.
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("clip", help="video file (mp4, mov, mkv, webm, mpg) with one face and speech")
     p.add_argument("--out", required=True, help="processed-clip folder to create")
     p.add_argument("--res", type=int, default=None, help="working resolution (default 256 CPU / 512 GPU)")
-    p.add_argument("--audio", choices=("mel", "hubert"), default="mel")
+    p.add_argument("--audio", choices=KINDS, default="mel")
     p.add_argument("--hubert-model", default=PreprocessConfig.hubert_model,
                    help="HuBERT hub id or local folder (with --audio hubert)")
     p.add_argument("--allow-download", action="store_true", help="allow downloading HuBERT weights")
