@@ -25,7 +25,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from core.data.audio import AudioFeatureSpec, audio_features, feature_config, feature_spec
+from core.data.audio import AudioFeatureSpec
+from core.data.features import audio_features, feature_config, feature_spec
 from core.model.avatar import Avatar, load_avatar
 from core.errors import InputError
 from core.model.head import FrameCond, render_frame

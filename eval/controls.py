@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core.data.audio import AudioFeatureSpec, audio_features
+from core.data.audio import AudioFeatureSpec
+from core.data.features import audio_features, feature_config
 from core.model.head import UMF
 from core.model.motion_field import audio_windows
 from core.train.stages import TrainFrames
@@ -53,7 +54,6 @@ def silent_audio(frames: TrainFrames, spec: AudioFeatureSpec, drive=None) -> Tra
     """``frames`` driven by the audio features of digital silence (same length), and for a
     model with a mouth-code input (``drive``: its :class:`core.model.mouth_drive.MouthDrive`)
     the codes predicted from that silence."""
-    from core.data.audio import feature_config
 
     n = int(frames.audio.shape[0])
     silence = np.zeros(n * 640, np.float32)

@@ -11,15 +11,13 @@ import torch
 from core.data.audio import (
     AudioFeatureConfig,
     AudioFeatureSpec,
-    audio_features,
-    feature_spec,
-    feature_steps,
     frame_windows,
     hubert_steps,
     mel_centers,
     mel_filterbank,
     num_steps,
 )
+from core.data.features import audio_features, feature_config, feature_spec, feature_steps
 from core.errors import InputError
 from core.data.media import fit_length, read_audio, read_clip
 
@@ -185,7 +183,6 @@ def test_spec_refuses_mismatch() -> None:
 def test_phonetic_kinds_round_trip(audio_dir: Path, kind: str) -> None:
     """The phonetic kinds give per-frame windows of the declared size on the common grid, the
     spec turns back into the same config, and ``mel+phones`` is exactly mel beside phones."""
-    from core.data.audio import AudioFeatureConfig, feature_config, feature_spec, feature_steps
     from core.data.phones import FEATURE_DIM, phone_features
 
     wav = read_audio(audio_dir / "en_radio31.wav")[: 3 * 16000]

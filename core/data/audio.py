@@ -18,9 +18,8 @@ avatar is trained on one recording and driven by others (other microphones, room
 gain), so removing each bin's recording-level offset and scale makes the features
 describe *what* is said rather than *how it was recorded*.
 
-``phones`` (no weights): the speaker-independent phonetic front end of
-:mod:`core.data.phones` (pocketsphinx allphone decoding -> 9 mouth-shape posteriors, 4 band
-loudnesses and the overall loudness, 14-d). ``mel+phones``: both, concatenated (80 + 14).
+``phones`` / ``mel+phones``: the phonetic front end (:mod:`core.data.phones`), alone or
+beside log-mel; :mod:`core.data.features` turns any kind into features.
 
 ``hubert``: transformers ``HubertModel`` last hidden layer (1024-d for
 ``facebook/hubert-large-ls960-ft``), 320-sample stride = 50 Hz. Weights come from a
@@ -142,30 +141,6 @@ class AudioFeatureSpec:
         return f"{self.kind}{m}, {self.dim}-d, {self.window}-step windows"
 
 
-def feature_spec(cfg: AudioFeatureConfig) -> AudioFeatureSpec:
-    """The spec of ``cfg`` (loads the HuBERT config, not its weights, for the dim)."""
-    if cfg.kind != "hubert":
-        from core.data.phones import FEATURE_DIM
-        dim = {"mel": cfg.n_mels, "phones": FEATURE_DIM, "mel+phones": cfg.n_mels + FEATURE_DIM}
-        return AudioFeatureSpec(cfg.kind, dim[cfg.kind], None, None, cfg.window)
-    from transformers import HubertConfig
-    folder = resolve_hubert_dir(cfg)
-    dim = HubertConfig.from_pretrained(folder).hidden_size
-    return AudioFeatureSpec("hubert", int(dim), _model_name(cfg), cfg.hubert_revision, cfg.window)
-
-
-def feature_config(spec: AudioFeatureSpec, allow_download: bool = False) -> AudioFeatureConfig:
-    """The feature config that reproduces features of ``spec`` (an avatar's, a processed clip's)."""
-    if spec.kind != "hubert":
-        from core.data.phones import FEATURE_DIM
-        n_mels = {"mel": spec.dim, "phones": AudioFeatureConfig.n_mels,
-                  "mel+phones": spec.dim - FEATURE_DIM}[spec.kind]
-        return AudioFeatureConfig(kind=spec.kind, n_mels=n_mels, window=spec.window)
-    return AudioFeatureConfig(kind="hubert", hubert_model=spec.model or AudioFeatureConfig.hubert_model,
-                              hubert_revision=spec.revision, allow_download=allow_download,
-                              window=spec.window)
-
-
 def num_steps(num_samples: int) -> int:
     """50 Hz steps for ``num_samples`` at 16 kHz: ``ceil(N / 320)``."""
     return math.ceil(num_samples / SAMPLES_PER_STEP)
@@ -248,7 +223,7 @@ def log_mel_steps(audio: np.ndarray | torch.Tensor, cfg: AudioFeatureConfig) -> 
 
 
 # ----------------------------------------------------------------------------- hubert
-def _model_name(cfg: AudioFeatureConfig) -> str:
+def hubert_model_name(cfg: AudioFeatureConfig) -> str:
     """Hub id for the spec: the id itself, the id of an HF-cache snapshot folder
     (``.../models--org--name/snapshots/<rev>``), else the local folder's name."""
     p = Path(cfg.hubert_model).expanduser()
@@ -352,22 +327,6 @@ def hubert_steps(audio: np.ndarray | torch.Tensor, cfg: AudioFeatureConfig) -> t
 
 
 # ----------------------------------------------------------------------------- public
-def feature_steps(audio: np.ndarray | torch.Tensor, cfg: AudioFeatureConfig) -> torch.Tensor:
-    """Raw 50 Hz feature sequence ``(S, D)`` float32 for 16 kHz mono ``audio``."""
-    if cfg.kind == "hubert":
-        return hubert_steps(audio, cfg)
-    parts = []
-    if "mel" in cfg.kind:
-        parts.append(log_mel_steps(audio, cfg))
-    if "phones" in cfg.kind:
-        from core.data.phones import phone_features
-        parts.append(phone_features(audio))
-    if len(parts) == 1:
-        return parts[0]
-    n = min(p.shape[0] for p in parts)   # both use S = ceil(N / 320); guard anyway
-    return torch.cat([p[:n] for p in parts], 1)
-
-
 def frame_windows(steps: torch.Tensor, num_frames: int, window: int = 16) -> torch.Tensor:
     """``(S, D)`` steps -> ``(num_frames, window, D)``: frame ``i`` gets steps
     ``[2i - 7, 2i + 9)`` (for window 16; generally ``[2i - (window//2 - 1), ...)``),
@@ -379,27 +338,12 @@ def frame_windows(steps: torch.Tensor, num_frames: int, window: int = 16) -> tor
     return steps[idx]
 
 
-def audio_features(audio: np.ndarray | torch.Tensor, num_frames: int,
-                   cfg: AudioFeatureConfig | None = None) -> torch.Tensor:
-    """Per-video-frame feature windows ``(num_frames, cfg.window, D)`` float32.
-
-    Args:
-        audio: ``(N,)`` float32 mono at 16 kHz (normally ``N = 640 * num_frames``).
-        num_frames: video frames T at 25 fps.
-        cfg: feature config (default: log-mel).
-    """
-    cfg = cfg or AudioFeatureConfig()
-    return frame_windows(feature_steps(audio, cfg), num_frames, cfg.window)
-
-
 __all__ = [
     "AudioFeatureConfig",
     "AudioFeatureSpec",
-    "audio_features",
-    "feature_config",
-    "feature_spec",
-    "feature_steps",
+    "KINDS",
     "frame_windows",
+    "hubert_model_name",
     "hubert_steps",
     "hz_to_mel",
     "load_hubert",

@@ -132,7 +132,8 @@ class ProcessedClip:
         the audio of frames ``[a, b)`` featurised on its own, as one utterance (its
         normalisation and window edges see no audio outside the span), (b - a, 16, D).
         """
-        from core.data.audio import AudioFeatureSpec, feature_config, feature_steps, frame_windows
+        from core.data.audio import AudioFeatureSpec, frame_windows
+        from core.data.features import feature_config, feature_steps
 
         window = int(self.manifest["audio"]["window"])
         if span is None:

@@ -158,7 +158,8 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
         InputError: the clip cannot be used (the message names the problem and the fix).
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
-    from core.data.audio import AudioFeatureConfig, feature_spec, feature_steps
+    from core.data.audio import AudioFeatureConfig
+    from core.data.features import feature_spec, feature_steps
     from core.data.expression import expression_signals
     from core.data.masks import Label, background_plate, lips_boxes, segment
     from core.data.media import fit_length, iter_frames, read_audio, write_video
