@@ -2,7 +2,8 @@
 controls, on the held-out protocol of METHOD.md section 8.
 
 ``python -m eval.benchmark --clips CLIP... [--train-seconds 5 10] [--methods ...]
-[--prior NAME|PATH|none] [--jobs N | --ray [ADDRESS]] [--out runs/benchmark] [--rescore] [--quick]``
+[--prior NAME|PATH|none] [--jobs N | --ray [ADDRESS]] [--out runs/benchmark] [--rescore] [--quick]
+[--adapt-set KEY=VALUE ...]``
 
 One *cell* = (clip, method, training seconds), computed by :func:`eval.cells.run_cell`
 (layout of ``--out`` in :mod:`eval.cells`); methods and controls in :mod:`eval.methods`;
@@ -106,6 +107,21 @@ def ray_cell_executor(options: RayOptions, progress: ProgressFn | None = None) -
             names=[t.name for t in tasks], progress=progress)
         yield from zip(tasks, got)
     return run
+
+
+def parse_settings(items: Sequence[str]) -> dict:
+    """``["mouth_code=false", "face_steps=700"]`` -> ``{"mouth_code": False, "face_steps": 700}``
+    (values read as JSON, else kept as text)."""
+    out = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{it!r} is not KEY=VALUE (e.g. mouth_code=false)")
+        try:
+            out[key] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key] = val
+    return out
 
 
 # ============================================================================ clips
@@ -228,7 +244,9 @@ def write_outputs(rows: list[dict], methods: list[str], train_seconds: list[floa
 
     report("writing tables and plots", 0.9)
     header = (f"# Benchmark results\n\nPreset `{cfg.preset}`{' (quick)' if cfg.quick else ''}, "
-              f"seed {cfg.seed}, evaluation at {cfg.eval_res} px, test span "
+              f"seed {cfg.seed}"
+              + (f", adaptation settings {cfg.adapt_overrides}" if cfg.adapt_overrides else "")
+              + f", evaluation at {cfg.eval_res} px, test span "
               f"{cfg.test_seconds:g} s (or all frames after the longest training part), "
               f"prior `{prior.name if prior else 'none'}`.\n\n")
     md = header + results_table(rows, methods, train_seconds) + "\n" + PUBLISHED_MD
@@ -276,14 +294,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the FaceMesh scores (aperture, LMD, AUE, sync)")
     p.add_argument("--syncnet", default=None, help="SyncNet weights (default: weights/ or env)")
     p.add_argument("--sync-expert", default=None, help="sync expert weights (default: shipped)")
+    p.add_argument("--adapt-set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="adaptation settings on top of the preset, for ablations "
+                        "(e.g. mouth_code=false); use a separate --out per variant")
     a = p.parse_args(argv)
+    try:
+        overrides = parse_settings(a.adapt_set)
+    except ValueError as e:
+        p.error(str(e))
     prior = None if str(a.prior).lower() == "none" else a.prior
     cfg = BenchmarkConfig(preset=a.preset, quick=a.quick, seed=a.seed,
                           test_seconds=a.test_seconds, curve_frames=a.curve_frames,
                           curve_every=a.curve_every, videos=not a.no_videos, jobs=a.jobs,
                           landmarks=not a.no_landmarks, syncnet=a.syncnet,
                           sync_expert=a.sync_expert, rescore=a.rescore,
-                          adapt=not a.no_adapt, ray=ray_options(a))
+                          adapt=not a.no_adapt, ray=ray_options(a), adapt_overrides=overrides)
     with ProgressBar() as bar:
         last = [""]
 

@@ -32,7 +32,7 @@ import os
 import shutil
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,10 @@ class BenchmarkConfig:
         rescore: recompute the scores of finished cells from their stored renders only.
         adapt: adapt missing avatars (False: their cells are skipped, e.g. to score what
             exists while adaptations run elsewhere).
+        adapt_overrides: ``core.adapt.AdaptConfig`` fields set on top of the preset for every
+            adapted cell (ablations, e.g. ``{"mouth_code": False}``); recorded in each row, and
+            a stored cell made with other overrides is recomputed. Use one ``--out`` folder per
+            ablation variant (avatars are named by clip, method and seconds only).
     """
 
     preset: str = "cpu"
@@ -98,6 +102,7 @@ class BenchmarkConfig:
     rescore: bool = False
     adapt: bool = True
     ray: Any = None
+    adapt_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -108,6 +113,12 @@ class BenchmarkConfig:
             self.clip_res = QUICK_CLIP_RES if self.quick else CLIP_RES.get(self.preset, 256)
         if self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        from core.train.adapt import AdaptConfig
+
+        known = {f.name for f in fields(AdaptConfig)} - {"seconds", "seed"}
+        bad = sorted(set(self.adapt_overrides) - known)
+        if bad:
+            raise ValueError(f"unknown adaptation settings {bad}; choose from {sorted(known)}")
 
     def adapt_config(self, seconds: float):
         """The ``core.adapt.AdaptConfig`` of an adapted cell."""
@@ -115,7 +126,8 @@ class BenchmarkConfig:
 
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; one of {sorted(PRESETS)}")
-        return replace(PRESETS[self.preset], seconds=float(seconds), seed=self.seed)
+        return replace(PRESETS[self.preset], **self.adapt_overrides, seconds=float(seconds),
+                       seed=self.seed)
 
     @property
     def eval_res(self) -> int:
@@ -383,7 +395,8 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
     row: dict[str, Any] = {"clip": task.stem, "method": task.method,
                            "train_seconds": float(task.seconds), "preset": cfg.preset,
                            "seed": cfg.seed, "eval_res": cfg.eval_res, "quick": cfg.quick,
-                           "schema": CELL_SCHEMA}
+                           "schema": CELL_SCHEMA,
+                           "adapt_overrides": json.dumps(cfg.adapt_overrides, sort_keys=True)}
     avatar_kind = AVATAR_OF.get(task.method)
     if avatar_kind == "instag" and task.prior is None:
         row["status"] = "skipped: no prior (pass --prior or keep the shipped one)"
@@ -506,14 +519,17 @@ def finished_row(task: CellTask) -> dict | None:
 
 def stale_reason(row: dict, task: CellTask) -> str | None:
     """Why a stored cell does not match this run (None = it does): row layout, preset, seed,
-    evaluation res or test span (which follows the longest training length)."""
+    evaluation res, test span (which follows the longest training length) or adaptation
+    overrides (a row without any counts as none)."""
     cfg = task.cfg
     n = int(json.loads((Path(task.clip_dir) / "manifest.json").read_text())["num_frames"])
     start = max(int(round(max(task.train_seconds) * 25)), n - int(round(cfg.test_seconds * 25)))
     for key, want in (("schema", CELL_SCHEMA), ("preset", cfg.preset), ("seed", cfg.seed),
-                      ("eval_res", cfg.eval_res), ("test_start", start)):
-        if row.get(key) != want:
-            return f"{key} {row.get(key)} != {want}"
+                      ("eval_res", cfg.eval_res), ("test_start", start),
+                      ("adapt_overrides", json.dumps(cfg.adapt_overrides, sort_keys=True))):
+        got = row.get(key, "{}" if key == "adapt_overrides" else None)
+        if got != want:
+            return f"{key} {got} != {want}"
     return None
 
 

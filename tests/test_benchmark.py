@@ -145,6 +145,16 @@ def test_rerun_does_not_recompute_and_rescore_reproduces(bench: dict) -> None:
         for k in ("psnr_head", "aperture_r", "shuffled_aperture_r", "av_corr", "lmd_mouth"):
             assert new.get(k) == old.get(k), (m, k)
         assert new["computed_at"] >= old["computed_at"]
+    # an ablation (other adaptation settings) does not take these cells as its own
+    from eval.cells import CellTask, stale_reason
+
+    row = _row(bench, "scratch")
+    same = CellTask(out / "clips" / "may_5s", "may_5s", "scratch", TRAIN, (TRAIN,), out,
+                    None, BenchmarkConfig(quick=True))
+    other = CellTask(out / "clips" / "may_5s", "may_5s", "scratch", TRAIN, (TRAIN,), out,
+                     None, BenchmarkConfig(quick=True, adapt_overrides={"mouth_code": False}))
+    assert stale_reason(row, same) is None
+    assert "adapt_overrides" in stale_reason(row, other)
 
 
 def test_held_audio_code_freezes_the_mouth_and_audio_moves_it(bench: dict, clip) -> None:
@@ -293,6 +303,17 @@ def test_config_and_methods_are_checked(tmp_path: Path) -> None:
         run_benchmark([], [5], ["nope"], tmp_path, None)
     with pytest.raises(ValueError, match="jobs"):
         BenchmarkConfig(jobs=0)
+    # ablation settings: known AdaptConfig fields only, applied on top of the preset
+    from eval.benchmark import parse_settings
+
+    sets = parse_settings(["mouth_code=false", "face_steps=7", "note=x"])
+    assert sets == {"mouth_code": False, "face_steps": 7, "note": "x"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_settings(["mouth_code"])
+    with pytest.raises(ValueError, match="unknown adaptation settings"):
+        BenchmarkConfig(adapt_overrides=sets)
+    acfg = BenchmarkConfig(quick=True, adapt_overrides={"mouth_code": False}).adapt_config(3.0)
+    assert acfg.mouth_code is False and acfg.seconds == 3.0 and acfg.res == 96
 
 
 def test_a_cell_being_adapted_elsewhere_is_left_alone(tmp_path: Path) -> None:
