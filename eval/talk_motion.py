@@ -1,18 +1,19 @@
 """How much a Talk render's mouth moves, and whether it moves with the voice.
 
-``python -m eval.talk_motion AVATAR CLIP_DIR AUDIO... --out DIR``
+``python -m eval.talk_motion AVATAR CLIP_DIR AUDIO... --out DIR [--videos DIR]``
 
 For each audio file the avatar is driven (:func:`core.synthesize.synthesize`, no visible mark)
-and FaceMesh measures the rendered inner-lip gap per frame (the middle pair 13-14 only, in
-units of the eye-corner distance 33-263; the benchmark's ``eval.metrics.lip_aperture``
-averages several inner-lip pairs, so values differ slightly from its aperture). The same measure on the avatar's own
-recording (``CLIP_DIR``: its processed clip) gives the person's real range. Reported per
+and FaceMesh measures the rendered lip aperture per frame (the benchmark's
+:func:`eval.metrics.lip_aperture`: inner-lip gap over the eye-corner distance). The same
+measure on the avatar's own recording (``CLIP_DIR``: its processed clip) gives the person's
+real range. Reported per
 audio: the rendered aperture's standard deviation over the recording's (``motion ratio``; 1 =
 moves as much as the person does), and the correlation of the rendered aperture with the
 audio's loudness per frame (:func:`core.data.phones.loudness_bands`, overall column).
 
 Writes ``DIR/talk_motion.md`` (table) and ``DIR/talk_aperture.png`` (aperture and loudness
-against time, one panel per audio). The videos go to a temporary folder and are deleted.
+against time, one panel per audio). The videos go to ``--videos DIR`` when given (e.g. for
+the jaw-line crops of :mod:`eval.jawline`), else to a temporary folder that is deleted.
 """
 from __future__ import annotations
 
@@ -25,15 +26,12 @@ import numpy as np
 
 
 def aperture(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(T,) inner-lip gap / eye-corner distance of (T, H, W, 3) uint8 frames, and (T,) bool
-    face found (gap NaN where not)."""
-    from eval.metrics import detect
+    """(T,) lip aperture (:func:`eval.metrics.lip_aperture`) of (T, H, W, 3) uint8 frames, and
+    (T,) bool face found (aperture NaN where not)."""
+    from eval.metrics import detect, lip_aperture
 
     t = detect(frames)
-    p = t.points
-    iod = np.linalg.norm(p[:, 33, :2] - p[:, 263, :2], axis=-1)
-    gap = np.linalg.norm(p[:, 13, :2] - p[:, 14, :2], axis=-1) / np.maximum(iod, 1e-6)
-    return np.where(t.valid, gap, np.nan), t.valid
+    return np.where(t.valid, lip_aperture(t.points), np.nan), t.valid
 
 
 def frame_loudness(audio: np.ndarray, num_frames: int) -> np.ndarray:
@@ -46,8 +44,10 @@ def frame_loudness(audio: np.ndarray, num_frames: int) -> np.ndarray:
     return loud[idx].mean(1)
 
 
-def measure(avatar: Path, clip_dir: Path, audios: list[Path]) -> tuple[dict, list[dict]]:
-    """The person's own aperture statistics and one row per audio (see module doc)."""
+def measure(avatar: Path, clip_dir: Path, audios: list[Path], videos: Path | None = None
+            ) -> tuple[dict, list[dict]]:
+    """The person's own aperture statistics and one row per audio (see module doc); the Talk
+    renders are kept in ``videos`` when given."""
     from core.data.media import iter_frames, read_audio
     from core.synthesize import synthesize
 
@@ -55,8 +55,10 @@ def measure(avatar: Path, clip_dir: Path, audios: list[Path]) -> tuple[dict, lis
     ref = {"std": float(np.nanstd(own)), "mean": float(np.nanmean(own))}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) if videos is None else videos
+        folder.mkdir(parents=True, exist_ok=True)
         for a in audios:
-            out = Path(tmp) / f"{a.stem}.mp4"
+            out = folder / f"{a.stem}.mp4"
             synthesize(avatar, a, out, mark=False)
             gap, ok = aperture(np.stack(list(iter_frames(out, fps=25.0))))
             loud = frame_loudness(read_audio(a), len(gap))
@@ -106,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("clip", type=Path, help="the avatar's processed clip (its own recording)")
     p.add_argument("audio", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--videos", type=Path, default=None, help="keep the Talk renders here")
     a = p.parse_args(argv)
-    ref, rows = measure(a.avatar, a.clip, a.audio)
+    ref, rows = measure(a.avatar, a.clip, a.audio, a.videos)
     a.out.mkdir(parents=True, exist_ok=True)
     write(a.out, ref, rows, a.avatar)
     for r in rows:
