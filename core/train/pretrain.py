@@ -60,6 +60,10 @@ class PretrainConfig:
             only during its own pass (the face average must not drift during the mouth pass).
         contrast_weight: weight of the (scale-free, values in [0, 1]) negative contrast loss;
             0.1 makes it a tenth to a half of the image loss at CPU scale.
+        contrast_negatives: the contrast loss compares against this many other identities,
+            drawn at random each step (an unbiased estimate of the mean over all of them;
+            with 25 identities, evaluating all 24 fields costs about a third of a CPU step);
+            0 = every other identity (METHOD §4).
         sh_degree: SH degree of the identities' Gaussians (2).
         densify_start: first densification step of each identity (per-identity steps).
         ckpt_every: checkpoint interval in steps.
@@ -80,6 +84,7 @@ class PretrainConfig:
     decay_steps: int = 4000
     ema_decay: float = 0.995
     contrast_weight: float = 0.1
+    contrast_negatives: int = 4
     sh_degree: int = 2
     densify_start: int = 100
     ckpt_every: int = 250
@@ -249,7 +254,11 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
                     g["lr"] = g["base_lr"] * f
             j = curricula[i].mouth() if branch == "mouth" else int(torch.randint(fr.n, (1,), generator=gen))
             bg = torch.rand(3, generator=gen)
-            others = [personal[k] for k in range(n_id) if k != i]
+            pool = [k for k in range(n_id) if k != i]
+            if 0 < cfg.contrast_negatives < len(pool):
+                pick = torch.randperm(len(pool), generator=gen)[:cfg.contrast_negatives]
+                pool = [pool[int(k)] for k in pick]
+            others = [personal[k] for k in pool]
             tracked = float(torch.rand(1, generator=gen)) >= cfg.predicted_code_prob
             if branch == "face":
                 r = face_step(umf, ident, fr, j, bg, static=static, use_aligner=False,
