@@ -5,8 +5,8 @@ One concept: *how close a rendered clip is to the recorded one*, frame by frame.
 Image metrics (frames ``(H, W, 3)`` uint8 RGB, or float in [0, 1]):
   * PSNR: ``10 log10(MAX^2 / MSE)`` with MAX = 255 (uint8) or 1 (float), MSE over all
     pixels and channels; ``inf`` for identical images. Region PSNR: MSE over the pixels
-    of a boolean mask only. *Head* region (:func:`head_mask`: hair + face + mouth labels)
-    = the pixels an avatar renders; the full frame also counts the torso and background
+    of a boolean mask only. *Head* region (``core.data.masks.head_mask``: hair + face +
+    mouth labels) = the pixels an avatar renders; the full frame also counts the torso and background
     copied from the recorded test frame (the plate), which a method gets for free.
   * *Boundary band* (:func:`boundary_band`): the pixels within ``b`` pixels of the
     recorded head boundary on either side, ``dilate(head, b) & ~erode(head, b)`` with a
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.data.masks import INNER_LIPS, OUTER_LIPS, Label, head_mask
+from core.data.masks import INNER_LIPS, OUTER_LIPS, Label
 from eval.lpips_net import LPIPSAlex, LPIPSWeights, try_load_lpips
 
 #: Mouth landmark subset of LMD: outer then inner lip contour, 40 FaceMesh indices.
@@ -108,9 +108,6 @@ def face_mask(labels: np.ndarray) -> np.ndarray:
     return (lab == Label.FACE) | (lab == Label.MOUTH)
 
 
-# head_mask (hair + face + mouth labels) is ``core.data.masks.head_mask``, imported above.
-
-
 @dataclass(frozen=True)
 class BandConfig:
     """Width of the head-boundary band (:func:`boundary_band`).
@@ -131,7 +128,7 @@ def band_width(size: int, cfg: BandConfig | None = None) -> int:
     cfg = cfg or BandConfig()
     if size <= 0:
         raise ValueError(f"frame size must be positive, got {size}")
-    return max(1, int(round(cfg.width_px * size / cfg.at_res)))
+    return max(1, round(cfg.width_px * size / cfg.at_res))
 
 
 def boundary_band(head: np.ndarray, width: int | None = None,
@@ -139,7 +136,8 @@ def boundary_band(head: np.ndarray, width: int | None = None,
     """Bool band of pixels within ``width`` px of the head boundary, on either side.
 
     Args:
-        head: (H, W) or (T, H, W) bool head masks (:func:`head_mask` of recorded labels).
+        head: (H, W) or (T, H, W) bool head masks (``core.data.masks.head_mask`` of the
+            recorded labels).
         width: half-width in pixels; None = :func:`band_width` of ``min(H, W)``.
         cfg: band settings when ``width`` is None.
     Returns:
@@ -248,9 +246,9 @@ def ssim(pred: np.ndarray, gt: np.ndarray, box: Box | None = None,
 
 
 def _ssim_kwargs(a: np.ndarray, rng: float, cfg: SSIMConfig) -> dict:
-    return dict(data_range=rng, channel_axis=-1 if a.ndim == 3 else None,
-                gaussian_weights=cfg.gaussian_weights, sigma=cfg.sigma,
-                use_sample_covariance=cfg.use_sample_covariance)
+    return {"data_range": rng, "channel_axis": -1 if a.ndim == 3 else None,
+            "gaussian_weights": cfg.gaussian_weights, "sigma": cfg.sigma,
+            "use_sample_covariance": cfg.use_sample_covariance}
 
 
 def ssim_map(pred: np.ndarray, gt: np.ndarray, cfg: SSIMConfig | None = None,
@@ -358,8 +356,8 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
             and LPIPS all on the box). Masks win when both are given.
         lpips_net: a loaded network; None = load the real weights if present.
         use_lpips: False skips LPIPS (reported unavailable: "not requested").
-        head_masks: optional T (H, W) bool masks (:func:`head_mask` of the ground truth
-            labels): head PSNR over the mask, head SSIM = SSIM map mean over the mask.
+        head_masks: optional T (H, W) bool masks (``core.data.masks.head_mask`` of the
+            recorded labels): head PSNR over the mask, head SSIM = SSIM map mean over the mask.
         band_masks: optional T (H, W) bool masks (:func:`boundary_band` of the head
             masks): band PSNR / SSIM as for the head; frames with an empty band (no head
             boundary) are left out of the band means.

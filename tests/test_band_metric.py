@@ -12,7 +12,14 @@ import torch
 from core.data.dataset import ProcessedClip
 from core.data.masks import head_mask
 from core.data.preprocess import PreprocessConfig, preprocess
-from eval.metrics import BandConfig, band_width, boundary_band, image_metrics, psnr, ssim
+from eval.metrics import (
+    BandConfig,
+    band_width,
+    boundary_band,
+    image_metrics,
+    psnr,
+    ssim,
+)
 from eval.scoring import Render, ScoreConfig, score_render
 from eval.tables import COLUMNS, CSV_COLUMNS
 
