@@ -6,8 +6,9 @@ Image metrics (frames ``(H, W, 3)`` uint8 RGB, or float in [0, 1]):
   * PSNR: ``10 log10(MAX^2 / MSE)`` with MAX = 255 (uint8) or 1 (float), MSE over all
     pixels and channels; ``inf`` for identical images. Region PSNR: MSE over the pixels
     of a boolean mask only. *Head* region (``core.data.masks.head_mask``: hair + face +
-    mouth labels) = the pixels an avatar renders; the full frame also counts the torso and background
-    copied from the recorded test frame (the plate), which a method gets for free.
+    mouth labels) = the pixels an avatar renders; the full frame also counts the torso
+    and background copied from the recorded test frame (the plate), which a method gets
+    for free.
   * *Boundary band* (:func:`boundary_band`): the pixels within ``b`` pixels of the
     recorded head boundary on either side, ``dilate(head, b) & ~erode(head, b)`` with a
     disc of radius ``b``; ``b`` = 4 px at 256 px, scaled with the frame size, at least 1
@@ -357,7 +358,8 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
         lpips_net: a loaded network; None = load the real weights if present.
         use_lpips: False skips LPIPS (reported unavailable: "not requested").
         head_masks: optional T (H, W) bool masks (``core.data.masks.head_mask`` of the
-            recorded labels): head PSNR over the mask, head SSIM = SSIM map mean over the mask.
+            recorded labels): head PSNR over the mask, head SSIM = SSIM map mean over
+            the mask.
         band_masks: optional T (H, W) bool masks (:func:`boundary_band` of the head
             masks): band PSNR / SSIM as for the head; frames with an empty band (no head
             boundary) are left out of the band means.
