@@ -45,8 +45,8 @@ from eval.methods import ADAPTED, AVATAR_OF, CONTROLS, METHODS
 from eval.scoring import NA, Render, ScoreConfig, score_render
 
 #: Version of the cell row layout; cells written by an older layout are recomputed
-#: (their avatars and up-to-date renders are reused).
-CELL_SCHEMA = 2
+#: (their avatars and up-to-date renders are reused). 3: head-boundary band PSNR / SSIM.
+CELL_SCHEMA = 3
 #: Version of the render recipe; renders made by another one are re-rendered.
 RENDER_VERSION = 1
 QUICK_CLIP_RES = 128

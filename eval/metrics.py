@@ -5,13 +5,22 @@ One concept: *how close a rendered clip is to the recorded one*, frame by frame.
 Image metrics (frames ``(H, W, 3)`` uint8 RGB, or float in [0, 1]):
   * PSNR: ``10 log10(MAX^2 / MSE)`` with MAX = 255 (uint8) or 1 (float), MSE over all
     pixels and channels; ``inf`` for identical images. Region PSNR: MSE over the pixels
-    of a boolean mask only. *Head* region (:func:`head_mask`: hair + face + mouth labels)
-    = the pixels an avatar renders; the full frame also counts the torso and background
-    copied from the recorded test frame (the plate), which a method gets for free.
+    of a boolean mask only. *Head* region (``core.data.masks.head_mask``: hair + face +
+    mouth labels) = the pixels an avatar renders; the full frame also counts the torso
+    and background copied from the recorded test frame (the plate), which a method gets
+    for free.
+  * *Boundary band* (:func:`boundary_band`): the pixels within ``b`` pixels of the
+    recorded head boundary on either side, ``dilate(head, b) & ~erode(head, b)`` with a
+    disc of radius ``b``; ``b`` = 4 px at 256 px, scaled with the frame size, at least 1
+    (:class:`BandConfig`, :func:`band_width`), so about an 8-px wide ring where the head
+    meets the neck, hair edge and background. The frame edge is not a boundary (a head
+    cut by the frame has no band there). Band PSNR / SSIM = region PSNR / SSIM there:
+    the edge halos and background lines a head-only score averages away.
   * SSIM: ``skimage.metrics.structural_similarity`` on the RGB image (channel mean),
     Gaussian window sigma 1.5 without sample-covariance correction (Wang et al. 2004's
-    reference settings; :class:`SSIMConfig`). Head region: the mean of the SSIM map over
-    the mask's pixels. Face region: SSIM of the bounding-box crop of the face mask.
+    reference settings; :class:`SSIMConfig`). Head and band region: the mean of the SSIM
+    map (:func:`ssim_map`) over the mask's pixels. Face region: SSIM of the bounding-box
+    crop of the face mask.
   * LPIPS (AlexNet, v0.1) through :mod:`eval.lpips_net`; when its weights are absent
     the result is a :class:`MetricUnavailable` string, never a number.
 
@@ -100,10 +109,60 @@ def face_mask(labels: np.ndarray) -> np.ndarray:
     return (lab == Label.FACE) | (lab == Label.MOUTH)
 
 
-def head_mask(labels: np.ndarray) -> np.ndarray:
-    """Bool head region from ``core.data.masks`` labels: HAIR, FACE or MOUTH (any shape)."""
-    lab = np.asarray(labels)
-    return (lab == Label.HAIR) | (lab == Label.FACE) | (lab == Label.MOUTH)
+@dataclass(frozen=True)
+class BandConfig:
+    """Width of the head-boundary band (:func:`boundary_band`).
+
+    Attributes:
+        width_px: pixels on each side of the boundary at ``at_res`` (4: an 8-px ring at
+            256 px, the cpu preset's resolution).
+        at_res: frame size (px) at which ``width_px`` holds; other sizes scale it.
+    """
+
+    width_px: float = 4.0
+    at_res: int = 256
+
+
+def band_width(size: int, cfg: BandConfig | None = None) -> int:
+    """Band half-width in pixels for frames ``size`` px across: ``round(width_px * size /
+    at_res)``, at least 1 (4 at 256 px, 8 at 512 px, 2 at 128 px)."""
+    cfg = cfg or BandConfig()
+    if size <= 0:
+        raise ValueError(f"frame size must be positive, got {size}")
+    return max(1, round(cfg.width_px * size / cfg.at_res))
+
+
+def boundary_band(head: np.ndarray, width: int | None = None,
+                  cfg: BandConfig | None = None) -> np.ndarray:
+    """Bool band of pixels within ``width`` px of the head boundary, on either side.
+
+    Args:
+        head: (H, W) or (T, H, W) bool head masks (``core.data.masks.head_mask`` of the
+            recorded labels).
+        width: half-width in pixels; None = :func:`band_width` of ``min(H, W)``.
+        cfg: band settings when ``width`` is None.
+    Returns:
+        Same shape bool: ``dilate(head, width) & ~erode(head, width)``, structuring element
+        a disc of radius ``width`` (a pixel is in the band when a disc of that radius
+        around it holds both head and non-head pixels). Outside the frame counts as
+        neither, so the frame edge adds no band. Empty where a frame has no head.
+    """
+    import cv2
+
+    m = np.asarray(head, bool)
+    if m.ndim not in (2, 3):
+        raise ValueError(f"need (H, W) or (T, H, W) head masks, got shape {m.shape}")
+    if m.ndim == 3:
+        return np.stack([boundary_band(x, width, cfg) for x in m]) if len(m) else m.copy()
+    b = band_width(min(m.shape), cfg) if width is None else int(width)
+    if b < 1:
+        raise ValueError(f"band width must be >= 1 pixel, got {width}")
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * b + 1, 2 * b + 1))
+    u8 = m.astype(np.uint8)
+    # default borders: outside the image never grows a dilation nor eats an erosion
+    grown = cv2.dilate(u8, disc).astype(bool)
+    shrunk = cv2.erode(u8, disc).astype(bool)
+    return grown & ~shrunk
 
 
 def landmark_box(points: np.ndarray, width: int, height: int, margin: float = 0.0) -> Box:
@@ -182,20 +241,40 @@ def ssim(pred: np.ndarray, gt: np.ndarray, box: Box | None = None,
         a, b = _crop(a, box), _crop(b, box)
     if min(a.shape[:2]) < 7:
         raise ValueError(f"region {a.shape[:2]} too small for SSIM (needs >= 7x7)")
-    kw = dict(data_range=rng, channel_axis=-1 if a.ndim == 3 else None,
-              gaussian_weights=cfg.gaussian_weights, sigma=cfg.sigma,
-              use_sample_covariance=cfg.use_sample_covariance)
     if mask is None:
-        return float(structural_similarity(a, b, **kw))
+        return float(structural_similarity(a, b, **_ssim_kwargs(a, rng, cfg)))
+    return masked_mean(ssim_map(a, b, cfg, rng), mask)
+
+
+def _ssim_kwargs(a: np.ndarray, rng: float, cfg: SSIMConfig) -> dict:
+    return {"data_range": rng, "channel_axis": -1 if a.ndim == 3 else None,
+            "gaussian_weights": cfg.gaussian_weights, "sigma": cfg.sigma,
+            "use_sample_covariance": cfg.use_sample_covariance}
+
+
+def ssim_map(pred: np.ndarray, gt: np.ndarray, cfg: SSIMConfig | None = None,
+             data_range: float | None = None) -> np.ndarray:
+    """(H, W) float64 SSIM map of an (H, W, 3) or (H, W) pair (channel mean); 1 where the
+    windows are identical. ``data_range`` None = 255 for uint8, 1 for float."""
+    from skimage.metrics import structural_similarity
+
+    cfg = cfg or SSIMConfig()
+    a, b, rng = _pair(pred, gt)
+    if min(a.shape[:2]) < 7:
+        raise ValueError(f"region {a.shape[:2]} too small for SSIM (needs >= 7x7)")
+    _, smap = structural_similarity(a, b, full=True,
+                                    **_ssim_kwargs(a, data_range or rng, cfg))
+    return smap.mean(-1) if smap.ndim == 3 else smap
+
+
+def masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of an (H, W) map over the (H, W) bool ``mask`` (raises on an empty mask)."""
     m = np.asarray(mask, bool)
-    if m.shape != a.shape[:2]:
-        raise ValueError(f"mask {m.shape} does not match image {a.shape}")
+    if m.shape != values.shape[:2]:
+        raise ValueError(f"mask {m.shape} does not match image {values.shape}")
     if not m.any():
         raise ValueError("empty mask: no pixels to measure")
-    _, smap = structural_similarity(a, b, full=True, **kw)
-    if smap.ndim == 3:
-        smap = smap.mean(-1)
-    return float(smap[m].mean())
+    return float(values[m].mean())
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -229,7 +308,8 @@ class ImageScores:
 
     ``psnr`` averages per-frame PSNR (frames with identical pixels are skipped; all
     identical gives ``inf``). ``lpips`` / ``lpips_face`` are floats or a
-    :class:`MetricUnavailable`. ``face_*`` are None without a face region.
+    :class:`MetricUnavailable`. ``face_*`` are None without a face region, ``*_head``
+    without head masks, ``*_band`` without band masks (or when no frame has a band).
     """
 
     psnr: float
@@ -240,6 +320,8 @@ class ImageScores:
     lpips_face: float | MetricUnavailable | None = None
     psnr_head: float | None = None
     ssim_head: float | None = None
+    psnr_band: float | None = None
+    ssim_band: float | None = None
     num_frames: int = 0
     seconds: float = 0.0
     per_frame: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -247,7 +329,8 @@ class ImageScores:
     def as_dict(self) -> dict[str, float | str | None]:
         return {k: getattr(self, k) for k in ("psnr", "ssim", "lpips", "psnr_face",
                                                "ssim_face", "lpips_face", "psnr_head",
-                                               "ssim_head", "num_frames")}
+                                               "ssim_head", "psnr_band", "ssim_band",
+                                               "num_frames")}
 
 
 def _mean_finite(x: list[float]) -> float:
@@ -262,8 +345,9 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
                   face_boxes: Sequence[Box] | np.ndarray | None = None,
                   lpips_net: LPIPSAlex | None = None, use_lpips: bool = True,
                   ssim_cfg: SSIMConfig | None = None,
-                  head_masks: Sequence[np.ndarray] | np.ndarray | None = None) -> ImageScores:
-    """PSNR / SSIM / LPIPS over a clip: full frame, face region and head region.
+                  head_masks: Sequence[np.ndarray] | np.ndarray | None = None,
+                  band_masks: Sequence[np.ndarray] | np.ndarray | None = None) -> ImageScores:
+    """PSNR / SSIM / LPIPS over a clip: full frame, face, head and head-boundary band.
 
     Args:
         pred_frames, gt_frames: T frames each, (H, W, 3) uint8 (or float in [0, 1]).
@@ -273,8 +357,12 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
             and LPIPS all on the box). Masks win when both are given.
         lpips_net: a loaded network; None = load the real weights if present.
         use_lpips: False skips LPIPS (reported unavailable: "not requested").
-        head_masks: optional T (H, W) bool masks (:func:`head_mask` of the ground truth
-            labels): head PSNR over the mask, head SSIM = SSIM map mean over the mask.
+        head_masks: optional T (H, W) bool masks (``core.data.masks.head_mask`` of the
+            recorded labels): head PSNR over the mask, head SSIM = SSIM map mean over
+            the mask.
+        band_masks: optional T (H, W) bool masks (:func:`boundary_band` of the head
+            masks): band PSNR / SSIM as for the head; frames with an empty band (no head
+            boundary) are left out of the band means.
     """
     t0 = time.perf_counter()
     T = len(pred_frames)
@@ -285,15 +373,23 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
     has_face = face_masks is not None or face_boxes is not None
     cols: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "lpips", "psnr_face",
                                                     "ssim_face", "lpips_face",
-                                                    "psnr_head", "ssim_head")}
+                                                    "psnr_head", "ssim_head",
+                                                    "psnr_band", "ssim_band")}
     for i in range(T):
         p, g = np.asarray(pred_frames[i]), np.asarray(gt_frames[i])
         cols["psnr"].append(psnr(p, g))
         cols["ssim"].append(ssim(p, g, cfg=ssim_cfg))
+        smap = None  # one SSIM map per frame serves the head and the band
         if head_masks is not None:
             hm = np.asarray(head_masks[i], bool)
+            smap = ssim_map(p, g, ssim_cfg)
             cols["psnr_head"].append(psnr(p, g, mask=hm))
-            cols["ssim_head"].append(ssim(p, g, cfg=ssim_cfg, mask=hm))
+            cols["ssim_head"].append(masked_mean(smap, hm))
+        if band_masks is not None and np.any(band_masks[i]):
+            bm = np.asarray(band_masks[i], bool)
+            smap = ssim_map(p, g, ssim_cfg) if smap is None else smap
+            cols["psnr_band"].append(psnr(p, g, mask=bm))
+            cols["ssim_band"].append(masked_mean(smap, bm))
         box = None
         if has_face:
             if face_masks is not None:
@@ -318,6 +414,8 @@ def image_metrics(pred_frames: Sequence[np.ndarray] | np.ndarray,
         if has_face else None,
         psnr_head=_mean_finite(cols["psnr_head"]) if head_masks is not None else None,
         ssim_head=float(np.mean(cols["ssim_head"])) if head_masks is not None else None,
+        psnr_band=_mean_finite(cols["psnr_band"]) if cols["psnr_band"] else None,
+        ssim_band=float(np.mean(cols["ssim_band"])) if cols["ssim_band"] else None,
         num_frames=T, seconds=time.perf_counter() - t0,
         per_frame={k: np.asarray(v) for k, v in cols.items() if v})
 

@@ -94,7 +94,8 @@ class GroundTruth:
 
 def ground_truth(frames: TrainFrames) -> GroundTruth:
     """The recorded frames of ``frames`` (uint8, the rounding every render uses) and masks."""
-    from eval.metrics import face_mask, head_mask
+    from core.data.masks import head_mask
+    from eval.metrics import face_mask
 
     lab = frames.labels.numpy()
     return GroundTruth(frames=(frames.images * 255.0).round().to(torch.uint8).numpy(),

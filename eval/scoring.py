@@ -15,7 +15,9 @@ then recomputes every finished cell from its stored renders (no adaptation, no r
 Keys (see :mod:`eval.metrics` and :mod:`eval.sync` for the definitions):
 
 ``image_scores``      psnr, ssim (full frame: includes the recorded plate), psnr_face,
-                      ssim_face, psnr_head, ssim_head (hair + face + mouth pixels), lpips
+                      ssim_face, psnr_head, ssim_head (hair + face + mouth pixels),
+                      psnr_band, ssim_band (pixels within 4 px at 256 px of the recorded
+                      head boundary, either side: ``eval.metrics.boundary_band``), lpips
 ``landmark_scores``   aperture_r, aperture_spread, lmd_mouth, lmd_face, aue_upper,
                       aue_lower, landmark_valid (fraction of frames with a face in both)
 ``av_sync_scores``    av_offset, av_corr (best offset and its correlation), av_corr_ref
@@ -95,14 +97,17 @@ def filled(points: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- scorers
 def image_scores(r: Render, cfg: ScoreConfig) -> dict:
-    """Full-frame, face and head PSNR / SSIM, LPIPS (or its unavailability)."""
-    keys = ("psnr", "ssim", "psnr_face", "ssim_face", "psnr_head", "ssim_head", "lpips")
+    """Full-frame, face, head and head-boundary-band PSNR / SSIM, LPIPS (or its
+    unavailability). The band comes from the recorded head mask (``r.gt.head``)."""
+    keys = ("psnr", "ssim", "psnr_face", "ssim_face", "psnr_head", "ssim_head", "psnr_band",
+            "ssim_band", "lpips")
     if r.gt is None:
         return dict.fromkeys(keys, NA)
-    from eval.metrics import image_metrics
+    from eval.metrics import boundary_band, image_metrics
 
-    im = image_metrics(r.frames, r.gt.frames, face_masks=r.gt.face, head_masks=r.gt.head)
-    out = {k: getattr(im, k) for k in keys}
+    im = image_metrics(r.frames, r.gt.frames, face_masks=r.gt.face, head_masks=r.gt.head,
+                       band_masks=boundary_band(r.gt.head))
+    out = {k: (NA if getattr(im, k) is None else getattr(im, k)) for k in keys}
     out["lpips"] = im.lpips if isinstance(im.lpips, float) else str(im.lpips)
     return out
 

@@ -34,16 +34,19 @@ class Column:
     decimals: int
 
 
-#: Markdown columns, headline first: head PSNR and aperture r, then the audio-ablation
-#: controls, then the rest (full-frame PSNR includes the recorded plate).
+#: Markdown columns, headline first: head PSNR (with the head-boundary band beside it) and
+#: aperture r, then the audio-ablation controls, then the rest (full-frame PSNR includes the
+#: recorded plate).
 COLUMNS: tuple[Column, ...] = (
     Column("psnr_head", "head PSNR", "up", 2),
+    Column("psnr_band", "band PSNR", "up", 2),
     Column("aperture_r", "aperture r", "up", 3),
     Column("aperture_spread", "aperture spread", "one", 2),
     Column("shuffled_aperture_r", "r, shuffled audio", "", 3),
     Column("silence_aperture_r", "r, silence", "", 3),
     Column("silence_aperture_spread", "spread, silence", "", 2),
     Column("ssim_head", "head SSIM", "up", 3),
+    Column("ssim_band", "band SSIM", "up", 3),
     Column("psnr_face", "face PSNR", "up", 2),
     Column("psnr", "full PSNR (incl. plate)", "up", 2),
     Column("lmd_mouth", "LMD mouth", "down", 2),
@@ -57,14 +60,16 @@ COLUMNS: tuple[Column, ...] = (
     Column("adapt_minutes", "adapt min", "down", 1),
 )
 #: Columns of the per-clip table (the headline and its controls).
-PER_CLIP: tuple[str, ...] = ("psnr_head", "aperture_r", "aperture_spread",
+PER_CLIP: tuple[str, ...] = ("psnr_head", "psnr_band", "aperture_r", "aperture_spread",
                              "shuffled_aperture_r", "silence_aperture_r")
 
-_CONTROLLED = ("psnr_head", "ssim_head", "aperture_r", "aperture_spread", "av_corr_ref",
-               "lse_c", "lse_d", "sync_expert_conf", "sync_expert_dist")
+_CONTROLLED = ("psnr_head", "ssim_head", "psnr_band", "ssim_band", "aperture_r",
+               "aperture_spread", "av_corr_ref", "lse_c", "lse_d", "sync_expert_conf",
+               "sync_expert_dist")
 CSV_COLUMNS: tuple[str, ...] = (
     "clip", "method", "train_seconds", "status", "preset", "seed", "eval_res", "test_start",
-    "test_frames", "psnr_head", "ssim_head", "aperture_r", "aperture_spread",
+    "test_frames", "psnr_head", "ssim_head", "psnr_band", "ssim_band", "aperture_r",
+    "aperture_spread",
     *(f"{c}_{k}" for c in ("shuffled", "silence") for k in _CONTROLLED),
     "psnr", "ssim", "psnr_face", "ssim_face", "lpips", "lmd_mouth", "lmd_face", "aue_upper",
     "aue_lower", "av_offset", "av_corr", "av_corr_ref", "av_offset_err", "lse_c", "lse_d",
@@ -176,7 +181,9 @@ def results_table(rows: list[dict], methods: list[str], train_seconds: list[floa
 
 
 LEGEND = """Columns. *head PSNR / SSIM*: over the head pixels only (hair + face + mouth labels of the
-recording), the pixels an avatar renders. *aperture r*: Pearson correlation of the rendered and
+recording), the pixels an avatar renders. *band PSNR / SSIM*: over the pixels within 4 px (at
+256 px; scaled with the frame size) of the recorded head boundary on either side, where halos
+and background-coloured lines at the head's edge show. *aperture r*: Pearson correlation of the rendered and
 recorded inner-lip gap (FaceMesh on both, over the eye-corner distance) across the held-out
 frames; *aperture spread*: std(rendered gap) / std(recorded gap), 1 = moves as much as the
 person, 0 = a static mouth. *r, shuffled audio* / *r, silence*: aperture r of the same avatar,

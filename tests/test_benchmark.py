@@ -73,6 +73,8 @@ def test_cells_run_and_outputs_are_written(bench: dict) -> None:
         row = _row(bench, m)
         # the recorded plate is copied into every frame: full-frame PSNR > head PSNR
         assert row["psnr"] > row["psnr_head"] + 1.0, row
+        # the head-boundary band is scored beside the head
+        assert isinstance(row["psnr_band"], float) and 0.0 < row["ssim_band"] < 1.0, row
         frames = read_render(render_path(out, f"may_5s_{m}_3s"))
         assert frames.shape == (50, 96, 96, 3)
     for m in ("retrieval", "loop"):  # recorded faces: FaceMesh finds them, apertures compare
@@ -86,6 +88,7 @@ def test_cells_run_and_outputs_are_written(bench: dict) -> None:
             # the tiny avatar's faces are too rough for FaceMesh: aperture is n/a, said so
             assert row[f"{c}_aperture_r"] == row["aperture_r"] == "n/a"
             assert isinstance(row[f"{c}_psnr_head"], float)
+            assert isinstance(row[f"{c}_psnr_band"], float)
             assert not np.array_equal(read_render(render_path(out, f"may_5s_{m}_3s", c)),
                                       read_render(render_path(out, f"may_5s_{m}_3s")))
         curve = row["curve"]  # tiny preset: every ckpt_every (20) steps and after the last
@@ -110,7 +113,8 @@ def test_cells_run_and_outputs_are_written(bench: dict) -> None:
     md = (out / "results.md").read_text()
     assert md == r.table_md and "| mean mouth (static) |" in md
     header = next(x for x in md.splitlines() if x.startswith("| method |"))
-    assert header.startswith("| method | head PSNR | aperture r |")
+    assert header.startswith("| method | head PSNR | band PSNR | aperture r |")
+    assert "| head SSIM | band SSIM |" in header
     assert "full PSNR (incl. plate)" in header and "LSE-C" not in header
     assert {p.name for p in r.plots} == {"metrics.png", "psnr_vs_steps.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in r.plots)
@@ -142,7 +146,8 @@ def test_rerun_does_not_recompute_and_rescore_reproduces(bench: dict) -> None:
     assert model.stat().st_mtime_ns == m0
     for m in METHODS:
         new, old = _row({"result": r}, m), _row(bench, m)
-        for k in ("psnr_head", "aperture_r", "shuffled_aperture_r", "av_corr", "lmd_mouth"):
+        for k in ("psnr_head", "psnr_band", "ssim_band", "aperture_r", "shuffled_aperture_r",
+                  "av_corr", "lmd_mouth"):
             assert new.get(k) == old.get(k), (m, k)
         assert new["computed_at"] >= old["computed_at"]
     # an ablation (other adaptation settings) does not take these cells as its own

@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from core.data.masks import head_mask
 from core.data.media import read_clip
 from eval.lpips_net import LPIPSAlex, LPIPSWeights, load_lpips, try_load_lpips
 from eval.metrics import (
@@ -20,7 +21,6 @@ from eval.metrics import (
     au_error,
     detect,
     face_mask,
-    head_mask,
     image_metrics,
     is_available,
     landmark_box,

@@ -1,0 +1,269 @@
+"""Zoomed crops of the jaw line and chin of rendered videos, on one grid image.
+
+``python -m eval.jawline VIDEO... --out PNG [--frames N]``
+
+Where a rendered head meets the neck and the background, a head that is not fully opaque
+up to its edge lets the plate behind it show through: a thin line under the chin or along
+the cheek, one or two pixels wide, invisible at full-frame scale. This tool makes it
+visible. For each video, ``N`` frames evenly spaced over its length (on the 25 fps
+timeline of :func:`core.data.media.iter_frames`) go through FaceMesh
+(:func:`core.data.landmarks.detect_landmarks`, still-image mode: the frames are far apart);
+the box around the lower face oval (:data:`core.data.masks.JAW_LINE`: cheek, jaw angle,
+chin, other cheek), grown by ``pad`` of its size on each side, is cut out and enlarged by
+an integer factor with nearest-neighbour sampling (each source pixel becomes a k x k block,
+so a one-pixel line stays one sharp line). A crop larger than its tile is shrunk by an
+integer stride instead (never smoothed).
+
+Grid layout (all sizes in pixels, :class:`JawGridConfig`): one row per video, a title
+band (``title_px`` high: the file name, its frame count, the zoom and the frames without a
+face) above ``frames`` tiles of ``tile`` (width, height) each, every tile captioned below
+(``caption_px``: frame number and time) and ``gap_px`` between tiles and rows::
+
+    width  = gap + frames * (tile_w + gap)
+    height = gap + videos * (title + tile_h + caption + gap)
+
+A frame in which FaceMesh finds no face is skipped (its tile stays empty), named in its
+row's title and in the returned :class:`JawRow`. The PNG is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import InputError
+from core.progress import ProgressBar, ProgressFn
+
+FPS = 25.0
+#: Grid background and text colours (RGB).
+BACKGROUND = (40, 40, 40)
+TEXT = (235, 235, 235)
+
+
+@dataclass(frozen=True)
+class JawGridConfig:
+    """Settings of :func:`jawline_grid` (sizes in pixels).
+
+    Attributes:
+        frames: frames per video, evenly spaced from its first to its last frame.
+        pad: the jaw box grows by this fraction of its width / height on each side.
+        tile: (width, height) of one crop's cell; a crop is enlarged by the largest
+            integer factor that fits (x3 for the jaw of a 256 px render).
+        title_px: height of a row's title band.
+        caption_px: height of the caption band under each tile.
+        gap_px: space between tiles and between rows.
+    """
+
+    frames: int = 5
+    pad: float = 0.15
+    tile: tuple[int, int] = (600, 420)
+    title_px: int = 24
+    caption_px: int = 20
+    gap_px: int = 4
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if min(self.tile) < 16 or self.pad < 0:
+            raise ValueError(f"tile {self.tile} must be at least 16 x 16 and pad {self.pad} >= 0")
+
+
+@dataclass
+class JawRow:
+    """One video's row.
+
+    Attributes:
+        video: the file.
+        total_frames: its length in frames (25 fps).
+        shown: frame indices with a crop in the grid.
+        skipped: picked frame indices in which FaceMesh found no face.
+        scale: the crops' enlargement (``'x2'``; ``'1/2'`` = shrunk by a stride of 2).
+    """
+
+    video: Path
+    total_frames: int
+    shown: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    scale: str = ""
+
+
+def pick_indices(total: int, n: int) -> list[int]:
+    """``n`` frame indices evenly spaced over ``[0, total - 1]`` (all frames when fewer)."""
+    if total <= 0:
+        return []
+    return sorted({round(float(x)) for x in np.linspace(0, total - 1, min(n, total))})
+
+
+def read_picked(video: Path, n: int) -> tuple[int, list[int], list[np.ndarray]]:
+    """``(total frames, picked indices, their (H, W, 3) uint8 frames)`` of a video: one
+    pass counts the frames, a second keeps only the picked ones (memory: n frames)."""
+    from core.data.media import iter_frames
+
+    total = sum(1 for _ in iter_frames(video, fps=FPS))
+    idx = pick_indices(total, n)
+    want, frames = set(idx), []
+    if idx:
+        for i, f in enumerate(iter_frames(video, fps=FPS, max_frames=idx[-1] + 1)):
+            if i in want:
+                frames.append(np.ascontiguousarray(f))
+    return total, idx[:len(frames)], frames
+
+
+def jaw_box(points: np.ndarray, width: int, height: int, pad: float):
+    """End-exclusive pixel box ``(x0, y0, x1, y1)`` around the :data:`JAW_LINE` landmarks of
+    one (478, 2+) FaceMesh frame, grown by ``pad`` of its size per side, clipped to the
+    image (``eval.metrics.landmark_box``)."""
+    from core.data.masks import JAW_LINE
+    from eval.metrics import landmark_box
+
+    return landmark_box(np.asarray(points)[list(JAW_LINE)], width, height, margin=pad)
+
+
+def fit_scale(height: int, width: int, tile: tuple[int, int]) -> tuple[int, int]:
+    """``(k, s)``: the largest integer enlargement ``k`` of a ``height`` x ``width`` crop
+    that fits in ``tile`` (width, height), with stride ``s`` = 1; when even ``k`` = 1 is
+    too large, ``k`` = 1 and the smallest stride ``s`` that fits."""
+    k = min(tile[0] // width, tile[1] // height)
+    if k >= 1:
+        return k, 1
+    return 1, math.ceil(max(width / tile[0], height / tile[1]))
+
+
+def scale_label(scale: tuple[int, int]) -> str:
+    """``'x3'`` for an enlargement, ``'1/2'`` for a stride."""
+    k, s = scale
+    return f"x{k}" if s == 1 else f"1/{s}"
+
+
+def zoom(crop: np.ndarray, scale: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling of an (h, w, 3) crop by :func:`fit_scale`'s ``(k, s)``:
+    every ``s``-th pixel, each repeated as a k x k block (never smoothed)."""
+    k, s = scale
+    c = crop[::s, ::s]
+    return np.repeat(np.repeat(c, k, axis=0), k, axis=1) if k > 1 else c
+
+
+def _text(img: np.ndarray, text: str, x: int, y_top: int, band: int) -> None:
+    """White text, vertically centred in a band of height ``band`` starting at ``y_top``."""
+    import cv2
+
+    scale = max(0.3, min(0.6, band / 40.0))
+    (_, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    y = y_top + max(0, band - th - base - 1) // 2 + th  # descenders stay in the band
+    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT, 1, cv2.LINE_AA)
+
+
+def grid_size(videos: int, cfg: JawGridConfig) -> tuple[int, int]:
+    """(width, height) of the grid image of ``videos`` rows (module doc)."""
+    tw, th = cfg.tile
+    return (cfg.gap_px + cfg.frames * (tw + cfg.gap_px),
+            cfg.gap_px + videos * (cfg.title_px + th + cfg.caption_px + cfg.gap_px))
+
+
+def jawline_grid(videos: Sequence[str | Path], out: str | Path,
+                 cfg: JawGridConfig | None = None,
+                 progress: ProgressFn | None = None) -> list[JawRow]:
+    """Write the jaw-line crop grid of ``videos`` to the PNG ``out`` (module doc).
+
+    Returns one :class:`JawRow` per video. Raises ValueError for an ``out`` that is not a
+    ``.png``, :class:`core.errors.InputError` for an unreadable video (nothing is written).
+    """
+    import cv2
+
+    from core.atomic import write_bytes
+    from core.data.landmarks import DetectConfig, detect_landmarks
+
+    cfg = cfg or JawGridConfig()
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"the grid is a PNG image, so {out.name!r} needs a .png name "
+                         "(e.g. --out jawline.png)")
+    videos = [Path(v) for v in videos]
+    if not videos:
+        raise ValueError("no video given")
+    report = progress or (lambda s, f: None)
+    W, H = grid_size(len(videos), cfg)
+    img = np.empty((H, W, 3), np.uint8)
+    img[:] = BACKGROUND
+    tw, th = cfg.tile
+    rows: list[JawRow] = []
+    for r, video in enumerate(videos):
+        report(f"{video.name}: reading frames", r / len(videos))
+        total, idx, frames = read_picked(video, cfg.frames)
+        row = JawRow(video, total)
+        tr = None
+        if frames:
+            report(f"{video.name}: FaceMesh on {len(frames)} frames", (r + 0.5) / len(videos))
+            tr = detect_landmarks(frames, DetectConfig(static_image_mode=True,
+                                                       detector_boxes=False))
+        y0 = cfg.gap_px + r * (cfg.title_px + th + cfg.caption_px + cfg.gap_px)
+        crops: dict[int, np.ndarray] = {}  # tile position -> jaw crop
+        for j, (i, f) in enumerate(zip(idx, frames)):
+            if tr.valid[j]:
+                x0, yb, x1, y1 = jaw_box(tr.points[j], f.shape[1], f.shape[0], cfg.pad)
+                crops[j] = f[yb:y1, x0:x1]
+                row.shown.append(i)
+            else:
+                row.skipped.append(i)
+        if crops:  # one scale per row, set by its largest crop: equal pixel blocks
+            scale = fit_scale(max(c.shape[0] for c in crops.values()),
+                              max(c.shape[1] for c in crops.values()), cfg.tile)
+            row.scale = scale_label(scale)
+        for j, crop in crops.items():
+            tile = zoom(crop, scale)
+            cx, cy = cfg.gap_px + j * (tw + cfg.gap_px), y0 + cfg.title_px
+            ty, tx = cy + (th - tile.shape[0]) // 2, cx + (tw - tile.shape[1]) // 2
+            img[ty:ty + tile.shape[0], tx:tx + tile.shape[1]] = tile
+            _text(img, f"#{idx[j]}  {idx[j] / FPS:.2f} s", cx + 2, cy + th, cfg.caption_px)
+        title = f"{video.name}: {total} frames"
+        if crops:
+            title += f", jaw crops {row.scale} nearest-neighbour"
+        if row.skipped:
+            title += f"; no face in frame{'s' if len(row.skipped) > 1 else ''} " + \
+                     ", ".join(f"#{i}" for i in row.skipped) + " (skipped)"
+        if not idx:
+            title += "; no frames"
+        _text(img, title, cfg.gap_px + 2, y0, cfg.title_px)
+        rows.append(row)
+    ok, buf = cv2.imencode(".png", img[..., ::-1])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    write_bytes(out, buf.tobytes())
+    report("done", 1.0)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.jawline",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("videos", nargs="+", type=Path, help="rendered videos (e.g. Talk renders)")
+    p.add_argument("--out", type=Path, required=True, help="the grid image (.png)")
+    p.add_argument("--frames", type=int, default=JawGridConfig.frames,
+                   help="frames per video, evenly spaced")
+    a = p.parse_args(argv)
+    if a.out.suffix.lower() != ".png":
+        p.error(f"--out {a.out} must name a .png file")
+    if a.frames < 1:
+        p.error("--frames must be at least 1")
+    try:
+        with ProgressBar() as bar:
+            rows = jawline_grid(a.videos, a.out, JawGridConfig(frames=a.frames), bar)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in rows:
+        msg = f"{r.video.name}: {len(r.shown)} crops" + (f" ({r.scale})" if r.shown else "")
+        if r.skipped:
+            msg += f"; no face in frames {', '.join(map(str, r.skipped))}: skipped"
+        print(msg)
+    print(f"wrote {a.out}")
+    return 0 if any(r.shown for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
