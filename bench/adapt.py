@@ -1,6 +1,6 @@
 """Adaptation speed on the CPU preset: wall time and steps/s per stage.
 
-    python -m bench.adapt [--clip CLIP] [--prior weights/prior_mel_cpu.safetensors]
+    python -m bench.adapt [--clip CLIP] [--prior NAME|PATH]
                           [--steps FACE MOUTH FUSE] [--threads N]
 
 Without ``--steps`` it runs the full ``cpu`` preset (the number quoted in the docs).
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from core.train.adapt import PRESETS, adapt
+from core.weights import DEFAULT_PRIOR
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = (ROOT / ".." / "shared" / "data" / "clips" / "may_5s.mp4").resolve()
@@ -25,7 +26,7 @@ DEFAULT_CLIP = (ROOT / ".." / "shared" / "data" / "clips" / "may_5s.mp4").resolv
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="video or processed folder")
-    p.add_argument("--prior", default=str(ROOT / "weights" / "prior_mel_cpu.safetensors"))
+    p.add_argument("--prior", default=DEFAULT_PRIOR, help="prior file or manifest name")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--steps", type=int, nargs=3, default=None)
     p.add_argument("--threads", type=int, default=None)

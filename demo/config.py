@@ -11,9 +11,7 @@ if TYPE_CHECKING:
     from core.train.adapt import AdaptConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The shipped prior (a name in ``weights/manifest.json``, file ``weights/<name>.safetensors``):
-#: the offline default.
-DEFAULT_PRIOR = "prior_mel_cpu"
+from core.weights import DEFAULT_PRIOR  # the shipped prior: the offline default
 
 
 def _env_float(name: str, default: float) -> float:
@@ -100,7 +98,7 @@ class AppConfig:
     preset: str = field(default_factory=default_preset)
     prior: str = DEFAULT_PRIOR
     prior_repo: str | None = None
-    prior_filename: str = "prior_mel_cpu.safetensors"
+    prior_filename: str = f"{DEFAULT_PRIOR}.safetensors"
     prior_revision: str | None = None
     allow_download: bool = False
     max_upload_mb: int = 200

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from core.atomic import write_text
 from core.progress import ProgressBar, ProgressFn
+from core.weights import DEFAULT_PRIOR  # used by 'instag' and 'mean-mouth' unless another is given
 from eval.cells import (BenchmarkConfig, CellTask, cell_name, finished_row, failed_row,
                         run_cell, run_cell_safe, stale_reason)
 from eval.methods import ADAPTED, METHODS, check_methods
@@ -48,8 +49,6 @@ __all__ = ["METHODS", "TRAIN_SECONDS", "BenchmarkConfig", "BenchmarkResult", "Ex
 
 #: Training lengths offered by the app (quick runs on short clips); the paper uses 5 / 10 / 20.
 TRAIN_SECONDS: tuple[float, ...] = (3.0, 5.0, 10.0)
-#: The shipped prior, used by 'instag' and 'mean-mouth' unless another is given.
-DEFAULT_PRIOR = "prior_mel_cpu"
 
 Executor = Callable[[Sequence[CellTask]], Iterable[tuple[CellTask, dict]]]
 

@@ -37,6 +37,7 @@ from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, Densify
 from core.model.head import Identity, UMF, mouth_dilation
 from core.model.mouth_drive import MouthDrive
 from core.progress import ProgressBar, ProgressFn, format_seconds
+from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
 from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
                          mouth_step)
@@ -421,9 +422,9 @@ def _steps_done(state: AdaptState, cfg: AdaptConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.adapt", description=__doc__.split("\n")[0])
     p.add_argument("clip", help="video file or processed-clip folder")
-    p.add_argument("--prior", default="prior_mel_cpu",
+    p.add_argument("--prior", default=DEFAULT_PRIOR,
                    help="prior file or weights/manifest.json name (default: the shipped "
-                        "prior_mel_cpu), or 'none' to train from scratch")
+                        f"{DEFAULT_PRIOR}), or 'none' to train from scratch")
     p.add_argument("--out", required=True, help="avatar folder to write")
     p.add_argument("--seconds", type=float, default=None, help="training seconds (default 5)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
