@@ -1,6 +1,6 @@
 """Zoomed crops of the jaw line and chin of rendered videos, on one grid image.
 
-``python -m eval.jawline VIDEO... --out PNG [--frames N]``
+``python -m eval.jawline VIDEO... --out PNG [--frames N] [--line-check CLIP_DIR]``
 
 Where a rendered head meets the neck and the background, a head that is not fully opaque
 up to its edge lets the plate behind it show through: a thin line under the chin or along
@@ -24,6 +24,12 @@ face) above ``frames`` tiles of ``tile`` (width, height) each, every tile captio
 
 A frame in which FaceMesh finds no face is skipped (its tile stays empty), named in its
 row's title and in the returned :class:`JawRow`. The PNG is written atomically.
+
+``--line-check CLIP_DIR`` turns the look into a count (:func:`background_line_in_video`):
+in every 5th frame, head pixels along the jaw (FaceMesh face oval against the neck below the
+jaw line) whose colour is nearer the clip's background plate than both the face and the neck
+colours next to them (:func:`background_line_pixels`, also used by the tests on the
+training labels).
 """
 from __future__ import annotations
 
@@ -238,6 +244,92 @@ def jawline_grid(videos: Sequence[str | Path], out: str | Path,
     return rows
 
 
+def background_line_pixels(img: np.ndarray, head: np.ndarray, torso: np.ndarray,
+                           bg: np.ndarray, rec: np.ndarray | None = None, tol: float = 0.02,
+                           r: int = 4, min_contrast: float = 0.15) -> tuple[int, int]:
+    """Count a background-coloured line along the jaw: ``(failing, checked)`` pixels.
+
+    Checked: head pixels within 2 px of the torso (the jaw and the neck's sides) with at least
+    3 head and 3 torso pixels 2.5 px or more from the head edge within ``r`` px, where the
+    background plate differs from both their median colours by ``min_contrast`` (RGB distance
+    in [0, 1] units), and -- when the recording ``rec`` is given -- where the recorded pixel is
+    not itself nearer the background than its head and neck colours. A pixel fails when it is
+    nearer the background plate's colour than both the head and the neck colours next to it
+    (by more than ``tol``).
+
+    Args:
+        img: (H, W, 3) float in [0, 1], the rendered frame.
+        head, torso: (H, W) bool masks of the head and of the torso below it.
+        bg: (H, W, 3) float in [0, 1], the background plate.
+        rec: (H, W, 3) float in [0, 1], the recorded frame, or None.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    d_in, d_out = distance_transform_edt(head), distance_transform_edt(~head)
+    band = head & (d_in <= 2) & (distance_transform_edt(~torso) <= 3)
+    dist = np.linalg.norm
+    bad = checked = 0
+    for y, x in zip(*np.nonzero(band)):
+        win = np.s_[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1]
+        hw, nw = head[win] & (d_in[win] >= 2.5), torso[win] & (d_out[win] >= 2.5)
+        if hw.sum() < 3 or nw.sum() < 3:
+            continue
+        b = bg[y, x]
+        hc, nc = np.median(img[win][hw], 0), np.median(img[win][nw], 0)
+        if dist(b - hc) < min_contrast or dist(b - nc) < min_contrast:
+            continue
+        if rec is not None:
+            hr, nr, q = np.median(rec[win][hw], 0), np.median(rec[win][nw], 0), rec[y, x]
+            if dist(q - b) < min(dist(q - hr), dist(q - nr)):   # the recording has it too
+                continue
+        checked += 1
+        p = img[y, x]
+        bad += int(dist(p - b) + tol < min(dist(p - hc), dist(p - nc)))
+    return bad, checked
+
+
+def face_and_neck(points: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) bool masks from one (478, 2+) FaceMesh frame: inside the face oval, and outside
+    it below the jaw line (:data:`core.data.masks.JAW_LINE`, the neck and collar)."""
+    from core.data.masks import FACE_OVAL, JAW_LINE, fill_polygon
+
+    face = np.zeros((height, width), np.uint8)
+    fill_polygon(face, np.asarray(points)[list(FACE_OVAL), :2].astype(np.float32), 1)
+    jaw = np.asarray(points)[list(JAW_LINE), :2]
+    order = np.argsort(jaw[:, 0])
+    u = np.arange(width) + 0.5
+    cut = np.interp(u, jaw[order, 0], jaw[order, 1], left=np.inf, right=np.inf)
+    below = (np.arange(height)[:, None] + 0.5) > cut[None, :]
+    return face > 0, (face == 0) & below
+
+
+def background_line_in_video(video: str | Path, bg: np.ndarray, every: int = 5
+                             ) -> tuple[int, int, int]:
+    """``(failing, checked, frames)`` of :func:`background_line_pixels` over every
+    ``every``-th frame of a rendered video, the head and neck from FaceMesh on the render
+    (:func:`face_and_neck`); ``bg`` (H, W, 3) uint8 background plate, resized to the video."""
+    import cv2
+
+    from core.data.landmarks import DetectConfig, detect_landmarks
+    from core.data.media import iter_frames
+
+    frames = [np.ascontiguousarray(f) for i, f in enumerate(iter_frames(Path(video), fps=FPS))
+              if i % every == 0]
+    if not frames:
+        return 0, 0, 0
+    h, w = frames[0].shape[:2]
+    plate = cv2.resize(np.asarray(bg, np.uint8), (w, h), interpolation=cv2.INTER_AREA) / 255.0
+    tr = detect_landmarks(frames, DetectConfig(static_image_mode=True, detector_boxes=False))
+    bad = checked = used = 0
+    for f, ok, pts in zip(frames, tr.valid, tr.points):
+        if not ok:
+            continue
+        head, neck = face_and_neck(pts, h, w)
+        b, c = background_line_pixels(f / 255.0, head, neck, plate)
+        bad, checked, used = bad + b, checked + c, used + 1
+    return bad, checked, used
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.jawline",
                                 description=__doc__.split("\n")[0])
@@ -245,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="the grid image (.png)")
     p.add_argument("--frames", type=int, default=JawGridConfig.frames,
                    help="frames per video, evenly spaced")
+    p.add_argument("--line-check", type=Path, default=None, metavar="CLIP_DIR",
+                   help="also count background-coloured jaw pixels in every 5th frame against "
+                        "this processed clip's background plate (the avatar's own clip)")
     a = p.parse_args(argv)
     if a.out.suffix.lower() != ".png":
         p.error(f"--out {a.out} must name a .png file")
@@ -262,6 +357,14 @@ def main(argv: list[str] | None = None) -> int:
             msg += f"; no face in frames {', '.join(map(str, r.skipped))}: skipped"
         print(msg)
     print(f"wrote {a.out}")
+    if a.line_check is not None:
+        from core.data.dataset import ProcessedClip
+
+        bg = ProcessedClip.load(a.line_check).bg.numpy()
+        for v in a.videos:
+            bad, checked, used = background_line_in_video(v, bg)
+            print(f"{v.name}: background-coloured jaw pixels {bad} of {checked} checked "
+                  f"({100.0 * bad / max(checked, 1):.2f} %) in {used} frames")
     return 0 if any(r.shown for r in rows) else 1
 
 

@@ -87,3 +87,30 @@ def test_cli_and_bad_input(clips_dir: Path, tmp_path: Path, capsys):
     assert "may_5s.mp4: 2 crops" in capsys.readouterr().out
     # defaults: 600 x 420 tiles, 24 px title, 20 px caption, 4 px gaps
     assert cv2.imread(str(out)).shape[:2] == (4 + 24 + 420 + 20 + 4, 4 + 2 * (600 + 4))
+
+
+def test_background_line_is_counted_only_where_it_is_drawn() -> None:
+    """Known answer: a skin disc over a neck on a cyan background; a one-pixel cyan arc just
+    inside the disc's lower edge fails every checked pixel it covers, the clean frame none."""
+    from scipy.ndimage import distance_transform_edt
+
+    from eval.jawline import background_line_pixels
+
+    H = W = 96
+    bg = np.zeros((H, W, 3))
+    bg[:] = (0.0, 0.8, 0.85)
+    skin, neck = np.array([0.85, 0.65, 0.55]), np.array([0.45, 0.3, 0.25])
+    yy, xx = np.mgrid[:H, :W]
+    head = (yy - 40) ** 2 + (xx - 48) ** 2 < 24 ** 2
+    torso = ~head & (yy > 40) & (np.abs(xx - 48) < 14)
+    img = bg.copy()
+    img[torso], img[head] = neck, skin
+    clean_bad, checked = background_line_pixels(img, head, torso, bg)
+    assert clean_bad == 0 and checked > 20
+    edge = head & (distance_transform_edt(head) <= 1.0) & (yy > 55)
+    lined = img.copy()
+    lined[edge] = bg[edge]
+    bad, checked2 = background_line_pixels(lined, head, torso, bg)
+    assert checked2 == checked and bad >= 0.8 * (edge & (distance_transform_edt(~torso) <= 3)).sum()
+    # the same line in the recording too is not the renderer's fault
+    assert background_line_pixels(lined, head, torso, bg, rec=lined)[1] < checked

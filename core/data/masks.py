@@ -115,7 +115,7 @@ def _person_prob(frames: Iterable[np.ndarray], cfg: MaskConfig) -> Iterable[np.n
             yield r.segmentation_mask
 
 
-def _poly(mask: np.ndarray, pts: np.ndarray, value: int) -> None:
+def fill_polygon(mask: np.ndarray, pts: np.ndarray, value: int) -> None:
     """Set ``mask`` to ``value`` at pixels whose centre lies inside the polygon.
 
     ``pts`` (V, 2) in continuous pixel coordinates (pixel ``(i, j)`` has its
@@ -179,10 +179,10 @@ def label_frame(person: np.ndarray, pts: np.ndarray, cfg: MaskConfig | None = No
     head_zone = (v < cut[None, :]) & (np.abs(u - cx) <= cfg.head_band * half)[None, :]
     lab[head_zone & person] = Label.HAIR
     face = np.zeros((H, W), np.uint8)
-    _poly(face, oval, 1)
+    fill_polygon(face, oval, 1)
     lab[face > 0] = Label.FACE
     mouth = np.zeros((H, W), np.uint8)
-    _poly(mouth, pts[list(INNER_LIPS)], 1)
+    fill_polygon(mouth, pts[list(INNER_LIPS)], 1)
     lab[mouth > 0] = Label.MOUTH
     return lab
 
