@@ -503,10 +503,15 @@ def test_fair_queue(server, created, audio_dir: Path) -> None:
     assert demo.instag.cfg.max_waiting == 2
     audio = handle_file(str(audio_dir / "en_kim.mp3"))
     running = owner.submit(pick["value"], audio, api_name="/talk")
+    deadline = time.monotonic() + 120
     while running.status().code.name not in ("PROCESSING", "PROGRESS", "FINISHED"):
+        assert time.monotonic() < deadline, "the first Talk never started"
         time.sleep(0.05)
     waiting = [owner.submit("0" * 32, audio, api_name="/talk") for _ in range(2)]
     while sum(w.status().code.name == "IN_QUEUE" for w in waiting) < 2:
+        assert time.monotonic() < deadline, (
+            f"the two jobs never waited together: {[w.status().code.name for w in waiting]}, "
+            f"first Talk {running.status().code.name}")
         time.sleep(0.05)
     with pytest.raises(ValidationError, match=r"already have 2 jobs waiting .*limit is 2"):
         owner.predict("0" * 32, audio, api_name="/talk")
