@@ -11,7 +11,7 @@ import torch
 from core.data.dataset import ProcessedClip
 from core.errors import InputError
 from core.data.media import num_frames, probe, read_audio
-from core.data.masks import Label
+from core.data.masks import Label, torso_plate
 from core.data.preprocess import PreprocessConfig, main, preprocess
 from core.train.stages import TrainFrames
 
@@ -89,14 +89,15 @@ def test_processed_folder_format_and_loader(may: Path, clips_dir: Path) -> None:
     assert te.tolist() == list(range(100, 125))
     with pytest.raises(ValueError):
         c.split(10.0)
-    # Training frames: float images; the plate keeps the torso/background and shows the
-    # background plate where the head is.
+    # Training frames: float images; the plate keeps the torso/background and, where the head
+    # is, the continuation of its surroundings (the one plate builder, core.data.masks).
     f = TrainFrames.from_clip(c, torch.tensor([10]))
     assert f.images.shape == (1, 256, 256, 3) and f.images.dtype == torch.float32
     head = f.labels[0] >= Label.HAIR
     assert head.sum() > 1000
     assert torch.equal(f.plates[0][~head], f.images[0][~head])
-    assert torch.equal(f.plates[0][head], (c.bg.float() / 255.0)[head])
+    plate = torso_plate(c.frames[10].numpy(), c.labels[10].numpy())
+    assert torch.equal(f.plates[0], torch.from_numpy(plate).float() / 255.0)
 
 
 def iter_first_frame(clip: Path, crop: list[int]):
