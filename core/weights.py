@@ -25,7 +25,7 @@ from core.errors import InputError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
-DEFAULT_PRIOR = "prior_mel_cpu"
+DEFAULT_PRIOR = "prior_mel_code_cpu"
 #: the shipped audio-to-mouth prior (:mod:`core.model.mouth_predictor`), manifest section
 #: ``mouth_priors``
 DEFAULT_MOUTH_PRIOR = "mouth_prior"
