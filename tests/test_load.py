@@ -150,9 +150,10 @@ def test_three_users_and_hostile_uploads(app_process, clips_dir: Path, audio_dir
         "bomb": make_timestamp_bomb(tmp_path / "bomb.mkv"),
         "hour": make_hour_of_silence(tmp_path / "hour.flac"),
         "huge": make_huge_frames(tmp_path / "huge.mov"),
-        # Talk's copy differs by one trailing byte: identical uploads share one Gradio cache
+        # Talk's copies differ from Create's: identical uploads share one Gradio cache
         # folder, and the app deletes a refused upload at once, so a concurrent identical
         # upload would find it gone (a known gap of the app, see docs/ARCHITECTURE.md)
+        "bomb_talk": make_timestamp_bomb(tmp_path / "bomb_talk.mkv", audio_start_s=36001.0),
         "huge_talk": _with_trailing_byte(make_huge_frames(tmp_path / "huge_talk.mov")),
         "cut": make_truncated_mp4(tmp_path / "cut.mp4", clips_dir / "woman_desk_5s.mp4", 0.5),
         "zip": make_zip_as_mp4(tmp_path / "clip.mp4"),
@@ -212,7 +213,8 @@ def test_three_users_and_hostile_uploads(app_process, clips_dir: Path, audio_dir
         """The first visitor, once it has an avatar, uploads hostile audio by mistake."""
         assert have_avatar.wait(run.left())
         cl, tok, aid = first_avatar["a"]
-        for name, kind in (("bomb", "timing"), ("hour", "too_long"), ("huge_talk", "too_large")):
+        for name, kind in (("bomb_talk", "timing"), ("hour", "too_long"),
+                           ("huge_talk", "too_large")):
             run.expect_error(f"talk {name}", kind, lambda n=name: cl.submit(
                 aid, handle_file(str(hostile[n])), tok, api_name="/talk").result(
                 timeout=run.left()))
