@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Callable, TextIO, TypeVar
+
+from core.errors import InputError
 
 ProgressFn = Callable[[str, float], None]
+T = TypeVar("T")
 
 
 def format_seconds(seconds: float) -> str:
@@ -79,3 +82,17 @@ class ProgressBar:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_cli_job(job: Callable[[ProgressBar], T]) -> tuple[T | None, int]:
+    """Run a command line's job under a :class:`ProgressBar`: ``(result, 0)``, or
+    ``(None, 2)`` after printing ``error: ...`` to stderr when the job refuses its input
+    (:class:`core.errors.InputError`; the bar is closed first so the message stays visible).
+    Other exceptions propagate."""
+    with ProgressBar() as bar:
+        try:
+            return job(bar), 0
+        except InputError as e:
+            bar.close()
+            print(f"error: {e}", file=sys.stderr)
+            return None, 2

@@ -31,7 +31,7 @@ from core.model.avatar import Avatar, load_avatar
 from core.errors import InputError
 from core.model.head import FrameCond, render_frame
 from core.model.motion_field import audio_windows
-from core.progress import ProgressBar, ProgressFn
+from core.progress import ProgressFn, run_cli_job
 
 AI_STATEMENT = ("AI-generated video: a synthetic talking-head avatar (InsTaG) speaking the "
                 "given audio. It does not show a real recording.")
@@ -164,13 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-mark", action="store_true", help="omit the visible AI-generated label "
                    "(the metadata statement stays)")
     a = p.parse_args(argv)
-    with ProgressBar() as bar:
-        try:
-            r = synthesize(a.avatar, a.audio, a.out, bar, a.max_seconds, mark=not a.no_mark)
-        except InputError as e:
-            bar.close()
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    r, code = run_cli_job(
+        lambda bar: synthesize(a.avatar, a.audio, a.out, bar, a.max_seconds, mark=not a.no_mark))
+    if code:
+        return code
     print(f"{r.path}: {r.frames} frames ({r.seconds:.2f} s of audio), rendering {r.render_fps:.1f} FPS")
     return 0
 

@@ -42,8 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import InputError
-from core.progress import ProgressBar, ProgressFn
+from core.progress import ProgressFn, run_cli_job
 
 FPS = 25.0
 #: Grid background and text colours (RGB).
@@ -345,12 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--out {a.out} must name a .png file")
     if a.frames < 1:
         p.error("--frames must be at least 1")
-    try:
-        with ProgressBar() as bar:
-            rows = jawline_grid(a.videos, a.out, JawGridConfig(frames=a.frames), bar)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rows, code = run_cli_job(
+        lambda bar: jawline_grid(a.videos, a.out, JawGridConfig(frames=a.frames), bar))
+    if code:
+        return code
     for r in rows:
         msg = f"{r.video.name}: {len(r.shown)} crops" + (f" ({r.scale})" if r.shown else "")
         if r.skipped:

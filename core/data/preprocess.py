@@ -59,7 +59,7 @@ from safetensors.torch import save_file
 from core.atomic import atomic_folder
 from core.data.audio import KINDS
 from core.errors import InputError
-from core.progress import ProgressBar, ProgressFn
+from core.progress import ProgressFn, run_cli_job
 
 FORMAT_VERSION = 1
 FPS = 25.0
@@ -293,13 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PreprocessConfig(res=a.res or default_res(), audio=a.audio, hubert_model=a.hubert_model,
                            allow_download=a.allow_download, max_seconds=a.max_seconds,
                            max_frames=a.max_frames)
-    with ProgressBar() as bar:
-        try:
-            out = preprocess(a.clip, a.out, cfg, bar, overwrite=a.overwrite)
-        except InputError as e:
-            bar.close()
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    out, code = run_cli_job(lambda bar: preprocess(a.clip, a.out, cfg, bar, overwrite=a.overwrite))
+    if code:
+        return code
     m = json.loads((out / "manifest.json").read_text())
     tr = m["tracking"]
     print(f"{out}: {m['num_frames']} frames at {m['res']}², focal {m['focal']:.0f} px, "

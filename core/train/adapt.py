@@ -36,7 +36,7 @@ from core.data.mouth_code import MOUTH_CODE_DIM
 from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig
 from core.model.head import Identity, UMF, mouth_dilation
 from core.model.mouth_drive import MouthDrive
-from core.progress import ProgressBar, ProgressFn, format_seconds
+from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
 from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
@@ -445,13 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.seed is not None:
         cfg = replace(cfg, seed=a.seed)
     prior = None if a.prior.lower() == "none" else a.prior
-    with ProgressBar() as bar:
-        try:
-            out = adapt(a.clip, a.out, prior, cfg, bar, resume=a.resume, log=bar.write)
-        except InputError as e:
-            bar.close()
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    out, code = run_cli_job(
+        lambda bar: adapt(a.clip, a.out, prior, cfg, bar, resume=a.resume, log=bar.write))
+    if code:
+        return code
     print(f"avatar written to {out}")
     return 0
 

@@ -37,7 +37,7 @@ from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier
 from core.model.head import Identity, UMF
 from core.model.motion_field import EMA, sample_hook_k
 from core.model.mouth_drive import MouthDrive
-from core.progress import ProgressBar, ProgressFn, format_seconds
+from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.train.stages import TrainFrames, face_step, field_optimizer, gaussian_optimizer, mouth_step
 
 PASSES = ("face", "mouth")
@@ -329,13 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, face_steps=a.steps[0], mouth_steps=a.steps[1])
     if a.seed is not None:
         cfg = replace(cfg, seed=a.seed)
-    with ProgressBar() as bar:
-        try:
-            out = pretrain(a.clips, a.out, cfg, bar, resume=a.resume, work=a.work, log=bar.write)
-        except InputError as e:
-            bar.close()
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    out, code = run_cli_job(lambda bar: pretrain(a.clips, a.out, cfg, bar, resume=a.resume,
+                                                 work=a.work, log=bar.write))
+    if code:
+        return code
     print(f"prior written to {out}")
     return 0
 
