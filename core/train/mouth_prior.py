@@ -35,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from core.data.mouth_code import MOUTH_CODE_DIM, MouthCodeStats, mouth_geometry
-from core.model.mouth_drive import estimate_av_offset, lagged_corr, pearson
+from core.model.mouth_drive import estimate_av_offset, lagged_corr, pearson, shift_frames
 from core.model.mouth_predictor import (MEL_DIM, MouthPredictor, MouthPredictorConfig,
                                         audio_front_end, save_predictor, to_frames)
 
@@ -98,10 +98,9 @@ def load_clip_data(folder: str | Path, inputs: str) -> ClipData:
 
 def shift_steps(feats: torch.Tensor, offset_frames: int) -> torch.Tensor:
     """Features re-timed so that audio ``offset_frames`` late (> 0) lines up with the video:
-    step ``m`` of the result is step ``m + 2 * offset`` of the input (edge-clamped)."""
-    S = feats.shape[0]
-    idx = (torch.arange(S) + 2 * offset_frames).clamp(0, S - 1)
-    return feats[idx]
+    step ``m`` of the result is step ``m + 2 * offset`` of the input (edge-clamped; 2 steps
+    per frame, :func:`core.model.mouth_drive.shift_frames` on the step grid)."""
+    return feats[shift_frames(feats.shape[0], 2 * offset_frames)]
 
 
 def _batch(clips: list[ClipData], cfg: MouthPriorTrainConfig, gen: torch.Generator,
