@@ -27,12 +27,11 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from core.data.mouth_code import MOUTH_CODE_DIM, MouthCodeStats, mouth_geometry
 from core.model.mouth_drive import estimate_av_offset, lagged_corr, pearson, shift_frames
