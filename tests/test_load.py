@@ -24,6 +24,7 @@ from gradio_client.exceptions import AppError, ValidationError
 
 from tests.test_app import app_prior, free_port, video_arg
 from tests.test_media import (
+    encode_into,
     make_hour_of_silence,
     make_huge_frames,
     make_timestamp_bomb,
@@ -66,10 +67,8 @@ def _short_speech(audio_dir: Path, out: Path, seconds: float = 2.5) -> Path:
         st = c.add_stream("pcm_s16le", rate=16000, layout="mono")
         frame = av.AudioFrame.from_ndarray(pcm[None], format="s16", layout="mono")
         frame.sample_rate = 16000
-        for pkt in st.encode(frame):
-            c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
+        encode_into(c, st, frame)
+        encode_into(c, st)
     return out
 
 

@@ -27,6 +27,13 @@ NTSC_AND_VFR = ["woman_11s_30fps.mp4", "man_map_6s_30fps.mp4", "woman_glasses_7s
                 "woman_20s_512x480_30fps.mp4"]
 
 
+def encode_into(container, stream, frame=None) -> None:
+    """Encode one ``frame`` on ``stream`` and mux its packets into ``container``; with no
+    frame, flush the encoder (the test files below are written this way)."""
+    for pkt in stream.encode(frame):
+        container.mux(pkt)
+
+
 def _stream_ends(path: Path) -> tuple[float, float | None]:
     """(video end, audio end) in s from the raw stream headers, independently of core.data.media."""
     with av.open(str(path)) as c:
@@ -200,10 +207,8 @@ def test_resampling_keeps_tone(tmp_path: Path) -> None:
         fr = av.AudioFrame.from_ndarray(np.stack([tone, tone]).T.reshape(1, -1).copy(),
                                         format="s16", layout="stereo")
         fr.sample_rate = sr
-        for pkt in st.encode(fr):
-            c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
+        encode_into(c, st, fr)
+        encode_into(c, st)
     a = read_audio(p)
     assert abs(a.shape[0] - 16000) <= 1
     spec = np.abs(np.fft.rfft(a[1000:15000]))
@@ -302,19 +307,15 @@ def test_late_audio_start_stays_in_sync(tmp_path: Path, fmt: str, vcodec: str, a
             f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 235 if i == k else 40, np.uint8),
                                            format="rgb24")
             f.pts = i
-            for pkt in vs.encode(f):
-                c.mux(pkt)
-        for pkt in vs.encode(None):
-            c.mux(pkt)
+            encode_into(c, vs, f)
+        encode_into(c, vs)
         a = np.zeros(int((T / 25 - offset) * sr), np.float32)
         s = int((k / 25 + 0.01 - offset) * sr)  # click 10 ms into frame k
         a[s: s + sr // 400] = 0.8
         af = av.AudioFrame.from_ndarray(a[None], format="flt", layout="mono")
         af.sample_rate, af.pts = sr, int(offset * sr)
-        for pkt in st.encode(af):
-            c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
+        encode_into(c, st, af)
+        encode_into(c, st)
     info = probe(p)
     assert num_frames(info) == T
     clip = read_clip(p)
@@ -338,17 +339,13 @@ def make_timestamp_bomb(path: Path, audio_start_s: float = 36000.0) -> Path:
         for i in range(25):
             f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40, np.uint8), format="rgb24")
             f.pts = i
-            for pkt in vs.encode(f):
-                c.mux(pkt)
-        for pkt in vs.encode(None):
-            c.mux(pkt)
+            encode_into(c, vs, f)
+        encode_into(c, vs)
         tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)).astype(np.float32)
         af = av.AudioFrame.from_ndarray(tone[None], format="flt", layout="mono")
         af.sample_rate, af.pts = 16000, int(audio_start_s * 16000)
-        for pkt in st.encode(af):
-            c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
+        encode_into(c, st, af)
+        encode_into(c, st)
     return path
 
 
@@ -363,10 +360,8 @@ def make_hour_of_silence(path: Path, seconds: int = 3600, sample_rate: int = 160
         for k in range(seconds // 10):
             af = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
             af.sample_rate, af.pts = sample_rate, k * sample_rate * 10
-            for pkt in st.encode(af):
-                c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
+            encode_into(c, st, af)
+        encode_into(c, st)
     if hide_length:
         data = bytearray(path.read_bytes())
         assert data[:4] == b"fLaC"
@@ -389,17 +384,13 @@ def make_huge_frames(path: Path, side: int = 10000, frames: int = 1) -> Path:
         for i in range(frames):
             f = av.VideoFrame.from_ndarray(plane, format="yuv420p")
             f.pts = i
-            for pkt in vs.encode(f):
-                c.mux(pkt)
-        for pkt in vs.encode(None):
-            c.mux(pkt)
+            encode_into(c, vs, f)
+        encode_into(c, vs)
         af = av.AudioFrame.from_ndarray(np.zeros((1, 1280), np.float32), format="flt",
                                         layout="mono")
         af.sample_rate, af.pts = 16000, 0
-        for pkt in st.encode(af):
-            c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
+        encode_into(c, st, af)
+        encode_into(c, st)
     return path
 
 
@@ -444,17 +435,13 @@ def make_video_gap(path: Path, gap_s: float = 100.0) -> Path:
             f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 4 * i % 256, np.uint8),
                                            format="rgb24")
             f.pts = pts
-            for pkt in vs.encode(f):
-                c.mux(pkt)
-        for pkt in vs.encode(None):
-            c.mux(pkt)
+            encode_into(c, vs, f)
+        encode_into(c, vs)
         af = av.AudioFrame.from_ndarray(np.zeros((1, 32000), np.float32), format="flt",
                                         layout="mono")
         af.sample_rate, af.pts = 16000, 0
-        for pkt in st.encode(af):
-            c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
+        encode_into(c, st, af)
+        encode_into(c, st)
     return path
 
 
@@ -578,10 +565,8 @@ def test_audio_gap_refused_while_decoding(tmp_path: Path) -> None:
             af = av.AudioFrame.from_ndarray(np.full((1, 16000), 0.1, np.float32), format="flt",
                                             layout="mono")
             af.sample_rate, af.pts = 16000, start
-            for pkt in st.encode(af):
-                c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
+            encode_into(c, st, af)
+        encode_into(c, st)
     e = _error(read_audio, p, limits=MediaLimits(max_seconds=math.inf))
     assert e.code == "timing" and "audio jumps from" in e.problem
 
