@@ -106,12 +106,13 @@ def stage_shares(cfg: AppConfig) -> tuple[float, float]:
 def preprocess_work(cfg: AppConfig, clip: Path, out: Path,
                     progress: Callable[[str, float], None]) -> Path:
     """Face tracking, masks and audio features of the clip (CPU; MediaPipe)."""
-    from core.data.preprocess import PreprocessConfig, preprocess
+    from core.data.preprocess import PreprocessConfig
+    from core.preprocess import preprocess_clip
 
     acfg = app_presets()[cfg.preset]
     pcfg = PreprocessConfig(res=max(acfg.res, 256), min_seconds=cfg.min_clip_s,
                             max_seconds=cfg.max_clip_s, max_frames=math.ceil(acfg.seconds * 25))
-    return preprocess(clip, out, pcfg, overwrite=True, progress=progress)
+    return preprocess_clip(clip, out, pcfg, overwrite=True, progress=progress)
 
 
 def adapt_gpu(processed: Path, out: Path, prior: Path | None, preset: str, work: Path,

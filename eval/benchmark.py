@@ -137,7 +137,8 @@ def prepare_clip(clip: Path, out: Path, cfg: BenchmarkConfig, train_seconds: lis
     dest = out / "clips" / clip.stem
     if (dest / "manifest.json").is_file():
         return dest
-    from core.data.preprocess import PreprocessConfig, preprocess
+    from core.data.preprocess import PreprocessConfig
+    from core.preprocess import preprocess_clip
 
     max_frames = None
     if cfg.quick:
@@ -145,7 +146,7 @@ def prepare_clip(clip: Path, out: Path, cfg: BenchmarkConfig, train_seconds: lis
     pcfg = PreprocessConfig(res=cfg.clip_res, max_frames=max_frames,
                             min_seconds=min(4.0, (max_frames or 100) / 25))
     report = progress or (lambda s, f: None)
-    preprocess(clip, dest, pcfg, progress=lambda s, f: report(f"{clip.stem}: preprocessing: {s}", f))
+    preprocess_clip(clip, dest, pcfg, progress=lambda s, f: report(f"{clip.stem}: preprocessing: {s}", f))
     return dest
 
 

@@ -115,7 +115,7 @@ class BenchmarkConfig:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         from core.train.adapt import AdaptConfig
 
-        known = {f.name for f in fields(AdaptConfig)} - {"seconds", "seed"}
+        known = {f.name for f in fields(AdaptConfig)} - {"seconds", "seed", "av_offset"}
         bad = sorted(set(self.adapt_overrides) - known)
         if bad:
             raise ValueError(f"unknown adaptation settings {bad}; choose from {sorted(known)}")
@@ -126,8 +126,9 @@ class BenchmarkConfig:
 
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; one of {sorted(PRESETS)}")
+        # the offset is measured on the training seconds: held-out frames inform nothing
         return replace(PRESETS[self.preset], **self.adapt_overrides, seconds=float(seconds),
-                       seed=self.seed)
+                       seed=self.seed, av_offset="training")
 
     @property
     def eval_res(self) -> int:

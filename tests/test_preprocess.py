@@ -12,7 +12,8 @@ from core.data.dataset import ProcessedClip
 from core.errors import InputError
 from core.data.media import num_frames, probe, read_audio
 from core.data.masks import Label, torso_plate
-from core.data.preprocess import PreprocessConfig, main, preprocess
+from core.data.preprocess import PreprocessConfig, preprocess
+from core.preprocess import main
 from core.train.stages import TrainFrames
 
 QUICK = PreprocessConfig(res=128, max_frames=50)  # every clip, first 2 s, small frames

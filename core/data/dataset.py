@@ -107,6 +107,14 @@ class ProcessedClip:
         return int(self.frames.shape[0])
 
     @property
+    def av_offset(self) -> int | None:
+        """The recording's audio-video offset measured in preprocessing (frames, audio late
+        > 0; manifest ``av_offset``, :mod:`core.preprocess`); None for folders made without
+        it."""
+        entry = self.manifest.get("av_offset")
+        return None if entry is None else int(entry["frames"])
+
+    @property
     def res(self) -> int:
         return int(self.frames.shape[1])
 

@@ -25,7 +25,9 @@ leaves a half-written folder and an existing folder is replaced only by a comple
     format version, source (file name, sha256, size, fps, duration, resolution),
     ``num_frames``, ``fps``, ``sample_rate``, ``res``, ``crop`` (source pixels),
     ``focal`` (pixels at ``res``), ``audio`` (feature spec), tracking statistics,
-    label names, library versions, and the sha256 of every other file.
+    label names, library versions, and the sha256 of every other file; made by
+    ``python -m core.preprocess`` (:func:`core.preprocess.preprocess_clip`) it also holds
+    ``av_offset``, the recording's audio-video offset.
 ``frames.mp4``
     the ``res x res`` frames at 25 fps, H.264 4:4:4 at crf 0 (measured on a 5 s 256² clip:
     3.7 MB, 52 dB PSNR, at most 2 levels off; true lossless RGB is 1.75x larger), with the
@@ -43,7 +45,6 @@ leaves a half-written folder and an existing folder is replaced only by a comple
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -51,15 +52,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from core.atomic import atomic_folder
-from core.data.audio import KINDS
 from core.errors import InputError
-from core.progress import ProgressFn, run_cli_job
+from core.progress import ProgressFn
 
 FORMAT_VERSION = 1
 FPS = 25.0
@@ -90,6 +91,13 @@ class PreprocessConfig:
     min_seconds: float = 4.0
     max_seconds: float = 300.0
     max_frames: int | None = None
+
+
+#: ``annotate(arrays) -> manifest entries``: measurements the data layer does not make itself
+#: (the audio-video offset needs the audio-to-mouth prior of ``core.model``; see
+#: :mod:`core.preprocess`). ``arrays``: ``points3d`` (T, 478, 3), ``audio`` (640 T,) 16 kHz,
+#: ``valid`` (T,) bool.
+Annotator = Callable[[dict[str, np.ndarray]], dict]
 
 
 def default_res() -> int:
@@ -141,7 +149,7 @@ def check_media(path: str | os.PathLike, cfg: PreprocessConfig):
 
 def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
                cfg: PreprocessConfig | None = None, progress: ProgressFn | None = None,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, annotate: Annotator | None = None) -> Path:
     """Turn a talking clip into a processed-clip folder (format in the module doc).
 
     Args:
@@ -150,6 +158,9 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
         cfg: :class:`PreprocessConfig`.
         progress: optional ``progress(stage, fraction)`` callback (the app's progress bar).
         overwrite: replace an existing folder (only once the new one is complete).
+        annotate: optional :data:`Annotator`: more manifest entries measured from the
+            clip's arrays, written in the same atomic step (``python -m core.preprocess``
+            adds the audio-video offset this way).
 
     Returns:
         ``out_dir`` as a Path.
@@ -218,6 +229,12 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
     steps = feature_steps(audio, audio_cfg)
     t = lap("expression_audio", t)
 
+    notes: dict = {}
+    if annotate is not None:
+        report("audio-video offset", 0.85)
+        notes = annotate({"points3d": points3d, "audio": audio, "valid": vt.track.valid})
+        t = lap("annotate", t)
+
     err_all = reprojection_error(pose, points2d, "all")
     err_rigid = reprojection_error(pose, points2d, "rigid")
     jitter = rotation_angles_deg(np.einsum("tij,tkj->tik", pose.R[1:], pose.R[:-1])) if T > 1 else np.zeros(1)
@@ -267,6 +284,7 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
                 "jitter_deg_median": float(np.median(jitter)),
                 "camera_distance_m_median": float(np.median(dist)),
             },
+            **notes,
             "timings_s": {**timings, "total": round(time.perf_counter() - t_start, 3)},
             "versions": _versions(),
             "files": {name: sha256_file(tmp / name)
@@ -275,33 +293,3 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     report("done", 1.0)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m core.preprocess", description=__doc__.split("\n")[0])
-    p.add_argument("clip", help="video file (mp4, mov, mkv, webm, mpg) with one face and speech")
-    p.add_argument("--out", required=True, help="processed-clip folder to create")
-    p.add_argument("--res", type=int, default=None, help="working resolution (default 256 CPU / 512 GPU)")
-    p.add_argument("--audio", choices=KINDS, default="mel")
-    p.add_argument("--hubert-model", default=PreprocessConfig.hubert_model,
-                   help="HuBERT hub id or local folder (with --audio hubert)")
-    p.add_argument("--allow-download", action="store_true", help="allow downloading HuBERT weights")
-    p.add_argument("--max-seconds", type=float, default=PreprocessConfig.max_seconds)
-    p.add_argument("--max-frames", type=int, default=None, help="keep only the first N frames")
-    p.add_argument("--overwrite", action="store_true")
-    a = p.parse_args(argv)
-    cfg = PreprocessConfig(res=a.res or default_res(), audio=a.audio, hubert_model=a.hubert_model,
-                           allow_download=a.allow_download, max_seconds=a.max_seconds,
-                           max_frames=a.max_frames)
-    out, code = run_cli_job(lambda bar: preprocess(a.clip, a.out, cfg, bar, overwrite=a.overwrite))
-    if code:
-        return code
-    m = json.loads((out / "manifest.json").read_text())
-    tr = m["tracking"]
-    print(f"{out}: {m['num_frames']} frames at {m['res']}², focal {m['focal']:.0f} px, "
-          f"reprojection {tr['reproj_err_px_mean']:.2f} px, {m['timings_s']['total']:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

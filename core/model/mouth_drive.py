@@ -26,6 +26,8 @@ from core.model.mouth_predictor import (MouthPredictor, MouthPredictorConfig, au
                                         load_predictor)
 
 SAMPLES_PER_FRAME = 640
+#: Largest audio-video offset searched, frames either way (0.32 s at 25 fps).
+MAX_OFFSET = 8
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -50,15 +52,38 @@ def lagged_corr(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None =
     return out
 
 
-def estimate_av_offset(pred_aperture: np.ndarray, tracked_aperture: np.ndarray,
+#: Mouth-code columns that time the audio (aperture, width, jaw): protrusion, FaceMesh's depth
+#: estimate, is the noisiest and is left out.
+OFFSET_COLUMNS: tuple[int, ...] = (0, 1, 3)
+
+
+def offset_curve(pred_code: np.ndarray, tracked_code: np.ndarray, valid: np.ndarray | None = None,
+                 max_offset: int = 8, columns: tuple[int, ...] = OFFSET_COLUMNS) -> dict[int, float]:
+    """Mean over ``columns`` of :func:`lagged_corr` of the predicted (T, C) and tracked (T, C)
+    mouth codes: how well the audio lines up with the lips at each lag (frames, audio late
+    > 0). One column (aperture alone) gives a flat or double-peaked curve on a few seconds
+    of speech; width and jaw time the same syllables and sharpen it."""
+    pred_code = np.asarray(pred_code).reshape(len(pred_code), -1)
+    tracked_code = np.asarray(tracked_code).reshape(len(tracked_code), -1)
+    cols = [c for c in columns if c < min(pred_code.shape[1], tracked_code.shape[1])] or [0]
+    curves = [lagged_corr(pred_code[:, c], tracked_code[:, c], valid, max_offset) for c in cols]
+    return {lag: float(np.mean([cv[lag] for cv in curves])) for lag in curves[0]}
+
+
+def estimate_av_offset(pred_code: np.ndarray, tracked_code: np.ndarray,
                        valid: np.ndarray | None = None, max_offset: int = 8,
-                       min_gain: float = 0.05) -> int:
-    """Audio-video offset in frames (audio late > 0): the lag that best lines up the aperture
-    predicted from the audio with the tracked one; 0 unless it beats lag 0 by ``min_gain``
-    in correlation (short or quiet clips give flat curves)."""
-    lags = lagged_corr(pred_aperture, tracked_aperture, valid, max_offset)
-    best = max(lags, key=lags.get)
-    return int(best) if lags[best] - lags[0] >= min_gain else 0
+                       min_gain: float = 0.02) -> int:
+    """Audio-video offset in frames (audio late > 0): the lag that best lines up the mouth
+    code predicted from the audio with the tracked one (:func:`offset_curve`; (T,) or (T, C)
+    arrays); 0 unless it beats lag 0 by ``min_gain`` in mean correlation (silent or
+    motionless clips give flat curves)."""
+    return best_lag(offset_curve(pred_code, tracked_code, valid, max_offset), min_gain)
+
+
+def best_lag(curve: dict[int, float], min_gain: float = 0.02) -> int:
+    """The lag of a correlation curve's peak; 0 unless it beats lag 0 by ``min_gain``."""
+    best = max(curve, key=curve.get)
+    return int(best) if curve[best] - curve[0] >= min_gain else 0
 
 
 def shift_frames(n: int, offset: int, limit: int | None = None) -> Tensor:
@@ -66,6 +91,27 @@ def shift_frames(n: int, offset: int, limit: int | None = None) -> Tensor:
     clamped to ``[0, limit - 1]`` (default ``n``)."""
     limit = n if limit is None else limit
     return (torch.arange(n) + offset).clamp(0, max(limit - 1, 0))
+
+
+@dataclass(frozen=True)
+class AvOffset:
+    """A recording's measured audio-video offset.
+
+    Attributes:
+        frames: offset in frames at 25 fps (audio late > 0: the lips move ``frames`` frames
+            before their sound is heard); 0 when no lag beats lag 0 clearly.
+        gain: mean correlation at ``frames`` minus at lag 0 (how clear the peak is).
+        curve: lag (frames) -> mean correlation of predicted and tracked mouth codes.
+    """
+
+    frames: int
+    gain: float
+    curve: dict[int, float]
+
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, "gain": self.gain,
+                "curve": {str(k): v for k, v in self.curve.items()},
+                "method": "audio-to-mouth prior: mean lagged correlation of aperture, width, jaw"}
 
 
 @dataclass
@@ -80,15 +126,19 @@ class MouthDrive:
     # ------------------------------------------------------------------ building
     @classmethod
     def fit(cls, points3d: np.ndarray, audio: np.ndarray, n_train: int, valid: np.ndarray | None = None,
-            predictor: MouthPredictor | None = None,
-            gain: np.ndarray | None = None, estimate_offset: bool = True) -> MouthDrive:
+            predictor: MouthPredictor | None = None, gain: np.ndarray | None = None,
+            av_offset: int | None = None, estimate_offset: bool = True) -> MouthDrive:
         """Fit the per-person parts on the first ``n_train`` frames of a clip.
 
         Args:
             points3d: (T, 478, 3) tracked FaceMesh points (only ``[:n_train]`` is read).
-            audio: 16 kHz mono of the clip (only the training frames' samples are read).
+            audio: 16 kHz mono of the clip (the training frames' samples, and up to
+                ``MAX_OFFSET`` frames after them for the lag search, are read).
             valid: (T,) frames where the face was found.
             predictor, gain: default the shipped audio-to-mouth prior and its gain.
+            av_offset: the recording's audio-video offset when it is already known (the
+                processed clip's manifest, :func:`measure_av_offset`); None estimates it on
+                the training frames (or 0 with ``estimate_offset=False``).
         """
         if predictor is None:
             predictor, meta = load_predictor()
@@ -97,12 +147,29 @@ class MouthDrive:
         raw = mouth_geometry(points3d[:n_train])
         ok = np.ones(n_train, bool) if valid is None else np.asarray(valid[:n_train], bool)
         stats = MouthCodeStats.fit(raw[ok] if ok.sum() > 2 else raw)
-        code = stats.normalise(raw)
         drive = cls(predictor, gain, stats, 0)
-        if estimate_offset:
-            pred = drive.predicted(audio[: n_train * SAMPLES_PER_FRAME], n_train).numpy()
-            drive.av_offset = estimate_av_offset(pred[:, 0], code[:, 0], ok)
+        if av_offset is not None:
+            drive.av_offset = int(av_offset)
+        elif estimate_offset:
+            drive.av_offset = drive.measure_offset(points3d[:n_train], audio, ok).frames
         return drive
+
+    def measure_offset(self, points3d: np.ndarray, audio: np.ndarray,
+                       valid: np.ndarray | None = None) -> AvOffset:
+        """The audio-video offset of a recording: (T, 478, 3) tracked points and its 16 kHz
+        audio (at least ``640 T`` samples; more lets late audio be searched at the end)."""
+        T = len(points3d)
+        n_audio = min(len(audio), (T + MAX_OFFSET) * SAMPLES_PER_FRAME)
+        pred = self.predicted(audio[:n_audio], T + MAX_OFFSET).numpy()
+        tracked = self.tracked(points3d).numpy()
+        v = np.ones(T, bool) if valid is None else np.asarray(valid[:T], bool)
+        # pad the tracked side so lags read the audio after the last frame
+        pad = np.zeros((MAX_OFFSET, tracked.shape[1]), tracked.dtype)
+        vpad = np.r_[v, np.zeros(MAX_OFFSET, bool)]
+        curve = offset_curve(pred, np.r_[tracked, pad], vpad, MAX_OFFSET)
+        frames = best_lag(curve)
+        return AvOffset(frames, round(curve[frames] - curve[0], 4),
+                        {k: round(c, 4) for k, c in curve.items()})
 
     # ------------------------------------------------------------------ codes
     def tracked(self, points3d: np.ndarray) -> Tensor:
@@ -143,4 +210,14 @@ class MouthDrive:
                    int(t[prefix + "av_offset"][0]))
 
 
-__all__ = ["MouthDrive", "estimate_av_offset", "lagged_corr", "pearson", "shift_frames"]
+__all__ = ["AvOffset", "MAX_OFFSET", "MouthDrive", "OFFSET_COLUMNS", "best_lag", "estimate_av_offset", "lagged_corr",
+           "measure_av_offset", "offset_curve", "pearson", "shift_frames"]
+
+
+def measure_av_offset(points3d: np.ndarray, audio: np.ndarray, valid: np.ndarray | None = None,
+                      predictor: MouthPredictor | None = None) -> AvOffset:
+    """The audio-video offset of a whole recording with the shipped audio-to-mouth prior
+    (preprocessing stores it in the processed clip's manifest under ``av_offset``)."""
+    T = len(points3d)
+    drive = MouthDrive.fit(points3d, audio, T, valid, predictor=predictor, estimate_offset=False)
+    return drive.measure_offset(points3d, audio, valid)

@@ -45,6 +45,10 @@ from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_ste
 STAGES = ("face", "mouth", "fuse")
 
 
+#: Where adaptation takes the recording's audio-video offset from (:attr:`AdaptConfig.av_offset`).
+AV_OFFSET_SOURCES = ("recording", "training")
+
+
 @dataclass
 class AdaptConfig:
     """Adaptation settings (METHOD §5 at paper scale in the ``gpu`` preset).
@@ -72,6 +76,11 @@ class AdaptConfig:
             prior trained without the input gets a new, initially silent code path.
         predicted_code_prob: fraction of training steps conditioned on the predicted code
             instead of the tracked one, so the fields accept what they get when driven (0.2).
+        av_offset: where the recording's audio-video offset comes from: ``'recording'`` (the
+            offset measured over the whole processed clip in preprocessing, manifest
+            ``av_offset``; clips made without it fall back to the training frames) or
+            ``'training'`` (measured on the training frames only; the benchmark's choice, so
+            held-out frames never inform the avatar).
     """
 
     res: int = 256
@@ -93,6 +102,11 @@ class AdaptConfig:
     seed: int = 0
     mouth_code: bool = True
     predicted_code_prob: float = 0.2
+    av_offset: str = "recording"
+
+    def __post_init__(self) -> None:
+        if self.av_offset not in AV_OFFSET_SOURCES:
+            raise ValueError(f"av_offset must be one of {AV_OFFSET_SOURCES}, got {self.av_offset!r}")
 
     @property
     def total_steps(self) -> int:
@@ -240,7 +254,8 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     if clip.is_dir():
         pclip = ProcessedClip.load(clip, max_frames=n_want)
     else:
-        from core.data.preprocess import PreprocessConfig, preprocess
+        from core.data.preprocess import PreprocessConfig
+        from core.preprocess import preprocess_clip
 
         pdir = work / "clip"
         outer = report
@@ -250,7 +265,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
 
         if not (pdir / "manifest.json").is_file():
             outer("preprocessing the clip", 0.0)
-            preprocess(clip, pdir, PreprocessConfig(res=max(cfg.res, 256)),
+            preprocess_clip(clip, pdir, PreprocessConfig(res=max(cfg.res, 256)),
                        progress=lambda s, f: outer(f"preprocessing: {s}", 0.1 * f), overwrite=True)
         pclip = ProcessedClip.load(pdir, max_frames=n_want)
     spec = AudioFeatureSpec.from_dict(pclip.manifest["audio"])
@@ -267,9 +282,11 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     if umf.code_dim:
         say("mouth code: fitting the audio-to-mouth drive")
         a = pclip.arrays
+        known = pclip.av_offset if cfg.av_offset == "recording" else None
         drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n_train,
-                               a["valid"].numpy())
-        say(f"audio-video offset of the clip: {drive.av_offset:+d} frames")
+                               a["valid"].numpy(), av_offset=known)
+        where = "measured in preprocessing" if known is not None else "from the training frames"
+        say(f"audio-video offset of the clip: {drive.av_offset:+d} frames ({where})")
     frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, fit_frames=n_train,
                                    drive=drive)
     ident = Identity(sh_degree=cfg.sh_degree, aligners=has_prior)

@@ -212,8 +212,7 @@ def train_mouth_prior(train_dirs: list[Path], out: Path, model_cfg: MouthPredict
             m, _ = train_pass(fit, model_cfg, cfg, seed, log, f"offset fold {k + 1}/2: ")
             for c in rest:
                 pred = m.frames(c.feats, c.code.shape[0]).numpy()
-                c.offset = estimate_av_offset(pred[:, 0], c.code.numpy()[:, 0], c.valid.numpy(),
-                                              cfg.max_offset)
+                c.offset = estimate_av_offset(pred, c.code.numpy(), c.valid.numpy(), cfg.max_offset)
                 offsets[c.name] = c.offset
         log(f"audio-video offsets (frames, audio late > 0): {offsets}")
     model, curve = train_pass(clips, model_cfg, cfg, seed, log, "final: ")

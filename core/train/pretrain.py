@@ -104,7 +104,8 @@ PRESETS: dict[str, PretrainConfig] = {
 
 
 def _load_clips(clips: list[str | os.PathLike], work: Path, report: ProgressFn) -> list[ProcessedClip]:
-    from core.data.preprocess import PreprocessConfig, preprocess
+    from core.data.preprocess import PreprocessConfig
+    from core.preprocess import preprocess_clip
 
     out = []
     for n, c in enumerate(clips):
@@ -113,7 +114,7 @@ def _load_clips(clips: list[str | os.PathLike], work: Path, report: ProgressFn) 
             d = work / "clips" / c.stem
             if not (d / "manifest.json").is_file():
                 report(f"preprocessing {c.name}", 0.0)
-                preprocess(c, d, PreprocessConfig(res=256), overwrite=True)
+                preprocess_clip(c, d, PreprocessConfig(res=256), overwrite=True)
             c = d
         out.append(ProcessedClip.load(c))
     return out
@@ -150,7 +151,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
         if cfg.mouth_code:
             a = c.arrays
             drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n,
-                                   a["valid"].numpy())
+                                   a["valid"].numpy(), av_offset=c.av_offset)
             say(f"{c.root.name}: audio-video offset {drive.av_offset:+d} frames")
         frames.append(TrainFrames.from_clip(c, torch.arange(n), cfg.res, fit_frames=n,
                                             drive=drive))
