@@ -34,7 +34,9 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,6 +106,8 @@ class AvatarStore:
         self.max_per_owner = max_per_owner
         self.external_roots = [Path(r).resolve() for r in external_roots]
         self._lock = threading.RLock()
+        self._holders: Counter[Path] = Counter()  # requests using an external folder now
+        self._doomed: set[Path] = set()           # refused while held: removed by the last holder
         for sub in ("avatars", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
@@ -235,12 +239,59 @@ class AvatarStore:
             if str(ext) not in have:
                 write_json(f, have + [str(ext)])
 
+    @contextmanager
+    def holding(self, path: str | os.PathLike | None) -> Iterator[None]:
+        """Hold the external folder of an upload ``path`` for one request. The web server
+        keeps identical uploads in one folder, so two requests can share it: a
+        :meth:`discard_external` asked while another request holds it only marks it, and
+        the last holder removes it on leaving (unless an avatar or job has attached it by
+        then). Paths outside the external roots, and None, hold nothing."""
+        ext = None if path is None else self._external_dir(path)
+        if ext is None:
+            yield
+            return
+        with self._lock:
+            self._holders[ext] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders[ext] -= 1
+                last = self._holders[ext] <= 0
+                if last:
+                    del self._holders[ext]
+                remove = last and ext in self._doomed
+                if remove:
+                    self._doomed.discard(ext)
+                    if not self._is_attached(ext):
+                        shutil.rmtree(ext, ignore_errors=True)
+
+    def _is_attached(self, ext: Path) -> bool:
+        """Whether an avatar or job lists the external folder ``ext`` in its
+        ``external.json``."""
+        for kind in ("avatars", "jobs"):
+            for f in (self.root / kind).glob("*/external.json"):
+                try:
+                    if str(ext) in json.loads(f.read_text()):
+                        return True
+                except (OSError, ValueError):
+                    continue
+        return False
+
     def discard_external(self, path: str | os.PathLike) -> None:
         """Remove the folder under an external root that holds ``path`` (an upload no job
-        will use); nothing outside the roots is touched."""
+        will use); nothing outside the roots is touched. While requests hold it
+        (:meth:`holding`) the last of them removes it; a folder an avatar or job has
+        attached stays (it goes with that avatar or job)."""
         ext = self._external_dir(path)
-        if ext is not None:
-            shutil.rmtree(ext, ignore_errors=True)
+        if ext is None:
+            return
+        with self._lock:
+            if self._holders[ext] > 0:
+                self._doomed.add(ext)
+                return
+            if not self._is_attached(ext):
+                shutil.rmtree(ext, ignore_errors=True)
 
     def _remove(self, folder: Path) -> None:
         """Remove an avatar or job folder and the external copies tied to it."""

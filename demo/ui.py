@@ -258,7 +258,12 @@ class App:
     def create(self, video: str | None, consent: Any, name: str, token: Any,
                progress=gr.Progress()):
         """Create tab: consent, cheap checks, preprocessing (CPU), adaptation (GPU),
-        preview (GPU)."""
+        preview (GPU). The upload's cache folder is held for the request (identical uploads
+        share it; see ``AvatarStore.holding``)."""
+        with self.store.holding(video):
+            return self._create(video, consent, name, token, progress)
+
+    def _create(self, video: str | None, consent: Any, name: str, token: Any, progress: Any):
         from core.data.preprocess import PreprocessConfig, check_media
 
         token = self.owner(token)
@@ -412,9 +417,10 @@ class App:
                            print_exception=False)
         if not clip:
             raise gr.Error("Upload a clip first.", title="No clip", print_exception=False)
-        return self._benchmark(Path(clip), Path(clip).stem, None,
-                               self._consent_time(token, str(clip)), seconds, methods, token,
-                               progress, threading.Event())
+        with self.store.holding(clip):
+            return self._benchmark(Path(clip), Path(clip).stem, None,
+                                   self._consent_time(token, str(clip)), seconds, methods,
+                                   token, progress, threading.Event())
 
     def _benchmark(self, path: Path, stem: str, linked: str | None, consent_time: float | None,
                    seconds: list, methods: list, token: str, progress: Any,

@@ -655,6 +655,60 @@ def test_sweep_removes_old_cache_folders(tmp_path: Path, clips_dir: Path) -> Non
     assert not (cache / "tied").exists() and (outside / "clip.mp4").is_file()
 
 
+def test_shared_upload_folder_outlives_a_refusal_until_its_last_request(tmp_path: Path) -> None:
+    """Identical uploads share one cache folder: a request that refuses the file must not
+    pull it from under another request still using it; the last one out removes it, and a
+    folder an avatar has attached is never removed by a refusal."""
+    import threading
+
+    from demo.store import AvatarStore
+
+    cache = tmp_path / "cache"
+    (cache / "same").mkdir(parents=True)
+    (cache / "same" / "clip.mp4").write_bytes(b"same bytes")
+    clip = cache / "same" / "clip.mp4"
+    store = AvatarStore(tmp_path / "store", expiry_s=3600, external_roots=[cache])
+    with store.holding(clip):                   # request A, still working with the file
+        with store.holding(str(clip)):          # request B: same bytes, same folder
+            store.discard_external(clip)        # B refuses its upload
+        assert clip.read_bytes() == b"same bytes"   # A can still read it
+    assert not (cache / "same").exists()        # A was the last: the refusal is carried out
+    # unheld: removed at once; outside the roots or None: nothing happens
+    (cache / "now").mkdir()
+    (cache / "now" / "clip.mp4").write_bytes(b"x")
+    store.discard_external(cache / "now" / "clip.mp4")
+    assert not (cache / "now").exists()
+    with store.holding(None), store.holding(tmp_path / "elsewhere.mp4"):
+        pass
+    # attached to an avatar's folder by the surviving request: it stays with the avatar
+    (cache / "kept").mkdir()
+    (cache / "kept" / "clip.mp4").write_bytes(b"y")
+    owner_folder = tmp_path / "store" / "avatars" / ("a" * 32)
+    owner_folder.mkdir(parents=True)
+    with store.holding(cache / "kept" / "clip.mp4"):
+        store.discard_external(cache / "kept" / "clip.mp4")
+        store.attach(owner_folder, cache / "kept" / "clip.mp4")
+    assert (cache / "kept" / "clip.mp4").is_file()
+    # many threads holding and refusing the same folder: every reader finds the file
+    (cache / "busy").mkdir()
+    (cache / "busy" / "clip.mp4").write_bytes(b"z" * 1000)
+    seen, gate = [], threading.Barrier(8)
+
+    def request() -> None:
+        with store.holding(cache / "busy" / "clip.mp4"):
+            gate.wait(timeout=10)
+            store.discard_external(cache / "busy" / "clip.mp4")
+            gate.wait(timeout=10)
+            seen.append((cache / "busy" / "clip.mp4").stat().st_size)
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert seen == [1000] * 8 and not (cache / "busy").exists()
+
+
 def test_prior_resolution_offline(tmp_path: Path) -> None:
     from demo.gpu import gpu
     from demo.weights import resolve_prior

@@ -19,7 +19,7 @@ from core.data.mouth_code import (BLINK_COLUMN, MOUTH_CODE_NAMES, mouth_free_exp
 from core.data.phones import FEATURE_DIM, VISEMES, phone_features
 from core.data.preprocess import PreprocessConfig, preprocess
 from core.data.dataset import ProcessedClip
-from core.model.mouth_drive import MouthDrive, lagged_corr
+from core.model.mouth_drive import MouthDrive, lagged_corr, measure_av_offset
 from core.model.mouth_predictor import load_predictor
 
 CLOSED, REST = VISEMES.index("closed"), VISEMES.index("rest")
@@ -78,6 +78,21 @@ def test_mouth_prior_predicts_an_unseen_speaker(processed) -> None:
     assert 4 <= drive.av_offset <= 7          # known lag of obama_20s, from its first 5 s
     assert lags[drive.av_offset] > 0.3        # a constant predictor has no correlation
     assert lags[drive.av_offset] > lags[0] + 0.05
+
+
+def test_offset_of_the_recording_and_of_planted_shifts(processed) -> None:
+    """The whole of obama_20s reads +5 frames (audio late); advancing its audio by k frames
+    takes k off, delaying it adds k: the measurement follows the audio, not the clip."""
+    a = processed["obama_20s"].arrays
+    pts, wav, valid = a["points3d"].numpy(), a["audio"].numpy(), a["valid"].numpy()
+    base = measure_av_offset(pts, wav, valid)
+    assert base.frames == 5 and base.gain > 0.1
+    spf = 640
+    for k in (-3, 2, 6):             # new offsets -1 ... +8 stay in the searched range of +-8
+        moved = np.roll(wav, -k * spf)
+        moved[len(wav) - max(k, 0) * spf:] = 0.0
+        moved[: max(-k, 0) * spf] = 0.0
+        assert abs(measure_av_offset(pts, moved, valid).frames - (5 - k)) <= 1, k
 
 
 def test_expression_input_carries_no_mouth_state(processed) -> None:

@@ -72,6 +72,12 @@ def test_processed_folder_format_and_loader(may: Path, clips_dir: Path) -> None:
     assert len(m["source"]["sha256"]) == 64
     c = ProcessedClip.load(may)
     T = c.num_frames
+    # the command line measures the audio-video offset (may_5s is in sync: the audio-to-mouth
+    # prior's curve peaks at lag 0, well above its neighbours two frames away)
+    off = m["av_offset"]
+    assert c.av_offset == off["frames"] == 0
+    assert off["curve"]["0"] > max(off["curve"]["-2"], off["curve"]["2"]) + 0.1
+    assert ProcessedClip.load(may).av_offset == 0
     assert c.frames.dtype == torch.uint8 and c.frames.shape == (T, 256, 256, 3)
     assert c.labels.shape == (T, 256, 256) and int(c.labels.max()) == 4
     assert c.audio_features().shape == (T, 16, 80)
