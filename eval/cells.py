@@ -48,7 +48,8 @@ from eval.scoring import NA, Render, ScoreConfig, score_render
 #: (their avatars and up-to-date renders are reused). 3: head-boundary band PSNR / SSIM.
 CELL_SCHEMA = 3
 #: Version of the render recipe; renders made by another one are re-rendered.
-RENDER_VERSION = 1
+#: 2: test plates from ``core.data.masks.torso_plate`` (head area filled from its surroundings).
+RENDER_VERSION = 2
 QUICK_CLIP_RES = 128
 CLIP_RES = {"cpu": 256, "gpu": 512, "tiny": 128}
 #: A work-folder checkpoint newer than this (s) means another process is adapting the cell.
