@@ -319,6 +319,14 @@ def test_config_and_methods_are_checked(tmp_path: Path) -> None:
         BenchmarkConfig(adapt_overrides=sets)
     acfg = BenchmarkConfig(quick=True, adapt_overrides={"mouth_code": False}).adapt_config(3.0)
     assert acfg.mouth_code is False and acfg.seconds == 3.0 and acfg.res == 96
+    # the recording's offset is measured on the training seconds, never over held-out frames
+    assert acfg.av_offset == "training"
+    with pytest.raises(ValueError, match="unknown adaptation settings"):
+        BenchmarkConfig(adapt_overrides={"av_offset": "recording"})
+    from core.train.adapt import AdaptConfig
+    assert AdaptConfig().av_offset == "recording"
+    with pytest.raises(ValueError, match="av_offset"):
+        AdaptConfig(av_offset="whole clip")
 
 
 def test_a_cell_being_adapted_elsewhere_is_left_alone(tmp_path: Path) -> None:

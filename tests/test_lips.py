@@ -109,6 +109,29 @@ def test_expression_input_carries_no_mouth_state(processed) -> None:
     assert r2_from(free[n:], lips[n:]) < min(0.15, 0.6 * raw)
 
 
+def test_adaptation_takes_the_offset_measured_in_preprocessing(processed, tmp_path: Path) -> None:
+    """An avatar re-times its clip by the manifest's offset (``av_offset='recording'``), or
+    by its own measurement on the training seconds (``'training'``, the benchmark's)."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from core.model.checkpoint import load
+    from core.train.adapt import PRESETS, adapt
+
+    clip = tmp_path / "clip"
+    shutil.copytree(processed["may_5s"].root, clip)
+    m = json.loads((clip / "manifest.json").read_text())
+    m["av_offset"] = {"frames": 3, "gain": 0.1, "curve": {}, "method": "test"}
+    (clip / "manifest.json").write_text(json.dumps(m))
+    cfg = replace(PRESETS["tiny"], seconds=3.0, face_steps=2, mouth_steps=1, fuse_steps=1)
+    got = {}
+    for source in ("recording", "training"):
+        av = adapt(clip, tmp_path / source, None, replace(cfg, av_offset=source))
+        got[source] = int(load(av / "model.safetensors")[0]["drive.av_offset"][0])
+    assert got == {"recording": 3, "training": 0}     # may_5s is in sync
+
+
 def test_tiny_avatar_mouth_follows_its_audio(processed, audio_dir: Path, tmp_path: Path) -> None:
     """Different audio gives a different mouth; silence gives a closed one."""
     from core.model.avatar import load_avatar
