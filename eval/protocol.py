@@ -52,10 +52,11 @@ def heldout_frames(clip: ProcessedClip, idx: torch.Tensor, res: int,
 
 def frame_subset(frames: TrainFrames, pick: torch.Tensor) -> TrainFrames:
     """Frames ``pick`` (positions) of ``frames``, keeping the whole utterance's audio so
-    their windows stay those of the full span."""
+    their windows stay those of the full span. Absent fields (None: the mouth codes of a
+    model without the mouth-code input) stay absent."""
     shared = ("K", "audio")
     return replace(frames, **{f.name: getattr(frames, f.name)[pick] for f in fields(frames)
-                              if f.name not in shared})
+                              if f.name not in shared and getattr(frames, f.name) is not None})
 
 
 @torch.no_grad()

@@ -196,6 +196,17 @@ def test_held_audio_code_freezes_the_mouth_and_audio_moves_it(bench: dict, clip)
                           render_frames(held, av.ident, frame_subset(silent, torch.tensor([j]))))
 
 
+def test_frame_subset_of_a_model_without_the_mouth_code(clip) -> None:
+    """Held-out frames of an avatar without the mouth-code input (``--adapt-set
+    mouth_code=false``) carry no codes; picking some of them keeps the codes absent."""
+    n_train = int(TRAIN * 25)
+    test = heldout_frames(clip, torch.arange(n_train, clip.num_frames), 96, n_train, None)
+    assert test.mouth is None
+    sub = frame_subset(test, torch.tensor([0, 3]))
+    assert sub.mouth is None and sub.mouth_pred is None and sub.n == 2
+    assert torch.equal(sub.images[1], test.images[3]) and sub.audio is test.audio
+
+
 def test_shuffled_control_lowers_aperture_r_of_a_model_that_follows_audio(clip) -> None:
     """An audio-driven oracle: each frame is looked up by its own audio window among all of
     the clip's frames, so it follows the audio exactly (r = 1); the shuffled control feeds it
