@@ -502,7 +502,11 @@ def test_fair_queue(server, created, audio_dir: Path) -> None:
     owner, (_, _, pick, _, _), *_ = created
     assert demo.instag.cfg.max_waiting == 2
     audio = handle_file(str(audio_dir / "en_kim.mp3"))
-    running = owner.submit(pick["value"], audio, api_name="/talk")
+    # the running job renders a minute of speech on a twin avatar, so the two jobs behind it
+    # wait long enough to be seen waiting however loaded the machine is; deleting the twin
+    # stops it at the end
+    twin = twin_avatar(demo, owner, pick["value"])
+    running = owner.submit(twin, handle_file(str(audio_dir / "en_eng.wav")), api_name="/talk")
     deadline = time.monotonic() + 120
     while running.status().code.name not in ("PROCESSING", "PROGRESS", "FINISHED"):
         assert time.monotonic() < deadline, "the first Talk never started"
@@ -517,10 +521,13 @@ def test_fair_queue(server, created, audio_dir: Path) -> None:
         owner.predict("0" * 32, audio, api_name="/talk")
     other = Visitor(url)
     later = other.submit("0" * 32, audio, api_name="/talk")  # not refused
+    status, *_ = owner.predict(twin, api_name="/delete_avatar")
+    assert "Deleted" in status
+    with pytest.raises(AppError, match="stopped: the avatar was deleted|does not exist"):
+        running.result()
     for job in waiting + [later]:
         with pytest.raises(AppError, match="does not exist"):
             job.result()
-    running.result()
 
 
 def twin_avatar(demo, owner: Visitor, aid: str) -> str:
