@@ -260,23 +260,21 @@ class AvatarStore:
                 last = self._holders[ext] <= 0
                 if last:
                     del self._holders[ext]
-                remove = last and ext in self._doomed
-                if remove:
+                if last and ext in self._doomed:
                     self._doomed.discard(ext)
-                    if not self._is_attached(ext):
-                        shutil.rmtree(ext, ignore_errors=True)
+                    self._remove_unattached(ext)
 
-    def _is_attached(self, ext: Path) -> bool:
-        """Whether an avatar or job lists the external folder ``ext`` in its
-        ``external.json``."""
+    def _remove_unattached(self, ext: Path) -> None:
+        """Remove the external folder ``ext`` unless an avatar or job lists it in its
+        ``external.json`` (it then goes with that avatar or job)."""
         for kind in ("avatars", "jobs"):
             for f in (self.root / kind).glob("*/external.json"):
                 try:
                     if str(ext) in json.loads(f.read_text()):
-                        return True
+                        return
                 except (OSError, ValueError):
                     continue
-        return False
+        shutil.rmtree(ext, ignore_errors=True)
 
     def discard_external(self, path: str | os.PathLike) -> None:
         """Remove the folder under an external root that holds ``path`` (an upload no job
@@ -289,9 +287,8 @@ class AvatarStore:
         with self._lock:
             if self._holders[ext] > 0:
                 self._doomed.add(ext)
-                return
-            if not self._is_attached(ext):
-                shutil.rmtree(ext, ignore_errors=True)
+            else:
+                self._remove_unattached(ext)
 
     def _remove(self, folder: Path) -> None:
         """Remove an avatar or job folder and the external copies tied to it."""

@@ -39,7 +39,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def lagged_corr(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None,
-                max_offset: int = 8) -> dict[int, float]:
+                max_offset: int = MAX_OFFSET) -> dict[int, float]:
     """Correlation of ``pred`` (from the audio) with ``target`` (tracked) when the audio is
     taken as ``lag`` frames late: ``target[t]`` against ``pred[t + lag]``, |lag| <= max_offset."""
     T = len(target)
@@ -58,7 +58,7 @@ OFFSET_COLUMNS: tuple[int, ...] = (0, 1, 3)
 
 
 def offset_curve(pred_code: np.ndarray, tracked_code: np.ndarray, valid: np.ndarray | None = None,
-                 max_offset: int = 8, columns: tuple[int, ...] = OFFSET_COLUMNS) -> dict[int, float]:
+                 max_offset: int = MAX_OFFSET, columns: tuple[int, ...] = OFFSET_COLUMNS) -> dict[int, float]:
     """Mean over ``columns`` of :func:`lagged_corr` of the predicted (T, C) and tracked (T, C)
     mouth codes: how well the audio lines up with the lips at each lag (frames, audio late
     > 0). One column (aperture alone) gives a flat or double-peaked curve on a few seconds
@@ -71,7 +71,7 @@ def offset_curve(pred_code: np.ndarray, tracked_code: np.ndarray, valid: np.ndar
 
 
 def estimate_av_offset(pred_code: np.ndarray, tracked_code: np.ndarray,
-                       valid: np.ndarray | None = None, max_offset: int = 8,
+                       valid: np.ndarray | None = None, max_offset: int = MAX_OFFSET,
                        min_gain: float = 0.02) -> int:
     """Audio-video offset in frames (audio late > 0): the lag that best lines up the mouth
     code predicted from the audio with the tracked one (:func:`offset_curve`; (T,) or (T, C)
@@ -127,7 +127,7 @@ class MouthDrive:
     @classmethod
     def fit(cls, points3d: np.ndarray, audio: np.ndarray, n_train: int, valid: np.ndarray | None = None,
             predictor: MouthPredictor | None = None, gain: np.ndarray | None = None,
-            av_offset: int | None = None, estimate_offset: bool = True) -> MouthDrive:
+            av_offset: int | None = None) -> MouthDrive:
         """Fit the per-person parts on the first ``n_train`` frames of a clip.
 
         Args:
@@ -137,8 +137,8 @@ class MouthDrive:
             valid: (T,) frames where the face was found.
             predictor, gain: default the shipped audio-to-mouth prior and its gain.
             av_offset: the recording's audio-video offset when it is already known (the
-                processed clip's manifest, :func:`measure_av_offset`); None estimates it on
-                the training frames (or 0 with ``estimate_offset=False``).
+                processed clip's manifest, :func:`measure_av_offset`); None measures it on
+                the training frames.
         """
         if predictor is None:
             predictor, meta = load_predictor()
@@ -150,18 +150,19 @@ class MouthDrive:
         drive = cls(predictor, gain, stats, 0)
         if av_offset is not None:
             drive.av_offset = int(av_offset)
-        elif estimate_offset:
-            drive.av_offset = drive.measure_offset(points3d[:n_train], audio, ok).frames
+        else:
+            drive.av_offset = drive.measure_offset(stats.normalise(raw), audio, ok).frames
         return drive
 
-    def measure_offset(self, points3d: np.ndarray, audio: np.ndarray,
+    def measure_offset(self, tracked: np.ndarray, audio: np.ndarray,
                        valid: np.ndarray | None = None) -> AvOffset:
-        """The audio-video offset of a recording: (T, 478, 3) tracked points and its 16 kHz
-        audio (at least ``640 T`` samples; more lets late audio be searched at the end)."""
-        T = len(points3d)
+        """The audio-video offset of a recording: its (T, 4) tracked mouth code (normalised
+        with this drive's statistics) and its 16 kHz audio (at least ``640 T`` samples; more
+        lets late audio be searched at the end)."""
+        T = len(tracked)
         n_audio = min(len(audio), (T + MAX_OFFSET) * SAMPLES_PER_FRAME)
         pred = self.predicted(audio[:n_audio], T + MAX_OFFSET).numpy()
-        tracked = self.tracked(points3d).numpy()
+        tracked = np.asarray(tracked, np.float32)
         v = np.ones(T, bool) if valid is None else np.asarray(valid[:T], bool)
         # pad the tracked side so lags read the audio after the last frame
         pad = np.zeros((MAX_OFFSET, tracked.shape[1]), tracked.dtype)
@@ -210,14 +211,14 @@ class MouthDrive:
                    int(t[prefix + "av_offset"][0]))
 
 
-__all__ = ["AvOffset", "MAX_OFFSET", "MouthDrive", "OFFSET_COLUMNS", "best_lag", "estimate_av_offset", "lagged_corr",
-           "measure_av_offset", "offset_curve", "pearson", "shift_frames"]
-
-
 def measure_av_offset(points3d: np.ndarray, audio: np.ndarray, valid: np.ndarray | None = None,
                       predictor: MouthPredictor | None = None) -> AvOffset:
     """The audio-video offset of a whole recording with the shipped audio-to-mouth prior
     (preprocessing stores it in the processed clip's manifest under ``av_offset``)."""
-    T = len(points3d)
-    drive = MouthDrive.fit(points3d, audio, T, valid, predictor=predictor, estimate_offset=False)
-    return drive.measure_offset(points3d, audio, valid)
+    drive = MouthDrive.fit(points3d, audio, len(points3d), valid, predictor=predictor, av_offset=0)
+    return drive.measure_offset(drive.tracked(points3d).numpy(), audio, valid)
+
+
+__all__ = ["AvOffset", "MAX_OFFSET", "MouthDrive", "OFFSET_COLUMNS", "best_lag", "estimate_av_offset", "lagged_corr",
+           "measure_av_offset", "offset_curve", "pearson", "shift_frames"]
+
