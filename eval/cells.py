@@ -204,10 +204,10 @@ class CurveRecorder:
     (time spent scoring) is excluded from ``adapt_minutes``."""
 
     def __init__(self, clip, seconds: float, res: int, test_seconds: float, n_frames: int,
-                 path: Path, mouth_code: bool = False) -> None:
+                 path: Path, mouth_code: bool = False, readout=None) -> None:
         from eval.protocol import HeldoutCurve
 
-        self.curve = HeldoutCurve(clip, seconds, res, test_seconds, n_frames, mouth_code)
+        self.curve = HeldoutCurve(clip, seconds, res, test_seconds, n_frames, mouth_code, readout)
         self.path = path
         old = json.loads(path.read_text()) if path.is_file() else {}
         self.points = [tuple(p) for p in old.get("points", [])]
@@ -280,7 +280,7 @@ def ensure_avatar(clip_dir: Path, out: Path, stem: str, method: str, seconds: fl
     kw: dict[str, Any] = {}
     if "observe" in inspect.signature(adapt).parameters:
         rec = CurveRecorder(load_clip(clip_dir), seconds, acfg.res, cfg.test_seconds,
-                            cfg.curve_frames, curve, acfg.mouth_code)
+                            cfg.curve_frames, curve, acfg.mouth_code, acfg.readout)
         every = cfg.curve_every or (100 if cfg.preset == "cpu" else acfg.ckpt_every)
         kw = {"observe": rec, "observe_every": every}
     try:

@@ -9,7 +9,13 @@ A :class:`MouthDrive` belongs to an avatar and holds
 * the person's mouth-code statistics (:class:`core.data.mouth_code.MouthCodeStats`), fitted
   on the training frames only;
 * the audio-video offset of the avatar's own recording (frames, audio late > 0), estimated on
-  the training frames; the clip's own audio is re-timed by it (new audio is not).
+  the training frames; the clip's own audio is re-timed by it (new audio is not);
+* optionally a *person-specific read-out*: the predictor's last layer refitted on the
+  person's training frames (ridge regression pulled toward the prior's own last layer) and
+  mixed with the prior's (:class:`ReadoutConfig`). Some people's lips do not do what most
+  speakers' do for a sound (one held-out speaker opens his lips less when loud and keeps
+  them apart at rest); the read-out learns that from their own seconds, the mix keeps the
+  speaker-independent prediction for everyone else.
 
 Stored inside the avatar file under ``drive.*`` (see :meth:`tensors`).
 """
@@ -23,7 +29,7 @@ from torch import Tensor
 
 from core.data.mouth_code import MouthCodeStats, mouth_geometry
 from core.model.mouth_predictor import (MouthPredictor, MouthPredictorConfig, audio_front_end,
-                                        load_predictor)
+                                        load_predictor, to_frames)
 
 SAMPLES_PER_FRAME = 640
 #: Largest audio-video offset searched, frames either way (0.32 s at 25 fps).
@@ -114,20 +120,59 @@ class AvOffset:
                 "method": "audio-to-mouth prior: mean lagged correlation of aperture, width, jaw"}
 
 
+@dataclass(frozen=True)
+class ReadoutConfig:
+    """The person-specific read-out of :class:`MouthDrive` (see the module doc).
+
+    Attributes:
+        mix: weight of the person's read-out in the predicted code, the prior's last layer
+            getting ``1 - mix`` (0 = the speaker-independent prior alone; 1 = the read-out
+            alone, which the penalty still keeps near the prior).
+        penalty: ridge penalty pulling the refitted last layer toward the prior's (a sum of
+            squares over the training frames against this times the squared distance).
+
+    The defaults (1.0, 300) gave the best held-out aperture correlation on 13 pre-training
+    speakers, each predicted by a mouth prior trained on the other half of the clips
+    (``docs/results/lip_sync.md``).
+    """
+
+    mix: float = 1.0
+    penalty: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mix <= 1.0:
+            raise ValueError(f"readout mix must be in [0, 1], got {self.mix}")
+        if self.penalty <= 0:
+            raise ValueError(f"readout penalty must be > 0, got {self.penalty}")
+
+
+def fit_readout(hidden: np.ndarray, target: np.ndarray, prior: np.ndarray, penalty: float) -> np.ndarray:
+    """Ridge regression of ``target`` (n, C) on ``hidden`` (n, h) plus a bias, pulled toward
+    ``prior`` (C, h + 1) instead of toward 0: minimises
+    ``|[hidden 1] W^T - target|^2 + penalty |W - prior|^2``. Returns W, (C, h + 1)."""
+    X = np.c_[np.asarray(hidden, np.float64), np.ones(len(hidden))]
+    W0 = np.asarray(prior, np.float64).T
+    A = X.T @ X + penalty * np.eye(X.shape[1])
+    return np.linalg.solve(A, X.T @ np.asarray(target, np.float64) + penalty * W0).T.astype(np.float32)
+
+
 @dataclass
 class MouthDrive:
-    """See the module doc. ``gain`` (4,); ``av_offset`` frames."""
+    """See the module doc. ``gain`` (4,); ``av_offset`` frames; ``readout`` (4, hidden + 1)
+    the person's last layer (None: the prior's alone) and ``mix`` its weight."""
 
     predictor: MouthPredictor
     gain: np.ndarray
     stats: MouthCodeStats
     av_offset: int = 0
+    readout: np.ndarray | None = None
+    mix: float = 0.0
 
     # ------------------------------------------------------------------ building
     @classmethod
     def fit(cls, points3d: np.ndarray, audio: np.ndarray, n_train: int, valid: np.ndarray | None = None,
             predictor: MouthPredictor | None = None, gain: np.ndarray | None = None,
-            av_offset: int | None = None) -> MouthDrive:
+            av_offset: int | None = None, readout: ReadoutConfig | None = None) -> MouthDrive:
         """Fit the per-person parts on the first ``n_train`` frames of a clip.
 
         Args:
@@ -139,6 +184,8 @@ class MouthDrive:
             av_offset: the recording's audio-video offset when it is already known (the
                 processed clip's manifest, :func:`measure_av_offset`); None measures it on
                 the training frames.
+            readout: fit the person-specific read-out on the training frames (None: the
+                prior's last layer alone).
         """
         if predictor is None:
             predictor, meta = load_predictor()
@@ -152,7 +199,24 @@ class MouthDrive:
             drive.av_offset = int(av_offset)
         else:
             drive.av_offset = drive.measure_offset(stats.normalise(raw), audio, ok).frames
+        if readout is not None and readout.mix > 0:
+            drive.personalise(stats.normalise(raw), audio, ok, readout)
         return drive
+
+    @torch.no_grad()
+    def personalise(self, tracked: np.ndarray, audio: np.ndarray, valid: np.ndarray | None,
+                    config: ReadoutConfig) -> None:
+        """Fit the person-specific read-out on a recording's (T, 4) tracked code (normalised
+        with this drive's statistics) and its 16 kHz audio (the first ``640 T`` samples are
+        read, re-timed by :attr:`av_offset` like the training frames' audio)."""
+        T = len(tracked)
+        steps = audio_front_end(audio[:T * SAMPLES_PER_FRAME], self.predictor.config.inputs)
+        hidden = to_frames(self.predictor.hidden(steps[None])[0], T)[shift_frames(T, self.av_offset, T)]
+        ok = np.ones(T, bool) if valid is None else np.asarray(valid[:T], bool)
+        target = np.asarray(tracked, np.float64)[ok] / self.gain
+        self.readout = fit_readout(hidden.numpy()[ok], target, self.predictor.readout_weights().numpy(),
+                                   config.penalty)
+        self.mix = float(config.mix)
 
     def measure_offset(self, tracked: np.ndarray, audio: np.ndarray,
                        valid: np.ndarray | None = None) -> AvOffset:
@@ -181,17 +245,26 @@ class MouthDrive:
     def predicted(self, audio: np.ndarray | Tensor, num_frames: int) -> Tensor:
         """(num_frames, 4) normalised code predicted from 16 kHz mono ``audio`` (x gain)."""
         steps = audio_front_end(audio, self.predictor.config.inputs)
-        return self.predictor.frames(steps, num_frames) * torch.from_numpy(self.gain)
+        hidden = self.predictor.hidden(steps[None].float())[0]               # (S, h)
+        code = self.predictor.out(hidden.T[None])[0].T                     # (S, 4)
+        if self.readout is not None and self.mix > 0:
+            w = torch.from_numpy(self.readout)
+            code = (1 - self.mix) * code + self.mix * (hidden @ w[:, :-1].T + w[:, -1])
+        return to_frames(code, num_frames) * torch.from_numpy(self.gain)
 
     # ------------------------------------------------------------------ storage
     def tensors(self, prefix: str = "drive.") -> dict[str, Tensor]:
         from core.model.checkpoint import module_tensors
 
-        return {**module_tensors(self.predictor, prefix + "predictor."),
-                prefix + "gain": torch.from_numpy(self.gain),
-                prefix + "code_mean": torch.from_numpy(self.stats.mean),
-                prefix + "code_std": torch.from_numpy(self.stats.std),
-                prefix + "av_offset": torch.tensor([self.av_offset], dtype=torch.int64)}
+        out = {**module_tensors(self.predictor, prefix + "predictor."),
+               prefix + "gain": torch.from_numpy(self.gain),
+               prefix + "code_mean": torch.from_numpy(self.stats.mean),
+               prefix + "code_std": torch.from_numpy(self.stats.std),
+               prefix + "av_offset": torch.tensor([self.av_offset], dtype=torch.int64)}
+        if self.readout is not None:
+            out[prefix + "readout"] = torch.from_numpy(self.readout)
+            out[prefix + "readout_mix"] = torch.tensor([self.mix], dtype=torch.float32)
+        return out
 
     def meta(self) -> dict:
         """JSON part: the predictor's architecture."""
@@ -206,9 +279,12 @@ class MouthDrive:
         model = MouthPredictor(MouthPredictorConfig(**meta["predictor"]))
         model.load_state_dict(prefixed(t, prefix + "predictor."))
         model.eval()
+        readout = t.get(prefix + "readout")
         return cls(model, t[prefix + "gain"].numpy(),
                    MouthCodeStats(t[prefix + "code_mean"].numpy(), t[prefix + "code_std"].numpy()),
-                   int(t[prefix + "av_offset"][0]))
+                   int(t[prefix + "av_offset"][0]),
+                   None if readout is None else readout.numpy(),
+                   float(t[prefix + "readout_mix"][0]) if readout is not None else 0.0)
 
 
 def measure_av_offset(points3d: np.ndarray, audio: np.ndarray, valid: np.ndarray | None = None,
@@ -219,6 +295,7 @@ def measure_av_offset(points3d: np.ndarray, audio: np.ndarray, valid: np.ndarray
     return drive.measure_offset(drive.tracked(points3d).numpy(), audio, valid)
 
 
-__all__ = ["AvOffset", "MAX_OFFSET", "MouthDrive", "OFFSET_COLUMNS", "best_lag", "estimate_av_offset", "lagged_corr",
-           "measure_av_offset", "offset_curve", "pearson", "shift_frames"]
+__all__ = ["AvOffset", "MAX_OFFSET", "MouthDrive", "OFFSET_COLUMNS", "ReadoutConfig", "best_lag",
+           "estimate_av_offset", "fit_readout", "lagged_corr", "measure_av_offset", "offset_curve",
+           "pearson", "shift_frames"]
 

@@ -86,12 +86,20 @@ class MouthPredictor(nn.Module):
         ])
         self.out = nn.Conv1d(c.hidden, MOUTH_CODE_DIM, 1)
 
-    def forward(self, steps: Tensor) -> Tensor:
+    def hidden(self, steps: Tensor) -> Tensor:
+        """(B, S, D) steps -> (B, S, hidden) activations the last layer reads."""
         h = steps.transpose(1, 2)                                  # (B, D, S)
         for conv, d in zip(self.convs, (1, 2, 4)):
             p = d * (self.config.kernel - 1) // 2
             h = F.leaky_relu(conv(F.pad(h, (p, p), mode="replicate")), self.config.leaky_slope)
-        return self.out(h).transpose(1, 2)                         # (B, S, 4)
+        return h.transpose(1, 2)
+
+    def forward(self, steps: Tensor) -> Tensor:
+        return self.out(self.hidden(steps).transpose(1, 2)).transpose(1, 2)  # (B, S, 4)
+
+    def readout_weights(self) -> Tensor:
+        """(4, hidden + 1) the last layer as one matrix: weights, then the bias column."""
+        return torch.cat([self.out.weight[:, :, 0], self.out.bias[:, None]], 1).detach()
 
     @torch.no_grad()
     def frames(self, steps: Tensor, num_frames: int) -> Tensor:

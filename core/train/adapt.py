@@ -35,7 +35,7 @@ from core.errors import InputError
 from core.data.mouth_code import MOUTH_CODE_DIM
 from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig
 from core.model.head import Identity, UMF, mouth_dilation
-from core.model.mouth_drive import MouthDrive
+from core.model.mouth_drive import MouthDrive, ReadoutConfig
 from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
@@ -81,6 +81,10 @@ class AdaptConfig:
             ``av_offset``; clips made without it fall back to the training frames) or
             ``'training'`` (measured on the training frames only; the benchmark's choice, so
             held-out frames never inform the avatar).
+        readout_mix, readout_penalty: the person-specific read-out of the audio-to-mouth
+            drive (:class:`core.model.mouth_drive.ReadoutConfig`): its weight against the
+            speaker-independent prior's last layer (0 = the prior alone) and the ridge
+            penalty pulling it toward the prior's.
     """
 
     res: int = 256
@@ -103,10 +107,18 @@ class AdaptConfig:
     mouth_code: bool = True
     predicted_code_prob: float = 0.2
     av_offset: str = "recording"
+    readout_mix: float = 1.0
+    readout_penalty: float = 300.0
 
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
             raise ValueError(f"av_offset must be one of {AV_OFFSET_SOURCES}, got {self.av_offset!r}")
+        self.readout  # validates the read-out settings
+
+    @property
+    def readout(self) -> ReadoutConfig:
+        """The drive's person-specific read-out settings."""
+        return ReadoutConfig(mix=self.readout_mix, penalty=self.readout_penalty)
 
     @property
     def total_steps(self) -> int:
@@ -284,7 +296,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         a = pclip.arrays
         known = pclip.av_offset if cfg.av_offset == "recording" else None
         drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n_train,
-                               a["valid"].numpy(), av_offset=known)
+                               a["valid"].numpy(), av_offset=known, readout=cfg.readout)
         where = "measured in preprocessing" if known is not None else "from the training frames"
         say(f"audio-video offset of the clip: {drive.av_offset:+d} frames ({where})")
     frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, fit_frames=n_train,
