@@ -166,3 +166,16 @@ def test_scoring_has_band_columns_on_a_real_clip(may_clip: ProcessedClip):
     s0 = score_render(Render(gt.frames, r.audio, None, None, None),
                       ScoreConfig(landmarks=False))
     assert s0["psnr_band"] == s0["ssim_band"] == "n/a"
+
+
+def test_band_floor_of_a_real_clip(may_clip: ProcessedClip):
+    """The recording against itself moved by a pixel: perfect nowhere, and worse in the band
+    (where the edges are) than over the head; a gentle blur costs far less than the shift."""
+    from eval.band_floor import band_floor
+
+    r = band_floor(may_clip.root, train_seconds=1.0, num_frames=10)
+    shift_head, shift_band = r["1 px right"]
+    blur_head, blur_band = r["blur 0.7 px"]
+    assert 15 < shift_band < shift_head < 60
+    assert blur_band > shift_band + 3 and blur_head > shift_head + 3
+    assert r["gradient ratio"] > 1.0
