@@ -36,6 +36,17 @@ def processed(clips_dir: Path, tmp_path_factory) -> dict[str, ProcessedClip]:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_avatar(processed, tmp_path_factory) -> Path:
+    """An avatar adapted (tiny preset) on the first 3 s of may_5s."""
+    from dataclasses import replace
+
+    from core.train.adapt import PRESETS, adapt
+
+    return adapt(processed["may_5s"].root, tmp_path_factory.mktemp("tiny") / "av", None,
+                 replace(PRESETS["tiny"], seconds=3.0))
+
+
 def test_silence_is_rest_and_speech_is_spoken(audio_dir: Path) -> None:
     silent = phone_features(np.zeros(32000, np.float32)).numpy()
     assert silent.shape == (100, FEATURE_DIM)
@@ -188,15 +199,12 @@ def test_adaptation_takes_the_offset_measured_in_preprocessing(processed, tmp_pa
     assert got == {"recording": 3, "training": 0}     # may_5s is in sync
 
 
-def test_tiny_avatar_mouth_follows_its_audio(processed, audio_dir: Path, tmp_path: Path) -> None:
+def test_tiny_avatar_mouth_follows_its_audio(processed, audio_dir: Path, tiny_avatar: Path) -> None:
     """Different audio gives a different mouth; silence gives a closed one."""
     from core.model.avatar import load_avatar
     from core.model.head import FrameCond, render_frame
-    from core.train.adapt import PRESETS, adapt
-    from dataclasses import replace
 
-    cfg = replace(PRESETS["tiny"], seconds=3.0)
-    av = load_avatar(adapt(processed["may_5s"].root, tmp_path / "av", None, cfg))
+    av = load_avatar(tiny_avatar)
     assert av.drive is not None and av.umf.code_dim == len(MOUTH_CODE_NAMES)
     speech = read_audio(audio_dir / "en_radio31.wav")[: 4 * 16000]
     codes_speech = av.drive.predicted(speech, 100)
@@ -240,3 +248,21 @@ def test_prior_without_code_input_loads_unchanged() -> None:
         new.face.field.code_basis.mlp[-1].bias.data.fill_(0.1)
         moved = new.face(xyz, win, aus, blink, code=torch.tensor([2.0, 0, 0, 0])).d_xyz
         assert not torch.equal(moved, old.face(xyz, win, aus, blink).d_xyz)
+
+
+def test_pose_share_holds_the_pose_and_scores_every_condition(processed, tiny_avatar: Path) -> None:
+    """The pose-held frames are all seen from the first frame's pose; every driving
+    condition of a small real avatar gets a correlation."""
+    from core.train.stages import TrainFrames
+    from eval.pose_share import held_pose, pose_share
+
+    clip = processed["may_5s"]
+    av = tiny_avatar
+    frames = TrainFrames.from_clip(clip, torch.arange(75, 90), 64, fit_frames=75, audio_span=(75, 90))
+    held = held_pose(frames)
+    assert torch.equal(held.viewmats, frames.viewmats[:1].expand(15, 4, 4))
+    assert not torch.equal(frames.viewmats[0], frames.viewmats[-1])
+    r = pose_share(av, clip.root, train_seconds=3.0)
+    assert set(r) == {"audio, recorded pose", "silence, recorded pose", "audio, pose held",
+                      "shuffled audio, pose held", "silence, pose held"}
+    assert all(-1.0 <= v <= 1.0 for v in r.values())
