@@ -30,17 +30,21 @@ import numpy as np
 #: (mix, penalty) settings scored; mix 0 is the prior alone.
 GRID: tuple[tuple[float, float], ...] = ((0.0, 0.0),) + tuple(
     (m, p) for m in (0.5, 1.0) for p in (10.0, 30.0, 100.0, 300.0, 1000.0))
-FPS = 25
-SAMPLES_PER_FRAME = 640
 
 
 def score_clip(clip_dir: Path, predictor, gain: np.ndarray, train_seconds: float,
                test_seconds: float | None) -> dict | None:
     """Held-out aperture r (and its spread ratio) of every :data:`GRID` setting on one
     processed clip; None when the clip is too short. Test span: the last ``test_seconds``
-    (None: everything after the training seconds)."""
+    (None: everything after the training seconds). The audio front end runs once per span;
+    every setting refits only the read-out."""
+    from dataclasses import replace
+
     from core.data.dataset import ProcessedClip
-    from core.model.mouth_drive import MouthDrive, ReadoutConfig, pearson, shift_frames
+    from core.data.preprocess import FPS
+    from core.model.mouth_drive import (SAMPLES_PER_FRAME, MouthDrive, ReadoutConfig, pearson,
+                                        shift_frames)
+    from core.model.mouth_predictor import audio_front_end
 
     clip = ProcessedClip.load(clip_dir)
     a = clip.arrays
@@ -50,16 +54,21 @@ def score_clip(clip_dir: Path, predictor, gain: np.ndarray, train_seconds: float
     if T - start < 2 * FPS:
         return None
     base = MouthDrive.fit(pts, wav, n, valid, predictor=predictor, gain=gain)
-    tracked = base.tracked(pts).numpy()[start:]
+    code = base.tracked(pts).numpy()
+    tracked = code[start:]
+    train_code = base.tracked(pts[:n]).numpy()      # as fitting sees it (pose from those frames)
     ok = valid[start:]
     m = T - start
     aligned = shift_frames(m, base.av_offset, m).numpy()
+    inputs = predictor.config.inputs
+    train_steps = audio_front_end(wav[:n * SAMPLES_PER_FRAME], inputs)
+    test_steps = audio_front_end(wav[start * SAMPLES_PER_FRAME: T * SAMPLES_PER_FRAME], inputs)
     row = {"clip": clip_dir.name, "frames": T, "test_frames": int(ok.sum()), "offset": base.av_offset}
     for mix, penalty in GRID:
-        drive = MouthDrive.fit(pts, wav, n, valid, predictor=predictor, gain=gain,
-                               av_offset=base.av_offset,
-                               readout=ReadoutConfig(mix, penalty) if mix > 0 else None)
-        pred = drive.predicted(wav[start * SAMPLES_PER_FRAME: T * SAMPLES_PER_FRAME], m).numpy()[aligned]
+        drive = replace(base)
+        if mix > 0:
+            drive.personalise(train_code, train_steps, valid[:n], ReadoutConfig(mix, penalty))
+        pred = drive.codes(test_steps, m).numpy()[aligned]
         p, t = pred[ok, 0], tracked[ok, 0]
         row[setting_name(mix, penalty)] = {"r": round(pearson(p, t), 3),
                                            "spread": round(float(p.std() / max(t.std(), 1e-9)), 2)}

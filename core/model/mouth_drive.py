@@ -195,23 +195,25 @@ class MouthDrive:
         ok = np.ones(n_train, bool) if valid is None else np.asarray(valid[:n_train], bool)
         stats = MouthCodeStats.fit(raw[ok] if ok.sum() > 2 else raw)
         drive = cls(predictor, gain, stats, 0)
+        tracked = stats.normalise(raw)
         if av_offset is not None:
             drive.av_offset = int(av_offset)
         else:
-            drive.av_offset = drive.measure_offset(stats.normalise(raw), audio, ok).frames
+            drive.av_offset = drive.measure_offset(tracked, audio, ok).frames
         if readout is not None and readout.mix > 0:
-            drive.personalise(stats.normalise(raw), audio, ok, readout)
+            steps = audio_front_end(audio[:n_train * SAMPLES_PER_FRAME], predictor.config.inputs)
+            drive.personalise(tracked, steps, ok, readout)
         return drive
 
     @torch.no_grad()
-    def personalise(self, tracked: np.ndarray, audio: np.ndarray, valid: np.ndarray | None,
+    def personalise(self, tracked: np.ndarray, steps: Tensor, valid: np.ndarray | None,
                     config: ReadoutConfig) -> None:
         """Fit the person-specific read-out on a recording's (T, 4) tracked code (normalised
-        with this drive's statistics) and its 16 kHz audio (the first ``640 T`` samples are
-        read, re-timed by :attr:`av_offset` like the training frames' audio)."""
+        with this drive's statistics) and the (S, D) front-end steps of its audio
+        (:func:`core.model.mouth_predictor.audio_front_end` of its first ``640 T`` samples),
+        re-timed by :attr:`av_offset` like the training frames' audio."""
         T = len(tracked)
-        steps = audio_front_end(audio[:T * SAMPLES_PER_FRAME], self.predictor.config.inputs)
-        hidden = to_frames(self.predictor.hidden(steps[None])[0], T)[shift_frames(T, self.av_offset, T)]
+        hidden = to_frames(self.predictor.hidden(steps[None].float())[0], T)[shift_frames(T, self.av_offset, T)]
         ok = np.ones(T, bool) if valid is None else np.asarray(valid[:T], bool)
         target = np.asarray(tracked, np.float64)[ok] / self.gain
         self.readout = fit_readout(hidden.numpy()[ok], target, self.predictor.readout_weights().numpy(),
@@ -244,7 +246,11 @@ class MouthDrive:
     @torch.no_grad()
     def predicted(self, audio: np.ndarray | Tensor, num_frames: int) -> Tensor:
         """(num_frames, 4) normalised code predicted from 16 kHz mono ``audio`` (x gain)."""
-        steps = audio_front_end(audio, self.predictor.config.inputs)
+        return self.codes(audio_front_end(audio, self.predictor.config.inputs), num_frames)
+
+    @torch.no_grad()
+    def codes(self, steps: Tensor, num_frames: int) -> Tensor:
+        """:meth:`predicted` from the audio's (S, D) front-end steps, already computed."""
         hidden = self.predictor.hidden(steps[None].float())[0]               # (S, h)
         code = self.predictor.out(hidden.T[None])[0].T                     # (S, 4)
         if self.readout is not None and self.mix > 0:
