@@ -462,15 +462,20 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
         renders[ctrl] = read_render(path)
     report(f"{name}: scoring", 0.95)
     sc = cfg.score
+    from eval.metrics import pose_covariates
+
+    pose = pose_covariates(frames.viewmats.double().numpy())
+    if task.method in ADAPTED:
+        row["expr_lips_r2"] = expression_lips_r2(clip, test_idx, frames.expr.numpy(), n_train)
     if task.method == "shifted":
         row.update(score_render(Render(gt.frames, B.shifted_audio(clip, test_idx), gt_pts,
-                                       gt_valid, None, ref_offset=ref), sc))
+                                       gt_valid, None, ref_offset=ref, pose=pose), sc))
         row["shift_frames"] = B.SHIFT_FRAMES
     for ctrl, pred in renders.items():
         pts = valid = None
         if cfg.landmarks:
             pts, valid = landmarks(pred, out / "cache" / name / f"{ctrl or 'heldout'}.npz")
-        s = score_render(Render(pred, audio, pts, valid, gt, gt_pts, gt_valid, ref), sc)
+        s = score_render(Render(pred, audio, pts, valid, gt, gt_pts, gt_valid, ref, pose), sc)
         row.update(s if not ctrl else {f"{ctrl}_{k}": v for k, v in s.items()})
     if avatar is not None:
         rc = avatar.meta["run"]["config"]
@@ -494,6 +499,17 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
     row = _jsonable(row)
     write_text(out / "cells" / f"{name}.json", json.dumps(row, indent=1))
     return row
+
+
+def expression_lips_r2(clip, test_idx: torch.Tensor, expr: np.ndarray, n_train: int) -> float:
+    """R² of the held-out frames' lips-apart signal (FaceMesh, normalised on the first
+    ``n_train`` frames) predicted linearly from the expression input the avatar was driven
+    with there, (n, 6): how much mouth state that input could carry past the audio."""
+    from core.data.mouth_code import r2_from
+
+    ex = clip.expression(n_train)
+    lips = ex.values[test_idx.numpy(), list(ex.names).index("lips_apart")]
+    return r2_from(np.asarray(expr, np.float64), lips)
 
 
 def failed_row(task: CellTask, e: BaseException) -> dict:

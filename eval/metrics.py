@@ -481,17 +481,59 @@ class ApertureScores:
         r: Pearson correlation (NaN when either aperture is constant).
         spread: std(rendered) / std(recorded) (NaN when the recording's is constant).
         num_frames: frames used.
+        r_pose: partial correlation with the head pose held out (:func:`partial_r` on
+            :func:`pose_covariates`); NaN when no pose was given.
     """
 
     r: float
     spread: float
     num_frames: int
+    r_pose: float = math.nan
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    sa, sb = float(a.std()), float(b.std())
+    if sa <= 0 or sb <= 0:
+        return math.nan
+    return float(np.mean((a - a.mean()) * (b - b.mean())) / (sa * sb))
+
+
+def pose_covariates(viewmats: np.ndarray) -> np.ndarray:
+    """(T, 6) head pose per frame from (T, 4, 4) world-to-camera matrices: the rotation
+    vector of each frame's rotation relative to the mean one (radians) and the
+    translation (metres)."""
+    from scipy.spatial.transform import Rotation
+
+    v = np.asarray(viewmats, np.float64)
+    if v.ndim != 3 or v.shape[1:] != (4, 4):
+        raise ValueError(f"need (T, 4, 4) view matrices, got {v.shape}")
+    rot = Rotation.from_matrix(v[:, :3, :3])
+    rel = (rot * rot.mean().inv()).as_rotvec()
+    return np.concatenate([rel, v[:, :3, 3]], 1)
+
+
+def partial_r(a: np.ndarray, b: np.ndarray, z: np.ndarray) -> float:
+    """Partial correlation of (T,) ``a`` and ``b`` given (T, k) covariates ``z``: the
+    Pearson r of their least-squares residuals on ``[z, 1]``. NaN when a residual is
+    constant (the covariates explain all of it) or there are not more frames than k + 2."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    Z = np.concatenate([np.asarray(z, np.float64).reshape(len(a), -1), np.ones((len(a), 1))], 1)
+    if len(a) <= Z.shape[1] + 1:
+        return math.nan
+    res = [y - Z @ np.linalg.lstsq(Z, y, rcond=None)[0] for y in (a, b)]
+    if any(e.std() <= 1e-9 * max(y.std(), 1e-300) for e, y in zip(res, (a, b))):
+        return math.nan                      # all of it is the pose: nothing left to compare
+    return _corr(*res)
 
 
 def aperture_scores(pred_points: np.ndarray, gt_points: np.ndarray,
-                    valid: np.ndarray | None = None) -> ApertureScores:
+                    valid: np.ndarray | None = None,
+                    pose: np.ndarray | None = None) -> ApertureScores:
     """Aperture r and spread from two (T, 478, 2+) landmark tracks (pixels); ``valid``
-    (T,) bool selects frames (default: finite in both). Needs 3 frames."""
+    (T,) bool selects frames (default: finite in both). ``pose`` (T, k): the head pose both
+    share (:func:`pose_covariates` of the recording's), for ``r_pose``: an aperture that
+    follows the head (a person who nods as they open their mouth, a landmark detector
+    biased by the view) then scores nothing. Needs 3 frames."""
     a, b = lip_aperture(pred_points), lip_aperture(gt_points)
     if a.shape != b.shape:
         raise ValueError(f"need equal landmark tracks, got {a.shape} / {b.shape}")
@@ -500,11 +542,16 @@ def aperture_scores(pred_points: np.ndarray, gt_points: np.ndarray,
         ok &= np.asarray(valid, bool)
     if ok.sum() < 3:
         raise ValueError(f"only {int(ok.sum())} frames with a face in both clips (need 3)")
+    r_pose = math.nan
+    if pose is not None:
+        pose = np.asarray(pose, np.float64)
+        if len(pose) != len(ok):
+            raise ValueError(f"need a pose per frame, got {len(pose)} for {len(ok)} frames")
+        r_pose = partial_r(a[ok], b[ok], pose[ok])
     a, b = a[ok], b[ok]
-    sa, sb = float(a.std()), float(b.std())
-    r = float(np.mean((a - a.mean()) * (b - b.mean())) / (sa * sb)) if sa > 0 and sb > 0 \
-        else math.nan
-    return ApertureScores(r=r, spread=sa / sb if sb > 0 else math.nan, num_frames=int(ok.sum()))
+    sb = float(b.std())
+    return ApertureScores(r=_corr(a, b), spread=float(a.std()) / sb if sb > 0 else math.nan,
+                          num_frames=int(ok.sum()), r_pose=r_pose)
 
 
 # ----------------------------------------------------------------------------- AUE

@@ -18,7 +18,8 @@ Keys (see :mod:`eval.metrics` and :mod:`eval.sync` for the definitions):
                       ssim_face, psnr_head, ssim_head (hair + face + mouth pixels),
                       psnr_band, ssim_band (pixels within 4 px at 256 px of the recorded
                       head boundary, either side: ``eval.metrics.boundary_band``), lpips
-``landmark_scores``   aperture_r, aperture_spread, lmd_mouth, lmd_face, aue_upper,
+``landmark_scores``   aperture_r, aperture_r_pose (partialled on the head pose),
+                      aperture_spread, lmd_mouth, lmd_face, aue_upper,
                       aue_lower, landmark_valid (fraction of frames with a face in both)
 ``av_sync_scores``    av_offset, av_corr (best offset and its correlation), av_corr_ref
                       (at the recording's own best offset), av_offset_err (frames)
@@ -68,6 +69,8 @@ class Render:
             (pixel and landmark comparisons do not apply).
         gt_points, gt_valid: FaceMesh of the recording (as ``points`` / ``valid``).
         ref_offset: the recording's own best weight-free sync offset (frames) or None.
+        pose: (n, 6) head pose of the frames (``eval.metrics.pose_covariates``), for the
+            pose-partialled aperture r; None = not scored.
     """
 
     frames: np.ndarray
@@ -78,6 +81,7 @@ class Render:
     gt_points: np.ndarray | None = None
     gt_valid: np.ndarray | None = None
     ref_offset: int | None = None
+    pose: np.ndarray | None = None
 
 
 Scorer = Callable[[Render, ScoreConfig], dict]
@@ -114,7 +118,8 @@ def image_scores(r: Render, cfg: ScoreConfig) -> dict:
 
 def landmark_scores(r: Render, cfg: ScoreConfig) -> dict:
     """Lip aperture r / spread, LMD and AUE against the recording's landmarks."""
-    keys = ("aperture_r", "aperture_spread", "lmd_mouth", "lmd_face", "aue_upper", "aue_lower")
+    keys = ("aperture_r", "aperture_r_pose", "aperture_spread", "lmd_mouth", "lmd_face",
+            "aue_upper", "aue_lower")
     if r.gt is None or not cfg.landmarks or r.points is None or r.gt_points is None:
         return dict.fromkeys(keys, NA)
     from eval.metrics import aperture_scores, landmark_metrics
@@ -124,9 +129,10 @@ def landmark_scores(r: Render, cfg: ScoreConfig) -> dict:
         out = dict.fromkeys(keys, NA)
         out["landmark_note"] = f"face found in {r.valid.mean():.0%} of the rendered frames"
         return out
-    ap = aperture_scores(r.points, r.gt_points, ok)
+    ap = aperture_scores(r.points, r.gt_points, ok, r.pose)
     lm = landmark_metrics(r.points, r.gt_points, ok)
-    return {"aperture_r": ap.r, "aperture_spread": ap.spread, "lmd_mouth": lm.lmd_mouth,
+    return {"aperture_r": ap.r, "aperture_r_pose": NA if r.pose is None else ap.r_pose,
+            "aperture_spread": ap.spread, "lmd_mouth": lm.lmd_mouth,
             "lmd_face": lm.lmd_face, "aue_upper": lm.aue_upper, "aue_lower": lm.aue_lower,
             "landmark_valid": lm.valid_fraction}
 

@@ -43,6 +43,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("aperture_r", "aperture r", "up", 3),
     Column("aperture_spread", "aperture spread", "one", 2),
     Column("shuffled_aperture_r", "r, shuffled audio", "", 3),
+    Column("aperture_r_pose", "aperture r, pose partialled", "up", 3),
+    Column("shuffled_aperture_r_pose", "r pose partialled, shuffled audio", "", 3),
     Column("silence_aperture_r", "r, silence", "", 3),
     Column("silence_aperture_spread", "spread, silence", "", 2),
     Column("ssim_head", "head SSIM", "up", 3),
@@ -57,19 +59,21 @@ COLUMNS: tuple[Column, ...] = (
     Column("sync_expert_conf", "sync expert conf", "up", 2),
     Column("shuffled_sync_expert_conf", "sync expert conf (shuffled audio)", "", 2),
     Column("sync_expert_dist", "sync expert dist", "down", 2),
+    Column("expr_lips_r2", "expression input R² of lips-apart", "down", 3),
     Column("adapt_minutes", "adapt min", "down", 1),
 )
 #: Columns of the per-clip table (the headline and its controls).
 PER_CLIP: tuple[str, ...] = ("psnr_head", "psnr_band", "aperture_r", "aperture_spread",
-                             "shuffled_aperture_r", "silence_aperture_r")
+                             "shuffled_aperture_r", "silence_aperture_r", "aperture_r_pose",
+                             "shuffled_aperture_r_pose", "expr_lips_r2")
 
 _CONTROLLED = ("psnr_head", "ssim_head", "psnr_band", "ssim_band", "aperture_r",
-               "aperture_spread", "av_corr_ref", "lse_c", "lse_d", "sync_expert_conf",
+               "aperture_r_pose", "aperture_spread", "av_corr_ref", "lse_c", "lse_d", "sync_expert_conf",
                "sync_expert_dist")
 CSV_COLUMNS: tuple[str, ...] = (
     "clip", "method", "train_seconds", "status", "preset", "seed", "eval_res", "test_start",
     "test_frames", "psnr_head", "ssim_head", "psnr_band", "ssim_band", "aperture_r",
-    "aperture_spread",
+    "aperture_r_pose", "aperture_spread", "expr_lips_r2",
     *(f"{c}_{k}" for c in ("shuffled", "silence") for k in _CONTROLLED),
     "psnr", "ssim", "psnr_face", "ssim_face", "lpips", "lmd_mouth", "lmd_face", "aue_upper",
     "aue_lower", "av_offset", "av_corr", "av_corr_ref", "av_offset_err", "lse_c", "lse_d",
@@ -188,7 +192,12 @@ recorded inner-lip gap (FaceMesh on both, over the eye-corner distance) across t
 frames; *aperture spread*: std(rendered gap) / std(recorded gap), 1 = moves as much as the
 person, 0 = a static mouth. *r, shuffled audio* / *r, silence*: aperture r of the same avatar,
 plates, poses and expression driven by time-shuffled audio windows / by silence; a method that
-uses the audio loses aperture r under shuffling (compare with its own aperture r). *full PSNR
+uses the audio loses aperture r under shuffling (compare with its own aperture r). *aperture r,
+pose partialled*: the partial correlation with the head pose (rotation and translation of
+each held-out frame, which render and recording share) held out, so a mouth that merely
+follows the head, or a detector biased by the view, scores 0. *expression input R² of
+lips-apart*: how much of the held-out lips-apart signal the expression input the avatar was
+driven with could carry (linear fit). *full PSNR
 (incl. plate)*: every pixel of the frame, including the torso and background copied from the
 recorded test frame, as the paper reports it (not comparable across methods that paste
 different amounts of recording). *LMD mouth*: mean lip-landmark distance after centring each

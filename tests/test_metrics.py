@@ -326,6 +326,37 @@ def test_aperture_r_and_spread_known_answers():
         aperture_scores(gt, gt, valid)
 
 
+def test_pose_partialled_aperture_r_known_answers():
+    """A mouth that only follows the head scores r but no pose-partialled r; a mouth that
+    follows the lips keeps it."""
+    from scipy.spatial.transform import Rotation
+
+    from eval.metrics import partial_r, pose_covariates
+
+    rng = np.random.default_rng(3)
+    n = 200
+    pitch = 0.2 * np.sin(np.linspace(0, 9, n))               # radians: the person nods
+    lips = rng.uniform(0, 20, n)                               # the audio-driven part
+    views = np.tile(np.eye(4), (n, 1, 1))
+    views[:, :3, :3] = Rotation.from_rotvec(np.c_[pitch, np.zeros(n), np.zeros(n)]).as_matrix()
+    views[:, 2, 3] = 0.5
+    pose = pose_covariates(views)
+    assert pose.shape == (n, 6)
+    assert pose[:, 0] == pytest.approx(pitch - pitch.mean(), abs=1e-3)
+    assert pose[:, 1:3] == pytest.approx(0.0, abs=1e-9) and pose[:, 5] == pytest.approx(0.5)
+    gt = _face(list(10 + lips + 40 * pitch))                   # opens as he nods
+    jitter = rng.uniform(0, 4, n)                              # unrelated to the lips
+    follows_head = aperture_scores(_face(list(10 + 40 * pitch + jitter)), gt, pose=pose)
+    assert follows_head.r > 0.4 and abs(follows_head.r_pose) < 0.2
+    follows_lips = aperture_scores(_face(list(lips + jitter / 4)), gt, pose=pose)
+    assert follows_lips.r_pose > 0.95 and follows_lips.r < 0.9
+    assert math.isnan(aperture_scores(_face(list(10 + 40 * pitch)), gt, pose=pose).r_pose)
+    assert math.isnan(aperture_scores(gt, gt).r_pose)          # no pose given
+    assert math.isnan(partial_r(lips[:3], lips[:3], pose[:3]))  # fewer frames than covariates
+    with pytest.raises(ValueError, match="pose per frame"):
+        aperture_scores(gt, gt, pose=pose[:10])
+
+
 def test_aperture_r_on_real_frames(may_track):
     pts = may_track.filled()
     assert aperture_scores(pts, pts).r == pytest.approx(1.0)

@@ -53,8 +53,14 @@ class ExpressionConfig:
             open" (most frames are open; blinks are short).
         closed_fraction: an eye aspect ratio at or below this fraction of the
             open value counts as fully closed (blink = 1); blink falls linearly
-            to 0 at the open value. Measured: closed eyes give ~10-25 % of the
+            to 0 at ``open_fraction``. Measured: closed eyes give ~10-25 % of the
             open EAR with FaceMesh, half-closed (looking down) ~50 %.
+        open_fraction: an eye aspect ratio at or above this fraction of the open
+            value counts as open (blink = 0). Below 1 so that the small narrowing
+            that comes with speech (smiling, FaceMesh coupling the lids to the jaw)
+            is not read as a blink: with 1.0, blink predicts held-out lips-apart
+            with R² up to 0.24 (man_256_26s); with 0.75 at most 0.05 on the five
+            evaluation clips (docs/results/lip_sync.md).
         lo_percentile, hi_percentile: per-clip robust range of each AU raw
             signal, mapped to [0, 1] (values outside are clipped).
         min_range: floor of that range in IOD units (0.02 = 2 % of the
@@ -64,6 +70,12 @@ class ExpressionConfig:
 
     open_percentile: float = 90.0
     closed_fraction: float = 0.35
+    open_fraction: float = 0.75
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.closed_fraction < self.open_fraction <= 1.0:
+            raise ValueError(f"need 0 <= closed_fraction < open_fraction <= 1, got "
+                             f"{self.closed_fraction} / {self.open_fraction}")
     lo_percentile: float = 5.0
     hi_percentile: float = 95.0
     min_range: float = 0.02
@@ -180,7 +192,8 @@ def expression_signals(points: np.ndarray, cfg: ExpressionConfig | None = None,
 
     def blink(ear: np.ndarray) -> np.ndarray:
         open_ = np.percentile(ear[:n], cfg.open_percentile)
-        return np.clip((open_ - ear) / max(open_ * (1 - cfg.closed_fraction), 1e-6), 0.0, 1.0)
+        span = max(open_ * (cfg.open_fraction - cfg.closed_fraction), 1e-6)
+        return np.clip((cfg.open_fraction * open_ - ear) / span, 0.0, 1.0)
 
     blink_l, blink_r = blink(ear_l), blink(ear_r)
     eye_c_l = (L_EYE["outer"], L_EYE["inner"])
