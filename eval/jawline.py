@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from core.progress import ProgressFn, run_cli_job
+from core.data.preprocess import FPS
 
-FPS = 25.0
 #: Grid background and text colours (RGB).
 BACKGROUND = (40, 40, 40)
 TEXT = (235, 235, 235)

@@ -83,12 +83,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.data.preprocess import SAMPLE_RATE, SAMPLES_PER_FRAME
 from core.errors import InputError
 from eval.metrics import lip_aperture
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 SYNCNET_FRAMES = 5        # video frames per window
 SYNCNET_MFCC_STEPS = 20   # MFCC columns per window (100 Hz, 0.2 s)
 MFCC_PER_FRAME = 4        # MFCC columns per video frame step

@@ -63,13 +63,11 @@ from torch import Tensor, nn
 
 from core.errors import InputError
 from core.data.masks import INNER_LIPS, JAW_LINE, OUTER_LIPS
+from core.data.preprocess import FPS, SAMPLES_PER_FRAME
 
 if TYPE_CHECKING:
     from core.data.audio import AudioFeatureConfig
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 STEPS_PER_FRAME = 2                     # 50 Hz audio steps
 MAX_OFFSET = 15                         # frames searched either side, as LSE
 CHECKPOINT_KIND = "sync-expert"
@@ -346,7 +344,7 @@ def score_features(expert: SyncExpert, feats: np.ndarray, mel: np.ndarray,
         need = c.window + 2 * max_offset
         raise InputError("too_short", f"Only {T} frames with audio; lip-sync scoring with "
                          f"offsets +-{max_offset} needs at least {need} "
-                         f"({need / FPS:.1f} s at {FPS} fps).", "Score a longer clip.")
+                         f"({need / FPS:.1f} s at {FPS:g} fps).", "Score a longer clip.")
     expert.eval()
     f = torch.from_numpy(np.ascontiguousarray(feats[:T], np.float32))
     m = torch.from_numpy(np.ascontiguousarray(mel[:STEPS_PER_FRAME * T], np.float32))

@@ -43,3 +43,22 @@ def test_alpha_loss_weighs_each_side_of_the_edge_by_itself() -> None:
     soft = soft_edge(inside, 256)
     assert float(alpha_loss(soft[..., None], inside, soft)) == pytest.approx(0.0, abs=1e-6)
     assert float(alpha_loss(exact, inside, soft)) > 0.0
+
+
+def test_edge_band_and_masked_l1_known_answers():
+    from core.train.objectives import edge_band, masked_l1
+
+    m = torch.zeros(64, 64, dtype=torch.bool)
+    m[20:40, 20:40] = True                                   # a 20 px square head
+    band = edge_band(m, res=256)                             # 4 px either side
+    assert int(band.sum()) == 28 * 28 - 12 * 12
+    assert band[16, 30] and band[23, 30] and not band[24, 30] and not band[15, 30]
+    assert int(edge_band(m, res=64).sum()) == 22 * 22 - 18 * 18  # 1 px at 64 px
+    edge = torch.zeros(64, 64, dtype=torch.bool)
+    edge[:, :10] = True                                      # touches the frame edge
+    assert not edge_band(edge, res=256)[:, 0].any()          # the frame edge is no boundary
+    pred, target = torch.zeros(64, 64, 3), torch.zeros(64, 64, 3)
+    pred[band] = 0.5
+    assert float(masked_l1(pred, target, band)) == pytest.approx(0.5)
+    assert float(masked_l1(pred, target, ~band)) == 0.0
+    assert float(masked_l1(pred, target, torch.zeros_like(band))) == 0.0

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 from core.data.mouth_code import MouthCodeStats, mouth_geometry
+from core.data.preprocess import SAMPLES_PER_FRAME
 from core.model.mouth_predictor import (MouthPredictor, MouthPredictorConfig, audio_front_end,
                                         load_predictor, to_frames)
 
-SAMPLES_PER_FRAME = 640
 #: Largest audio-video offset searched, frames either way (0.32 s at 25 fps).
 MAX_OFFSET = 8
 

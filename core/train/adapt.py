@@ -85,6 +85,9 @@ class AdaptConfig:
             drive (:class:`core.model.mouth_drive.ReadoutConfig`): its weight against the
             speaker-independent prior's last layer (0 = the prior alone) and the ridge
             penalty pulling it toward the prior's.
+        edge_weight: weight of the L1 term over the head's edge band (4 px either side of
+            the recorded boundary at 256 px) in the face and fuse stages, where halos and
+            hair-edge errors show.
     """
 
     res: int = 256
@@ -109,6 +112,7 @@ class AdaptConfig:
     av_offset: str = "recording"
     readout_mix: float = 1.0
     readout_penalty: float = 300.0
+    edge_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
@@ -386,14 +390,16 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             tracked = drive is None or float(torch.rand(1, generator=gen)) >= cfg.predicted_code_prob
             if stage == "face":
                 j = curriculum.face(s, steps)
-                r = face_step(umf, ident, frames, j, bg, use_aligner=aligner_on, tracked=tracked)
+                r = face_step(umf, ident, frames, j, bg, use_aligner=aligner_on, tracked=tracked,
+                              edge_weight=cfg.edge_weight)
             elif stage == "mouth":
                 j = curriculum.mouth()
                 k = sample_hook_k(True, gen)
                 r = mouth_step(umf, ident, frames, j, bg, k, use_aligner=aligner_on, tracked=tracked)
             else:
                 j = curriculum.uniform()
-                r = fuse_step(umf, ident, frames, j, dilate=mouth_dilation(frames.res), tracked=tracked)
+                r = fuse_step(umf, ident, frames, j, dilate=mouth_dilation(frames.res), tracked=tracked,
+                              edge_weight=cfg.edge_weight)
             if not torch.isfinite(r.loss):
                 raise FloatingPointError(f"non-finite loss at {stage} step {s} (frame {j})")
             r.loss.backward()

@@ -17,6 +17,7 @@ MOTION_WEIGHT = 1e-5     # |dxyz| + |drot| + |dscale| + |p_xyz|
 GATE_WEIGHT = 1e-4       # eye gate off the lips box, both gates off hair
 MOUTH_OUTSIDE_WEIGHT = 1e-2  # mouth alpha outside the lips box
 LIPS_WEIGHT = 0.5        # extra photometric term on the lips box (face stage)
+EDGE_BAND_256 = 4        # head-edge band half-width in pixels at 256 px (scaled with res)
 
 
 def _gauss_window(size: int = 11, sigma: float = 1.5) -> Tensor:
@@ -81,6 +82,28 @@ def soft_edge(mask: Tensor, res: int | None = None) -> Tensor:
     t = F.conv2d(t, g.view(1, 1, 1, -1))
     t = F.conv2d(t, g.view(1, 1, -1, 1))
     return t[0, 0].clamp(0.0, 1.0)
+
+
+def edge_band(mask: Tensor, res: int | None = None) -> Tensor:
+    """(H, W) bool: pixels within ``EDGE_BAND_256 * res / 256`` px (at least 1; a square
+    neighbourhood) of the boundary of the bool ``mask`` (H, W), on either side; outside the
+    frame counts as neither, so the frame edge adds no band. ``res`` defaults to the mask
+    width. The band the benchmark scores (``eval.metrics.boundary_band``, a disc) is this
+    band's inscribed subset."""
+    res = res or mask.shape[-1]
+    b = max(1, round(EDGE_BAND_256 * res / 256))
+    m = mask.to(torch.float32)[None, None]
+    grown = F.max_pool2d(m, 2 * b + 1, stride=1, padding=b)[0, 0] > 0.5
+    shrunk = -F.max_pool2d(-m, 2 * b + 1, stride=1, padding=b)[0, 0] > 0.5
+    return grown & ~shrunk
+
+
+def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean ``|pred - target|`` over the pixels of bool ``mask`` (H, W) (images (H, W, C));
+    0 when the mask is empty."""
+    m = mask.to(pred.dtype)[..., None]
+    n = m.sum() * pred.shape[-1]
+    return ((pred - target).abs() * m).sum() / n.clamp_min(1.0)
 
 
 def alpha_loss(alpha: Tensor, inside: Tensor, target: Tensor | None = None) -> Tensor:

@@ -32,7 +32,7 @@ from core.model.motion_field import (HOOK_K_EVAL, CodeBasis, CodeEncoder, Motion
                                      audio_windows, motion_magnitude_loss)
 from core.train.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, LIPS_WEIGHT, MOTION_WEIGHT,
                                    MOUTH_OUTSIDE_WEIGHT, alpha_loss, box_mask, box_photometric,
-                                   gate_loss, photometric, soft_edge)
+                                   edge_band, gate_loss, masked_l1, photometric, soft_edge)
 
 
 #: learning-rate multiplier of the mouth-code path over the field MLPs: it is new for every
@@ -216,14 +216,16 @@ def _gate_channels(m: Motion) -> Tensor | None:
 def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor,
               static: bool = False, use_aligner: bool = True,
               contrast_fields: list | None = None, contrast_weight: float = 1.0,
-              tracked: bool = True) -> StepResult:
+              tracked: bool = True, edge_weight: float = 0.0) -> StepResult:
     """Face stage loss for frame ``j`` over the flat background ``bg`` (3,).
 
     static: no motion (pre-training warm-up). contrast_fields: other identities'
     personalised face fields (pre-training negative contrast loss). tracked: condition on the
     tracked mouth code (else the one predicted from the audio). Besides the whole-frame term,
     the lips box gets its own photometric term (``LIPS_WEIGHT``): the lips are about 1 % of
-    the frame and would otherwise hardly count."""
+    the frame and would otherwise hardly count. ``edge_weight``: weight of an L1 term over
+    the head's edge band (:func:`core.train.objectives.edge_band`), where halos show; 0 =
+    none."""
     from core.model.head import personal_face_offsets
     from core.model.motion_field import negative_contrast_loss
 
@@ -239,6 +241,8 @@ def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor
     loss = photometric(pred, target) + ALPHA_WEIGHT * alpha_loss(out.alpha, head, w[..., 0])
     lips_box = _lips_crop(frames, j)
     loss = loss + LIPS_WEIGHT * box_photometric(pred, target, lips_box)
+    if edge_weight > 0:
+        loss = loss + edge_weight * masked_l1(pred, target, edge_band(head, frames.res))
     logs = {}
     if m is not None:
         loss = loss + MOTION_WEIGHT * motion_magnitude_loss(m)
@@ -294,8 +298,9 @@ def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tenso
 
 
 def fuse_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, hook_k: int = HOOK_K_EVAL,
-              dilate: int = 1, tracked: bool = True) -> StepResult:
-    """Fuse stage loss: the composited frame against the recorded frame (motion fixed)."""
+              dilate: int = 1, tracked: bool = True, edge_weight: float = 0.0) -> StepResult:
+    """Fuse stage loss: the composited frame against the recorded frame (motion fixed), plus
+    ``edge_weight`` x L1 over the recorded head's edge band (hair, face and mouth labels)."""
     cond = frames.cond(j, tracked)
     with torch.no_grad():
         fm = face_motion(umf, ident, cond)
@@ -304,4 +309,8 @@ def fuse_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, hook_k: in
     mouth = render_branch(ident.mouth, mm, cond)
     pred = composite(face, mouth, frames.plates[j], dilate)
     loss = photometric(pred, frames.images[j])
+    if edge_weight > 0:
+        lab = frames.labels[j]
+        head = (lab == Label.FACE) | (lab == Label.HAIR) | (lab == Label.MOUTH)
+        loss = loss + edge_weight * masked_l1(pred, frames.images[j], edge_band(head, frames.res))
     return StepResult(loss, face, fm, {"loss": float(loss.detach())})
