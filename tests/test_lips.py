@@ -205,6 +205,24 @@ def test_adaptation_takes_the_offset_measured_in_preprocessing(processed, tmp_pa
     assert got == {"recording": 3, "training": 0}     # may_5s is in sync
 
 
+def test_edge_band_term_trains_face_and_fuse_stages(processed, tmp_path: Path) -> None:
+    """``edge_weight`` reaches both stages that use it: the same seed gives other weights."""
+    from dataclasses import replace
+
+    from core.model.checkpoint import load
+    from core.train.adapt import PRESETS, adapt
+
+    cfg = replace(PRESETS["tiny"], seconds=3.0, face_steps=3, mouth_steps=1, fuse_steps=2)
+    got = {}
+    for w in (0.0, 2.0):
+        av = adapt(processed["may_5s"].root, tmp_path / f"w{w}", None, replace(cfg, edge_weight=w))
+        tensors, meta = load(av / "model.safetensors")
+        assert meta["run"]["config"]["edge_weight"] == w
+        got[w] = tensors
+    changed = [k for k in got[0.0] if not torch.equal(got[0.0][k], got[2.0][k])]
+    assert any(k.startswith("face.") for k in changed)
+
+
 def test_tiny_avatar_mouth_follows_its_audio(processed, audio_dir: Path, tiny_avatar: Path) -> None:
     """Different audio gives a different mouth; silence gives a closed one."""
     from core.model.avatar import load_avatar

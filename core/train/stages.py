@@ -27,7 +27,7 @@ from core.data.dataset import ProcessedClip
 from core.model.gaussians import GaussianLR, GaussianSet
 from core.model.head import (FrameCond, Identity, UMF, composite, face_motion, hook_from_face,
                        mouth_motion, render_branch)
-from core.data.masks import Label, torso_plate
+from core.data.masks import Label, head_mask, torso_plate
 from core.model.motion_field import (HOOK_K_EVAL, CodeBasis, CodeEncoder, Motion, TriPlaneEncoder,
                                      audio_windows, motion_magnitude_loss)
 from core.train.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, LIPS_WEIGHT, MOTION_WEIGHT,
@@ -310,7 +310,6 @@ def fuse_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, hook_k: in
     pred = composite(face, mouth, frames.plates[j], dilate)
     loss = photometric(pred, frames.images[j])
     if edge_weight > 0:
-        lab = frames.labels[j]
-        head = (lab == Label.FACE) | (lab == Label.HAIR) | (lab == Label.MOUTH)
+        head = torch.from_numpy(head_mask(frames.labels[j].numpy()))
         loss = loss + edge_weight * masked_l1(pred, frames.images[j], edge_band(head, frames.res))
     return StepResult(loss, face, fm, {"loss": float(loss.detach())})
