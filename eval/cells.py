@@ -121,15 +121,19 @@ class BenchmarkConfig:
         if bad:
             raise ValueError(f"unknown adaptation settings {bad}; choose from {sorted(known)}")
 
-    def adapt_config(self, seconds: float):
-        """The ``core.adapt.AdaptConfig`` of an adapted cell."""
+    def adapt_config(self, seconds: float, method: str = "instag"):
+        """The ``core.adapt.AdaptConfig`` of an adapted cell. 'scratch' has nothing
+        pre-trained: besides adapting without the motion-field prior (:func:`ensure_avatar`),
+        its mouth drive is the person's own model alone (``person_weight`` 1), unless the
+        overrides set that weight."""
         from core.train.adapt import PRESETS
 
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; one of {sorted(PRESETS)}")
+        own = {"person_weight": 1.0} if method == "scratch" else {}
         # the offset is measured on the training seconds: held-out frames inform nothing
-        return replace(PRESETS[self.preset], **self.adapt_overrides, seconds=float(seconds),
-                       seed=self.seed, av_offset="training")
+        return replace(PRESETS[self.preset], **{**own, **self.adapt_overrides},
+                       seconds=float(seconds), seed=self.seed, av_offset="training")
 
     @property
     def eval_res(self) -> int:
@@ -201,13 +205,16 @@ class CurveRecorder:
     frames (:class:`eval.protocol.HeldoutCurve`), persisted after every call to
     ``curves/{cell}.json`` (``{"points": [[steps, psnr, psnr_face, psnr_head], ...],
     "observe_s": ...}``) so a resumed adaptation keeps its earlier points; ``observe_s``
-    (time spent scoring) is excluded from ``adapt_minutes``."""
+    (time spent scoring) is excluded from ``adapt_minutes``. ``acfg``: the cell's
+    ``core.adapt.AdaptConfig`` (its mouth-code and drive settings; None: no mouth code)."""
 
     def __init__(self, clip, seconds: float, res: int, test_seconds: float, n_frames: int,
-                 path: Path, mouth_code: bool = False, readout=None) -> None:
+                 path: Path, acfg=None) -> None:
         from eval.protocol import HeldoutCurve
 
-        self.curve = HeldoutCurve(clip, seconds, res, test_seconds, n_frames, mouth_code, readout)
+        self.curve = HeldoutCurve(clip, seconds, res, test_seconds, n_frames,
+                                  bool(acfg and acfg.mouth_code), acfg and acfg.readout,
+                                  acfg and acfg.person, acfg.seed if acfg else 0)
         self.path = path
         old = json.loads(path.read_text()) if path.is_file() else {}
         self.points = [tuple(p) for p in old.get("points", [])]
@@ -261,7 +268,7 @@ def ensure_avatar(clip_dir: Path, out: Path, stem: str, method: str, seconds: fl
     av = out / "avatars" / name
     if (av / "model.safetensors").is_file() and (av / "plates.mp4").is_file():
         return av, False
-    acfg = cfg.adapt_config(seconds)
+    acfg = cfg.adapt_config(seconds, method)
     work = av.with_name(f".{av.name}.work")
     ck, pidf = work / "adapt.safetensors", work / "benchmark.pid"
     ours_dead = pidf.is_file() and not _alive(int(pidf.read_text() or 0))
@@ -280,7 +287,7 @@ def ensure_avatar(clip_dir: Path, out: Path, stem: str, method: str, seconds: fl
     kw: dict[str, Any] = {}
     if "observe" in inspect.signature(adapt).parameters:
         rec = CurveRecorder(load_clip(clip_dir), seconds, acfg.res, cfg.test_seconds,
-                            cfg.curve_frames, curve, acfg.mouth_code, acfg.readout)
+                            cfg.curve_frames, curve, acfg)
         every = cfg.curve_every or (100 if cfg.preset == "cpu" else acfg.ckpt_every)
         kw = {"observe": rec, "observe_every": every}
     try:
@@ -485,7 +492,7 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
             row["curve"], observe_s = read_curve(out, avatar_dir.name)
             row["adapt_minutes"] = (float(avatar.meta.get("wall_s", math.nan))
                                     - observe_s) / 60.0
-        want = asdict(cfg.adapt_config(task.seconds))
+        want = asdict(cfg.adapt_config(task.seconds, AVATAR_OF.get(task.method, task.method)))
         diff = [f"{k} {rc.get(k)} (preset {want[k]})" for k in
                 ("res", "seconds", "face_steps", "mouth_steps", "fuse_steps", "seed")
                 if rc.get(k) != want[k]]

@@ -3,7 +3,12 @@
 Methods (one table row each, METHOD.md section 8 protocol):
 
 ``instag``      the avatar adapted with the shipped prior (``core.adapt``).
-``scratch``     the same model, preset, seed and steps without a prior.
+``scratch``     the same model, preset, seed and steps with nothing pre-trained: no motion-field
+                prior, and a mouth drive that is the person's own audio-to-mouth model alone,
+                trained from scratch on the same training seconds (``person_weight`` 1,
+                :mod:`core.train.person_mouth`). Only the recording's audio-video offset is
+                measured with the shipped audio-to-mouth prior, as data preparation, the same
+                for both methods.
 ``retrieval``   per test frame, the training frame with the nearest audio window, its head
                 moved onto the test frame's plate and pose (``eval.baselines``).
 ``loop``        the training frames looped ping-pong, each head moved onto the test frame's

@@ -106,23 +106,24 @@ def ground_truth(frames: TrainFrames) -> GroundTruth:
 class HeldoutCurve:
     """An ``adapt(observe=...)`` callback: full-frame, face-region and head-region PSNR of a
     fixed subset of held-out frames along training. ``points``: list of
-    (steps, psnr, psnr_face, psnr_head). ``mouth_code`` / ``readout``: the avatar's fields
-    take the mouth code, driven with this read-out
-    (:class:`core.model.mouth_drive.ReadoutConfig`, None: the prior's alone)."""
+    (steps, psnr, psnr_face, psnr_head). ``mouth_code``: the avatar's fields take the mouth
+    code, driven by the drive adaptation fits with ``readout`` / ``person`` / ``seed``
+    (:func:`core.train.person_mouth.fit_drive`; None: the prior's prediction alone), its
+    offset measured on the training frames."""
 
     def __init__(self, clip: ProcessedClip, train_seconds: float, res: int,
                  test_seconds: float | None = TEST_SECONDS, num_frames: int = 25,
-                 mouth_code: bool = False, readout=None) -> None:
+                 mouth_code: bool = False, readout=None, person=None, seed: int = 0) -> None:
         idx = test_indices(clip, train_seconds, test_seconds)
         pick = torch.linspace(0, idx.numel() - 1, min(num_frames, idx.numel())).round().long()
         n_train = int(round(train_seconds * 25))
         drive = None
-        if mouth_code:  # the drive adaptation fits (same clip, frames, shipped prior, read-out)
-            from core.model.mouth_drive import MouthDrive
+        if mouth_code:  # the drive adaptation fits (same clip, frames, settings and seed)
+            from core.train.person_mouth import fit_drive
 
             a = clip.arrays
-            drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n_train,
-                                   a["valid"].numpy(), readout=readout)
+            drive = fit_drive(a["points3d"].numpy(), a["audio"].numpy(), n_train,
+                              a["valid"].numpy(), None, readout, person, seed)
         self.frames = frame_subset(heldout_frames(clip, idx, res, n_train, drive), pick)
         self.gt = ground_truth(self.frames)
         self.points: list[tuple[int, float, float, float]] = []

@@ -1,19 +1,22 @@
-"""Choosing the person-specific read-out without the evaluation clips: cross-fitted priors.
+"""Choosing the mouth drive's person-specific parts without the evaluation clips:
+cross-fitted priors.
 
 ``python -m eval.readout_cv CLIP_DIR... --out DIR [--heldout CLIP_DIR...]``
 
-The read-out of :class:`core.model.mouth_drive.MouthDrive` (the audio-to-mouth predictor's
-last layer refitted on a person's first seconds, pulled toward the prior's) has two settings,
-``mix`` and ``penalty``. Tuning them on the clips the project reports would grade its own
-homework, and the pre-training clips cannot score them with the shipped prior (it has seen
-them). So the pre-training clips are split in two folds (alternate clips in name order); a
-mouth prior is trained on each fold (:func:`core.train.mouth_prior.train_mouth_prior`, same
-settings as the shipped one) and scores the other fold's clips: for each clip long enough
-(at least ``train_seconds`` + 2 s), a drive fitted on the first ``train_seconds`` (its
-offset measured there, as the benchmark does) predicts the rest from that span's audio
-alone, and the held-out aperture r (predicted vs tracked mouth code) is reported for every
-grid setting. ``--heldout`` clips are scored the same way with the shipped prior over their
-last ``test_seconds`` (the benchmark's span), for reference only.
+The drive of :class:`core.model.mouth_drive.MouthDrive` has two person-specific parts: the
+read-out (the audio-to-mouth predictor's last layer refitted on a person's first seconds,
+pulled toward the prior's; settings ``mix`` and ``penalty``) and the person's own model (a
+predictor trained from scratch on the same seconds, :mod:`core.train.person_mouth`, blended
+with the prior). Tuning them on the clips the project reports would grade its own homework,
+and the pre-training clips cannot score them with the shipped prior (it has seen them). So
+the pre-training clips are split in two folds (alternate clips in name order); a mouth prior
+is trained on each fold (:func:`core.train.mouth_prior.train_mouth_prior`, same settings as
+the shipped one) and scores the other fold's clips: for each clip long enough (at least
+``train_seconds`` + 2 s), a drive fitted on the first ``train_seconds`` (its offset measured
+there, as the benchmark does) predicts the rest from that span's audio alone, and the
+held-out aperture r (predicted vs tracked mouth code) is reported for every read-out setting
+and every person-model weight. ``--heldout`` clips are scored the same way with the shipped
+prior over their last ``test_seconds`` (the benchmark's span), for reference only.
 
 Writes ``DIR/readout_cv.md`` (per-setting means over the cross-fitted clips, and each
 clip's row) and ``DIR/readout_cv.json``.
@@ -30,14 +33,27 @@ import numpy as np
 #: (mix, penalty) settings scored; mix 0 is the prior alone.
 GRID: tuple[tuple[float, float], ...] = ((0.0, 0.0),) + tuple(
     (m, p) for m in (0.5, 1.0) for p in (10.0, 30.0, 100.0, 300.0, 1000.0))
+#: weights of the person's own model (:mod:`core.train.person_mouth`, trained from scratch on
+#: the same first seconds) blended with the prior and the default read-out; 1 = it alone.
+PERSON_WEIGHTS: tuple[float, ...] = (1.0, 0.5)
+
+
+def person_setting(weight: float) -> str:
+    return "person model alone" if weight == 1 else f"read-out + person model, weight {weight:g}"
+
+
+def settings() -> list[str]:
+    """Every scored setting's name, in table order."""
+    return [setting_name(m, p) for m, p in GRID] + [person_setting(w) for w in PERSON_WEIGHTS]
 
 
 def score_clip(clip_dir: Path, predictor, gain: np.ndarray, train_seconds: float,
-               test_seconds: float | None) -> dict | None:
-    """Held-out aperture r (and its spread ratio) of every :data:`GRID` setting on one
-    processed clip; None when the clip is too short. Test span: the last ``test_seconds``
-    (None: everything after the training seconds). The audio front end runs once per span;
-    every setting refits only the read-out."""
+               test_seconds: float | None, seed: int = 0) -> dict | None:
+    """Held-out aperture r (and its spread ratio) of every :data:`GRID` setting and every
+    :data:`PERSON_WEIGHTS` blend on one processed clip; None when the clip is too short.
+    Test span: the last ``test_seconds`` (None: everything after the training seconds). The
+    audio front end runs once per span; every setting refits only the read-out, and one
+    person model (``seed``) serves every blend."""
     from dataclasses import replace
 
     from core.data.dataset import ProcessedClip
@@ -45,6 +61,7 @@ def score_clip(clip_dir: Path, predictor, gain: np.ndarray, train_seconds: float
     from core.model.mouth_drive import (SAMPLES_PER_FRAME, MouthDrive, ReadoutConfig, pearson,
                                         shift_frames)
     from core.model.mouth_predictor import audio_front_end
+    from core.train.person_mouth import PersonMouthConfig, train_person_model
 
     clip = ProcessedClip.load(clip_dir)
     a = clip.arrays
@@ -72,6 +89,18 @@ def score_clip(clip_dir: Path, predictor, gain: np.ndarray, train_seconds: float
         p, t = pred[ok, 0], tracked[ok, 0]
         row[setting_name(mix, penalty)] = {"r": round(pearson(p, t), 3),
                                            "spread": round(float(p.std() / max(t.std(), 1e-9)), 2)}
+    person = None
+    for w in PERSON_WEIGHTS:
+        drive = replace(base)
+        drive.personalise(train_code, train_steps, valid[:n], ReadoutConfig())
+        if person is None:   # one model per clip, the same for every weight
+            person = train_person_model(drive, train_code, train_steps, valid[:n],
+                                        PersonMouthConfig(weight=w), seed)
+        drive.set_person(person, w, train_steps, n)
+        pred = drive.codes(test_steps, m).numpy()[aligned]
+        p, t = pred[ok, 0], tracked[ok, 0]
+        row[person_setting(w)] = {"r": round(pearson(p, t), 3),
+                                  "spread": round(float(p.std() / max(t.std(), 1e-9)), 2)}
     return row
 
 
@@ -82,8 +111,7 @@ def setting_name(mix: float, penalty: float) -> str:
 def summary(rows: list[dict]) -> list[tuple[str, float, float, float]]:
     """(setting, mean r, lowest r, median spread) over ``rows``."""
     out = []
-    for mix, penalty in GRID:
-        k = setting_name(mix, penalty)
+    for k in settings():
         r = np.array([row[k]["r"] for row in rows])
         s = np.array([row[k]["spread"] for row in rows])
         out.append((k, float(r.mean()), float(r.min()), float(np.median(s))))
@@ -94,7 +122,7 @@ def table(rows: list[dict], title: str) -> list[str]:
     lines = [f"### {title}", "", "| setting | mean aperture r | lowest | median spread |",
              "|---|---|---|---|"]
     lines += [f"| {k} | {m:.3f} | {lo:.3f} | {s:.2f} |" for k, m, lo, s in summary(rows)]
-    keys = [setting_name(m, p) for m, p in GRID]
+    keys = settings()
     lines += ["", "| clip | offset | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     lines += [f"| {r['clip']} | {r['offset']:+d} | " + " | ".join(f"{r[k]['r']:.3f}" for k in keys) + " |"
               for r in rows]
@@ -132,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor, meta = load_predictor(path)
         gain = np.asarray(meta["gain"], np.float32)
         for d in tqdm(score, desc=f"fold {k + 1} scoring", unit="clip"):
-            row = score_clip(d, predictor, gain, a.train_seconds, None)
+            row = score_clip(d, predictor, gain, a.train_seconds, None, a.seed)
             if row is not None:
                 rows.append({**row, "fold": k + 1})
     held: list[dict] = []
@@ -140,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         predictor, meta = load_predictor()
         gain = np.asarray(meta["gain"], np.float32)
         for d in tqdm(a.heldout, desc="held-out clips", unit="clip"):
-            row = score_clip(d, predictor, gain, a.train_seconds, a.test_seconds)
+            row = score_clip(d, predictor, gain, a.train_seconds, a.test_seconds, a.seed)
             if row is not None:
                 held.append(row)
     best = max(summary(rows), key=lambda s: s[1])
-    lines = ["# Person-specific read-out: settings chosen on cross-fitted priors", "",
+    lines = ["# The drive's person-specific parts: settings chosen on cross-fitted priors", "",
              f"`python -m eval.readout_cv` on {len(clips)} pre-training clips in two folds; "
              f"{len(rows)} clips long enough to score (first {a.train_seconds:g} s fitted, the rest "
              f"held out); seed {a.seed}. Best mean aperture r: **{best[0]}** ({best[1]:.3f}).", ""]

@@ -283,8 +283,12 @@ def test_the_test_span_changes_nothing_the_model_sees(clip: ProcessedClip) -> No
     other.arrays["audio_steps"][2 * n:] += 5.0
     other.arrays["expr"][n:] = 1.0 - other.arrays["expr"][n:]
     def drive(c: ProcessedClip) -> MouthDrive:  # what adaptation fits (training frames only)
+        from core.model.mouth_drive import ReadoutConfig
+        from core.train.person_mouth import PersonMouthConfig, fit_drive
+
         x = c.arrays
-        return MouthDrive.fit(x["points3d"].numpy(), x["audio"].numpy(), n, x["valid"].numpy())
+        return fit_drive(x["points3d"].numpy(), x["audio"].numpy(), n, x["valid"].numpy(), None,
+                         ReadoutConfig(), PersonMouthConfig(steps=30))
 
     a = TrainFrames.from_clip(clip, torch.arange(n), 64, fit_frames=n, drive=drive(clip))
     b = TrainFrames.from_clip(other, torch.arange(n), 64, fit_frames=n, drive=drive(other))
@@ -332,6 +336,11 @@ def test_config_and_methods_are_checked(tmp_path: Path) -> None:
     assert acfg.mouth_code is False and acfg.seconds == 3.0 and acfg.res == 96
     # the recording's offset is measured on the training seconds, never over held-out frames
     assert acfg.av_offset == "training"
+    # 'scratch' has nothing pre-trained: its drive is the person's own model alone
+    assert acfg.person_weight == 0.5
+    assert BenchmarkConfig(quick=True).adapt_config(3.0, "scratch").person_weight == 1.0
+    assert BenchmarkConfig(quick=True, adapt_overrides={"person_weight": 0.0}).adapt_config(
+        3.0, "scratch").person_weight == 0.0
     with pytest.raises(ValueError, match="unknown adaptation settings"):
         BenchmarkConfig(adapt_overrides={"av_offset": "recording"})
     from core.train.adapt import AdaptConfig

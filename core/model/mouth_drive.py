@@ -15,7 +15,14 @@ A :class:`MouthDrive` belongs to an avatar and holds
   mixed with the prior's (:class:`ReadoutConfig`). Some people's lips do not do what most
   speakers' do for a sound (one held-out speaker opens his lips less when loud and keeps
   them apart at rest); the read-out learns that from their own seconds, the mix keeps the
-  speaker-independent prediction for everyone else.
+  speaker-independent prediction for everyone else;
+* optionally the *person's own model*: a predictor of the same architecture trained from
+  scratch on the person's training frames alone (:mod:`core.train.person_mouth`), blended
+  with the prior's prediction (``person_weight``; 1 = the person's model alone, which is
+  what "nothing pre-trained" means for the drive). Measured on pre-training speakers that
+  the prior never saw, 5 s of one person teach a small network about as much as 3 minutes
+  of others do, and the two err differently, so their blend beats either
+  (``docs/results/lip_sync.md``).
 
 Stored inside the avatar file under ``drive.*`` (see :meth:`tensors`).
 """
@@ -159,7 +166,9 @@ def fit_readout(hidden: np.ndarray, target: np.ndarray, prior: np.ndarray, penal
 @dataclass
 class MouthDrive:
     """See the module doc. ``gain`` (4,); ``av_offset`` frames; ``readout`` (4, hidden + 1)
-    the person's last layer (None: the prior's alone) and ``mix`` its weight."""
+    the person's last layer (None: the prior's alone) and ``mix`` its weight; ``person``
+    the person's own model, ``person_weight`` its weight in the blend and ``blend_gain``
+    (4,) the factor that gives the blend the members' mean spread (see :meth:`set_person`)."""
 
     predictor: MouthPredictor
     gain: np.ndarray
@@ -167,6 +176,9 @@ class MouthDrive:
     av_offset: int = 0
     readout: np.ndarray | None = None
     mix: float = 0.0
+    person: MouthPredictor | None = None
+    person_weight: float = 0.0
+    blend_gain: np.ndarray | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -251,12 +263,41 @@ class MouthDrive:
     @torch.no_grad()
     def codes(self, steps: Tensor, num_frames: int) -> Tensor:
         """:meth:`predicted` from the audio's (S, D) front-end steps, already computed."""
+        prior = self.prior_codes(steps, num_frames)
+        if self.person is None or self.person_weight <= 0:
+            return prior
+        w = self.person_weight
+        own = to_frames(self.person(steps[None].float())[0], num_frames)
+        blend = (1 - w) * prior + w * own
+        return blend if self.blend_gain is None else blend * torch.from_numpy(self.blend_gain)
+
+    @torch.no_grad()
+    def prior_codes(self, steps: Tensor, num_frames: int) -> Tensor:
+        """(num_frames, 4) the prior's prediction (with the read-out and the gain), without
+        the person's own model."""
         hidden = self.predictor.hidden(steps[None].float())[0]               # (S, h)
         code = self.predictor.out(hidden.T[None])[0].T                     # (S, 4)
         if self.readout is not None and self.mix > 0:
             w = torch.from_numpy(self.readout)
             code = (1 - self.mix) * code + self.mix * (hidden @ w[:, :-1].T + w[:, -1])
         return to_frames(code, num_frames) * torch.from_numpy(self.gain)
+
+    @torch.no_grad()
+    def set_person(self, model: MouthPredictor, weight: float, steps: Tensor, num_frames: int) -> None:
+        """Attach the person's own model with weight ``weight`` in [0, 1] (0 = the prior
+        alone, 1 = the person's model alone). Averaging two predictions that disagree
+        shrinks their spread, so ``blend_gain`` (4,) is set to bring the blend's standard
+        deviation over ``steps`` (the (S, D) front-end steps of the training audio; no lip
+        data) back to the weighted mean of the members'."""
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"person weight must be in [0, 1], got {weight}")
+        model.eval()
+        self.person, self.person_weight = model, float(weight)
+        prior = self.prior_codes(steps, num_frames)
+        own = to_frames(model(steps[None].float())[0], num_frames)
+        blend = (1 - weight) * prior + weight * own
+        want = (1 - weight) * prior.std(0) + weight * own.std(0)
+        self.blend_gain = (want / blend.std(0).clamp(min=1e-6)).numpy().astype(np.float32)
 
     # ------------------------------------------------------------------ storage
     def tensors(self, prefix: str = "drive.") -> dict[str, Tensor]:
@@ -270,13 +311,20 @@ class MouthDrive:
         if self.readout is not None:
             out[prefix + "readout"] = torch.from_numpy(self.readout)
             out[prefix + "readout_mix"] = torch.tensor([self.mix], dtype=torch.float32)
+        if self.person is not None:
+            out.update(module_tensors(self.person, prefix + "person."))
+            out[prefix + "person_weight"] = torch.tensor([self.person_weight], dtype=torch.float32)
+            out[prefix + "blend_gain"] = torch.from_numpy(self.blend_gain)
         return out
 
     def meta(self) -> dict:
-        """JSON part: the predictor's architecture."""
+        """JSON part: the predictors' architectures."""
         from dataclasses import asdict
 
-        return {"predictor": asdict(self.predictor.config), "av_offset": self.av_offset}
+        out = {"predictor": asdict(self.predictor.config), "av_offset": self.av_offset}
+        if self.person is not None:
+            out["person"] = asdict(self.person.config)
+        return out
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor], meta: dict, prefix: str = "drive.") -> MouthDrive:
@@ -286,11 +334,19 @@ class MouthDrive:
         model.load_state_dict(prefixed(t, prefix + "predictor."))
         model.eval()
         readout = t.get(prefix + "readout")
-        return cls(model, t[prefix + "gain"].numpy(),
-                   MouthCodeStats(t[prefix + "code_mean"].numpy(), t[prefix + "code_std"].numpy()),
-                   int(t[prefix + "av_offset"][0]),
-                   None if readout is None else readout.numpy(),
-                   float(t[prefix + "readout_mix"][0]) if readout is not None else 0.0)
+        drive = cls(model, t[prefix + "gain"].numpy(),
+                    MouthCodeStats(t[prefix + "code_mean"].numpy(), t[prefix + "code_std"].numpy()),
+                    int(t[prefix + "av_offset"][0]),
+                    None if readout is None else readout.numpy(),
+                    float(t[prefix + "readout_mix"][0]) if readout is not None else 0.0)
+        if "person" in meta:   # avatars made before the person's own model have none
+            person = MouthPredictor(MouthPredictorConfig(**meta["person"]))
+            person.load_state_dict(prefixed(t, prefix + "person."))
+            person.eval()
+            drive.person = person
+            drive.person_weight = float(t[prefix + "person_weight"][0])
+            drive.blend_gain = t[prefix + "blend_gain"].numpy()
+        return drive
 
 
 def measure_av_offset(points3d: np.ndarray, audio: np.ndarray, valid: np.ndarray | None = None,

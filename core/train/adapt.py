@@ -35,10 +35,11 @@ from core.errors import InputError
 from core.data.mouth_code import MOUTH_CODE_DIM
 from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig
 from core.model.head import Identity, UMF, mouth_dilation
-from core.model.mouth_drive import MouthDrive, ReadoutConfig
+from core.model.mouth_drive import ReadoutConfig
 from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
+from core.train.person_mouth import PersonMouthConfig, fit_drive
 from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
                          mouth_step)
 
@@ -85,6 +86,11 @@ class AdaptConfig:
             drive (:class:`core.model.mouth_drive.ReadoutConfig`): its weight against the
             speaker-independent prior's last layer (0 = the prior alone) and the ridge
             penalty pulling it toward the prior's.
+        person_weight, person_steps: the person's own audio-to-mouth model
+            (:class:`core.train.person_mouth.PersonMouthConfig`), trained from scratch on
+            the training frames and blended with the prior's prediction: its weight in the
+            blend (0 = not trained; 1 = it alone, the drive of an avatar with nothing
+            pre-trained) and its optimiser steps.
         edge_weight: weight of the L1 term over the head's edge band (4 px either side of
             the recorded boundary at 256 px) in the face and fuse stages, where halos and
             hair-edge errors show.
@@ -112,17 +118,25 @@ class AdaptConfig:
     av_offset: str = "recording"
     readout_mix: float = 1.0
     readout_penalty: float = 300.0
+    person_weight: float = 0.5
+    person_steps: int = 300
     edge_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
             raise ValueError(f"av_offset must be one of {AV_OFFSET_SOURCES}, got {self.av_offset!r}")
         self.readout  # validates the read-out settings
+        self.person  # and the person model's
 
     @property
     def readout(self) -> ReadoutConfig:
         """The drive's person-specific read-out settings."""
         return ReadoutConfig(mix=self.readout_mix, penalty=self.readout_penalty)
+
+    @property
+    def person(self) -> PersonMouthConfig:
+        """The drive's person-model settings."""
+        return PersonMouthConfig(weight=self.person_weight, steps=self.person_steps)
 
     @property
     def total_steps(self) -> int:
@@ -134,7 +148,8 @@ class AdaptConfig:
 PRESETS: dict[str, AdaptConfig] = {
     "gpu": AdaptConfig(res=512, face_steps=10000, mouth_steps=10000, fuse_steps=2000, ckpt_every=1000),
     "cpu": AdaptConfig(),
-    "tiny": AdaptConfig(res=96, face_steps=40, mouth_steps=20, fuse_steps=10, ckpt_every=20),
+    "tiny": AdaptConfig(res=96, face_steps=40, mouth_steps=20, fuse_steps=10, ckpt_every=20,
+                        person_steps=40),
 }
 
 
@@ -299,8 +314,8 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         say("mouth code: fitting the audio-to-mouth drive")
         a = pclip.arrays
         known = pclip.av_offset if cfg.av_offset == "recording" else None
-        drive = MouthDrive.fit(a["points3d"].numpy(), a["audio"].numpy(), n_train,
-                               a["valid"].numpy(), av_offset=known, readout=cfg.readout)
+        drive = fit_drive(a["points3d"].numpy(), a["audio"].numpy(), n_train, a["valid"].numpy(),
+                          av_offset=known, readout=cfg.readout, person=cfg.person, seed=cfg.seed)
         where = "measured in preprocessing" if known is not None else "from the training frames"
         say(f"audio-video offset of the clip: {drive.av_offset:+d} frames ({where})")
     frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, fit_frames=n_train,
