@@ -89,13 +89,12 @@ def score_clip(clip_dir: Path, predictor, gain: np.ndarray, train_seconds: float
         p, t = pred[ok, 0], tracked[ok, 0]
         row[setting_name(mix, penalty)] = {"r": round(pearson(p, t), 3),
                                            "spread": round(float(p.std() / max(t.std(), 1e-9)), 2)}
-    person = None
+    with_readout = replace(base)     # the default read-out and one person model per clip,
+    with_readout.personalise(train_code, train_steps, valid[:n], ReadoutConfig())  # every weight
+    person = train_person_model(with_readout, train_code, train_steps, valid[:n],
+                                PersonMouthConfig(), seed)
     for w in PERSON_WEIGHTS:
-        drive = replace(base)
-        drive.personalise(train_code, train_steps, valid[:n], ReadoutConfig())
-        if person is None:   # one model per clip, the same for every weight
-            person = train_person_model(drive, train_code, train_steps, valid[:n],
-                                        PersonMouthConfig(weight=w), seed)
+        drive = replace(with_readout)
         drive.set_person(person, w, train_steps, n)
         pred = drive.codes(test_steps, m).numpy()[aligned]
         p, t = pred[ok, 0], tracked[ok, 0]

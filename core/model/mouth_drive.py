@@ -184,8 +184,10 @@ class MouthDrive:
     @classmethod
     def fit(cls, points3d: np.ndarray, audio: np.ndarray, n_train: int, valid: np.ndarray | None = None,
             predictor: MouthPredictor | None = None, gain: np.ndarray | None = None,
-            av_offset: int | None = None, readout: ReadoutConfig | None = None) -> MouthDrive:
-        """Fit the per-person parts on the first ``n_train`` frames of a clip.
+            av_offset: int | None = None) -> MouthDrive:
+        """Fit the person's code statistics and the recording's offset on the first
+        ``n_train`` frames of a clip (the read-out and the person's own model are added by
+        :func:`core.train.person_mouth.fit_drive`).
 
         Args:
             points3d: (T, 478, 3) tracked FaceMesh points (only ``[:n_train]`` is read).
@@ -196,8 +198,6 @@ class MouthDrive:
             av_offset: the recording's audio-video offset when it is already known (the
                 processed clip's manifest, :func:`measure_av_offset`); None measures it on
                 the training frames.
-            readout: fit the person-specific read-out on the training frames (None: the
-                prior's last layer alone).
         """
         if predictor is None:
             predictor, meta = load_predictor()
@@ -212,9 +212,6 @@ class MouthDrive:
             drive.av_offset = int(av_offset)
         else:
             drive.av_offset = drive.measure_offset(tracked, audio, ok).frames
-        if readout is not None and readout.mix > 0:
-            steps = audio_front_end(audio[:n_train * SAMPLES_PER_FRAME], predictor.config.inputs)
-            drive.personalise(tracked, steps, ok, readout)
         return drive
 
     @torch.no_grad()
@@ -263,13 +260,17 @@ class MouthDrive:
     @torch.no_grad()
     def codes(self, steps: Tensor, num_frames: int) -> Tensor:
         """:meth:`predicted` from the audio's (S, D) front-end steps, already computed."""
-        prior = self.prior_codes(steps, num_frames)
         if self.person is None or self.person_weight <= 0:
-            return prior
-        w = self.person_weight
-        own = to_frames(self.person(steps[None].float())[0], num_frames)
-        blend = (1 - w) * prior + w * own
+            return self.prior_codes(steps, num_frames)
+        _, _, blend = self._blend(steps, num_frames)
         return blend if self.blend_gain is None else blend * torch.from_numpy(self.blend_gain)
+
+    def _blend(self, steps: Tensor, num_frames: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(prior, own, blend) codes, each (num_frames, 4), the blend not yet rescaled."""
+        w = self.person_weight
+        prior = self.prior_codes(steps, num_frames)
+        own = to_frames(self.person(steps[None].float())[0], num_frames)
+        return prior, own, (1 - w) * prior + w * own
 
     @torch.no_grad()
     def prior_codes(self, steps: Tensor, num_frames: int) -> Tensor:
@@ -293,9 +294,7 @@ class MouthDrive:
             raise ValueError(f"person weight must be in [0, 1], got {weight}")
         model.eval()
         self.person, self.person_weight = model, float(weight)
-        prior = self.prior_codes(steps, num_frames)
-        own = to_frames(model(steps[None].float())[0], num_frames)
-        blend = (1 - weight) * prior + weight * own
+        prior, own, blend = self._blend(steps, num_frames)
         want = (1 - weight) * prior.std(0) + weight * own.std(0)
         self.blend_gain = (want / blend.std(0).clamp(min=1e-6)).numpy().astype(np.float32)
 

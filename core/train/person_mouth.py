@@ -4,8 +4,9 @@ An avatar's :class:`core.model.mouth_drive.MouthDrive` predicts its mouth code f
 :func:`fit_drive` builds it from the avatar's training frames in one place (adaptation and
 the benchmark's held-out curve call it with the same settings, so both see the same drive):
 
-1. the shipped audio-to-mouth prior, the person's code statistics, the recording's
-   audio-video offset and the person-specific read-out (:meth:`MouthDrive.fit`);
+1. the shipped audio-to-mouth prior, the person's code statistics and the recording's
+   audio-video offset (:meth:`MouthDrive.fit`), then the person-specific read-out
+   (:meth:`MouthDrive.personalise`);
 2. the person's own model (:class:`PersonMouthConfig`): a predictor of the prior's
    architecture trained *from scratch* on the training frames alone (their audio re-timed
    by the offset, their tracked code as the target; the prior's training recipe,
@@ -87,14 +88,21 @@ def fit_drive(points3d: np.ndarray, audio: np.ndarray, n_train: int, valid: np.n
               av_offset: int | None, readout: ReadoutConfig | None,
               person: PersonMouthConfig | None, seed: int = 0) -> MouthDrive:
     """An avatar's mouth drive from its first ``n_train`` frames: :meth:`MouthDrive.fit`
-    (arguments as there), then the person's own model when ``person`` has a weight > 0."""
-    drive = MouthDrive.fit(points3d, audio, n_train, valid, av_offset=av_offset, readout=readout)
-    if person is None or person.weight <= 0:
+    (arguments as there), then the person-specific read-out when ``readout`` has a mix > 0
+    (None: the prior's last layer alone) and the person's own model when ``person`` has a
+    weight > 0. The training audio goes through the front end once, for both."""
+    drive = MouthDrive.fit(points3d, audio, n_train, valid, av_offset=av_offset)
+    use_readout = readout is not None and readout.mix > 0
+    use_person = person is not None and person.weight > 0
+    if not (use_readout or use_person):
         return drive
     tracked = drive.tracked(points3d[:n_train]).numpy()
     steps = audio_front_end(audio[:n_train * SAMPLES_PER_FRAME], drive.predictor.config.inputs)
-    model = train_person_model(drive, tracked, steps, valid, person, seed)
-    drive.set_person(model, person.weight, steps, n_train)
+    if use_readout:
+        drive.personalise(tracked, steps, valid, readout)
+    if use_person:
+        model = train_person_model(drive, tracked, steps, valid, person, seed)
+        drive.set_person(model, person.weight, steps, n_train)
     return drive
 
 
