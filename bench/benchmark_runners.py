@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from eval.benchmark import BenchmarkConfig, prepare_clip, run_benchmark
-from eval.ray_executor import RayOptions, init_ray
+from eval.bench.ray_executor import RayOptions, init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = (ROOT / ".." / "shared" / "data" / "clips").resolve()

@@ -5,10 +5,11 @@ controls, on the held-out protocol of METHOD.md section 8.
 [--prior NAME|PATH|none] [--jobs N | --ray [ADDRESS]] [--out runs/benchmark] [--rescore] [--quick]
 [--adapt-set KEY=VALUE ...]``
 
-One *cell* = (clip, method, training seconds), computed by :func:`eval.cells.run_cell`
-(layout of ``--out`` in :mod:`eval.cells`); methods and controls in :mod:`eval.methods`;
-scores in :mod:`eval.scoring`; tables in :mod:`eval.tables`; plots in :mod:`eval.plots`;
-side-by-side videos in :mod:`eval.videos`. This module only prepares clips, hands the
+One *cell* = (clip, method, training seconds), computed by :func:`eval.bench.cells.run_cell`
+(layout of ``--out`` in :mod:`eval.bench.cells`); methods and controls in :mod:`eval.bench.methods`;
+scores in :mod:`eval.bench.scoring`; tables in :mod:`eval.bench.tables`; plots in
+:mod:`eval.bench.plots`;
+side-by-side videos in :mod:`eval.bench.videos`. This module only prepares clips, hands the
 pending cells to an executor and writes the tables, plots and videos.
 
 Test span: the same for every training length of a clip: its last ``test_seconds`` (12 s,
@@ -16,7 +17,7 @@ quick 2 s), or all frames after the longest training part when the clip is short
 (obama_20s with 5 and 10 s training: the last 10 s). Evaluation resolution = the preset's.
 
 Executors: a function ``executor(tasks) -> iterable of (task, row)`` that runs
-:func:`eval.cells.run_cell_safe` on each task in any order (:func:`local_executor`: this
+:func:`eval.bench.cells.run_cell_safe` on each task in any order (:func:`local_executor`: this
 process, or ``--jobs N`` local processes; :func:`ray_cell_executor`: Ray tasks on a local
 instance or a cluster, ``--ray [ADDRESS]``). Cells are independent except that
 ``mean-mouth`` renders the 'instag' avatar, so cells run in two waves (everything else,
@@ -39,10 +40,10 @@ from pathlib import Path
 from core.atomic import write_text
 from core.progress import ProgressBar, ProgressFn
 from core.weights import DEFAULT_PRIOR  # used by 'instag' and 'mean-mouth' unless another is given
-from eval.cells import (BenchmarkConfig, CellTask, cell_name, finished_row, failed_row,
+from eval.bench.cells import (BenchmarkConfig, CellTask, cell_name, finished_row, failed_row,
                         run_cell, run_cell_safe, stale_reason)
-from eval.methods import ADAPTED, METHODS, check_methods
-from eval.ray_executor import RayOptions, add_ray_arguments, ray_options, run_cells_ray
+from eval.bench.methods import ADAPTED, METHODS, check_methods
+from eval.bench.ray_executor import RayOptions, add_ray_arguments, ray_options, run_cells_ray
 
 __all__ = ["METHODS", "TRAIN_SECONDS", "BenchmarkConfig", "BenchmarkResult", "Executor",
            "local_executor", "prepare_clip", "ray_cell_executor", "run_benchmark", "main"]
@@ -92,7 +93,7 @@ def local_executor(jobs: int = 1, progress: ProgressFn | None = None) -> Executo
 
 
 def ray_cell_executor(options: RayOptions, progress: ProgressFn | None = None) -> Executor:
-    """Run cells as Ray tasks (:mod:`eval.ray_executor`): the processed clip and the prior
+    """Run cells as Ray tasks (:mod:`eval.bench.ray_executor`): the processed clip and the prior
     travel through the object store, each cell runs in a private folder on its worker, and
     its avatar, curve, renders and cell file come back and are written under ``OUT`` by the
     driver (no shared filesystem). Dead workers are retried ``options.max_retries`` times;
@@ -161,8 +162,8 @@ def run_benchmark(clips: list[Path], train_seconds: list[float], methods: list[s
     Args:
         clips: raw videos or processed-clip folders.
         train_seconds: training lengths (s), e.g. [5, 10].
-        methods: subset of :data:`eval.methods.METHODS`.
-        out_dir: output root (layout in :mod:`eval.cells`).
+        methods: subset of :data:`eval.bench.methods.METHODS`.
+        out_dir: output root (layout in :mod:`eval.bench.cells`).
         prior: prior for 'instag' / 'mean-mouth': a file or a ``weights/manifest.json``
             name (default: the shipped prior); None = no prior (those cells are skipped).
         quick: CI-sized run (tiny preset, 2 s test, 128 px clips).
@@ -238,9 +239,9 @@ def write_outputs(rows: list[dict], methods: list[str], train_seconds: list[floa
                   report: ProgressFn) -> BenchmarkResult:
     """``results.md``, ``results.csv``, ``plots/*.png`` and (``cfg.videos``) the
     side-by-side videos of a run's rows."""
-    from eval.plots import metric_bars, psnr_vs_steps
-    from eval.tables import PUBLISHED_MD, results_table, write_csv
-    from eval.videos import side_by_side
+    from eval.bench.plots import metric_bars, psnr_vs_steps
+    from eval.bench.tables import PUBLISHED_MD, results_table, write_csv
+    from eval.bench.videos import side_by_side
 
     report("writing tables and plots", 0.9)
     header = (f"# Benchmark results\n\nPreset `{cfg.preset}`{' (quick)' if cfg.quick else ''}, "

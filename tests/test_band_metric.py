@@ -1,6 +1,6 @@
-"""The head-boundary band metric (eval/metrics.py) and its benchmark columns (eval/scoring.py,
-eval/tables.py): band geometry on discs of known radius, band PSNR / SSIM known answers, and
-the scores of a real preprocessed clip."""
+"""The head-boundary band metric (eval/metrics/frames.py) and its benchmark columns
+(eval/bench/scoring.py, eval/bench/tables.py): band geometry on discs of known radius, band
+PSNR / SSIM known answers, and the scores of a real preprocessed clip."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ import torch
 from core.data.dataset import ProcessedClip
 from core.data.masks import head_mask
 from core.data.preprocess import PreprocessConfig, preprocess
-from eval.metrics import (
+from eval.metrics.frames import (
     BandConfig,
     band_width,
     boundary_band,
@@ -20,8 +20,8 @@ from eval.metrics import (
     psnr,
     ssim,
 )
-from eval.scoring import Render, ScoreConfig, score_render
-from eval.tables import COLUMNS, CSV_COLUMNS
+from eval.bench.scoring import Render, ScoreConfig, score_render
+from eval.bench.tables import COLUMNS, CSV_COLUMNS
 
 
 def _disc(size: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +137,8 @@ def may_clip(clips_dir, tmp_path_factory) -> ProcessedClip:
 
 
 def test_scoring_has_band_columns_on_a_real_clip(may_clip: ProcessedClip):
-    from eval.baselines import test_audio
-    from eval.protocol import ground_truth, heldout_frames
+    from eval.bench.baselines import test_audio
+    from eval.bench.protocol import ground_truth, heldout_frames
 
     idx = torch.arange(25, 50)
     gt = ground_truth(heldout_frames(may_clip, idx, 128, 25))
@@ -171,7 +171,7 @@ def test_scoring_has_band_columns_on_a_real_clip(may_clip: ProcessedClip):
 def test_band_floor_of_a_real_clip(may_clip: ProcessedClip):
     """The recording against itself moved by a pixel: perfect nowhere, and worse in the band
     (where the edges are) than over the head; a gentle blur costs far less than the shift."""
-    from eval.band_floor import band_floor
+    from eval.studies.band_floor import band_floor
 
     r = band_floor(may_clip.root, train_seconds=1.0, num_frames=10)
     shift_head, shift_band = r["1 px right"]

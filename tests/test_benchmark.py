@@ -20,14 +20,14 @@ from core.data.preprocess import PreprocessConfig, preprocess
 from core.train.pretrain import PRESETS as PRETRAIN_PRESETS, pretrain
 from core.progress import ProgressBar
 from core.train.stages import TrainFrames
-from eval import baselines as B
-from eval import controls as C
+from eval.bench import baselines as B
+from eval.bench import controls as C
 from eval.benchmark import BenchmarkConfig, main, run_benchmark
-from eval.cells import read_render, render_path
-from eval.metrics import aperture_scores, detect
+from eval.bench.cells import read_render, render_path
+from eval.metrics.frames import aperture_scores, detect
 from core.model.mouth_drive import MouthDrive
-from eval.protocol import frame_subset, heldout_frames, render_frames
-from eval.sync import av_offset
+from eval.bench.protocol import frame_subset, heldout_frames, render_frames
+from eval.sync.syncnet import av_offset
 
 TRAIN = 3.0
 METHODS = ["instag", "scratch", "retrieval", "loop", "mean-mouth", "shifted"]
@@ -151,7 +151,7 @@ def test_rerun_does_not_recompute_and_rescore_reproduces(bench: dict) -> None:
             assert new.get(k) == old.get(k), (m, k)
         assert new["computed_at"] >= old["computed_at"]
     # an ablation (other adaptation settings) does not take these cells as its own
-    from eval.cells import CellTask, stale_reason
+    from eval.bench.cells import CellTask, stale_reason
 
     row = _row(bench, "scratch")
     same = CellTask(out / "clips" / "may_5s", "may_5s", "scratch", TRAIN, (TRAIN,), out,
@@ -350,7 +350,7 @@ def test_config_and_methods_are_checked(tmp_path: Path) -> None:
 
 
 def test_a_cell_being_adapted_elsewhere_is_left_alone(tmp_path: Path) -> None:
-    from eval.cells import ensure_avatar
+    from eval.bench.cells import ensure_avatar
 
     work = tmp_path / "avatars" / ".clip_scratch_5s.work"
     work.mkdir(parents=True)

@@ -123,6 +123,13 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "core.model": ("core.train", "core.synthesize"),
     "core.train": ("core.synthesize",),
     "core": ("eval", "demo", "bench", "tests", "app"),
+    # eval/ by concern: metrics -> sync -> bench (the benchmark's parts) -> the benchmark CLI;
+    # the studies may use all of them, nothing in eval/ uses a study.
+    "eval.metrics": ("eval.sync", "eval.bench", "eval.benchmark", "eval.studies"),
+    "eval.sync": ("eval.bench", "eval.benchmark", "eval.studies"),
+    "eval.bench": ("eval.benchmark", "eval.studies"),
+    "eval.benchmark": ("eval.studies",),
+    "eval": ("demo", "bench", "tests", "app"),
 }
 
 
@@ -134,6 +141,23 @@ def test_core_layers_import_one_way() -> None:
             if mod == pkg or mod.startswith(pkg + "."):
                 bad += [(mod, t) for t in targets if any(t == b or t.startswith(b + ".") for b in banned)]
     assert bad == []
+
+
+#: The packages of eval/, one concern each.
+EVAL_PACKAGES = ("metrics", "sync", "bench", "studies")
+
+
+def test_eval_is_split_by_concern() -> None:
+    """eval/ holds its four packages and at most six modules beside them; every eval module
+    lives in one of them or is the benchmark's entry point."""
+    top = sorted(f.name for f in (ROOT / "eval").glob("*.py"))
+    assert len(top) <= 6 and "benchmark.py" in top, top
+    for pkg in EVAL_PACKAGES:
+        assert (ROOT / "eval" / pkg / "__init__.py").is_file(), pkg
+    graph = import_graph(ROOT)
+    loose = [m for m in graph if m.startswith("eval.") and m.count(".") == 1
+             and m.split(".")[1] not in EVAL_PACKAGES]
+    assert loose == ["eval.benchmark"]
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -162,3 +186,30 @@ def test_cycle_finder_on_small_projects(tmp_path: Path, files: dict[str, str],
                                         expected: list[list[str]]) -> None:
     _write(tmp_path, files)
     assert cycles(import_graph(tmp_path)) == expected
+
+
+def _cli_modules() -> list[str]:
+    """Every eval module with a ``python -m`` entry point (``if __name__ == "__main__"``)."""
+    mods = project_modules(ROOT)
+    return sorted(m for m, f in mods.items()
+                  if m.startswith("eval.") and 'if __name__ == "__main__"' in f.read_text())
+
+
+def test_every_eval_cli_is_found() -> None:
+    assert {"eval.benchmark", "eval.sync.train_expert", "eval.studies.readout_cv",
+            "eval.studies.band_floor", "eval.studies.pose_share", "eval.studies.talk_motion",
+            "eval.studies.jawline"} <= set(_cli_modules())
+
+
+@pytest.mark.parametrize("module", _cli_modules())
+def test_eval_cli_answers_help(module: str, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m MODULE --help`` prints its usage under the name the docs use and exits 0."""
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+    assert exit_.value.code in (0, None)
+    assert f"usage: python -m {module}" in capsys.readouterr().out

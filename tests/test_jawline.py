@@ -1,4 +1,4 @@
-"""The jaw-line crop grid (eval/jawline.py) on real frames: grid size, nearest-neighbour
+"""The jaw-line crop grid (eval/studies/jawline.py) on real frames: grid size, nearest-neighbour
 zoom, frames without a face skipped and named."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core.data.media import read_clip, write_video
-from eval.jawline import (
+from eval.studies.jawline import (
     BACKGROUND,
     JawGridConfig,
     fit_scale,
@@ -94,7 +94,7 @@ def test_background_line_is_counted_only_where_it_is_drawn() -> None:
     inside the disc's lower edge fails every checked pixel it covers, the clean frame none."""
     from scipy.ndimage import distance_transform_edt
 
-    from eval.jawline import background_line_pixels
+    from eval.studies.jawline import background_line_pixels
 
     H = W = 96
     bg = np.zeros((H, W, 3))

@@ -21,7 +21,7 @@ from core.data.media import (
     read_clip,
     write_video,
 )
-from eval.metrics import psnr
+from eval.metrics.frames import psnr
 
 NTSC_AND_VFR = ["woman_11s_30fps.mp4", "man_map_6s_30fps.mp4", "woman_glasses_7s_30fps.mp4",
                 "woman_20s_512x480_30fps.mp4"]

@@ -1,4 +1,4 @@
-"""Known-answer tests of eval/metrics.py and eval/lpips_net.py."""
+"""Known-answer tests of eval/metrics/frames.py and eval/metrics/lpips_net.py."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,8 @@ from scipy.stats import norm
 
 from core.data.masks import head_mask
 from core.data.media import read_clip
-from eval.lpips_net import LPIPSAlex, LPIPSWeights, load_lpips, try_load_lpips
-from eval.metrics import (
+from eval.metrics.lpips_net import LPIPSAlex, LPIPSWeights, load_lpips, try_load_lpips
+from eval.metrics.frames import (
     EYE_CORNERS,
     FACE_IDX,
     INNER_LIP_PAIRS,
@@ -331,7 +331,7 @@ def test_pose_partialled_aperture_r_known_answers():
     follows the lips keeps it."""
     from scipy.spatial.transform import Rotation
 
-    from eval.metrics import partial_r, pose_covariates
+    from eval.metrics.frames import partial_r, pose_covariates
 
     rng = np.random.default_rng(3)
     n = 200

@@ -22,7 +22,7 @@ from core.train.pretrain import PRESETS as PRETRAIN_PRESETS
 from core.train.pretrain import pretrain
 from core.train.stages import TrainFrames
 from core.synthesize import pingpong, synthesize
-from eval.metrics import psnr
+from eval.metrics.frames import psnr
 
 TINY = replace(ADAPT_PRESETS["tiny"], seconds=3.0)
 

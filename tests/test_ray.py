@@ -1,4 +1,4 @@
-"""Benchmark cells on Ray (``eval.ray_executor``): a local Ray instance capped at 2 CPUs gives
+"""Benchmark cells on Ray (``eval.bench.ray_executor``): a local Ray instance capped at 2 CPUs gives
 the same numbers as local processes; a killed worker is retried, a cell whose worker dies on
 every attempt is recorded as failed and a re-run completes only that cell; Ctrl-C keeps the
 finished cells. Real clip: the first 5 s of may_5s, quick preset (96 px, 3 s training, 2 s
@@ -20,9 +20,9 @@ import pytest
 
 from eval import benchmark as bm
 from eval.benchmark import BenchmarkConfig, cell_name, run_benchmark, run_cell
-from eval.cells import read_render, render_path
-from eval.methods import LABELS
-from eval.ray_executor import (
+from eval.bench.cells import read_render, render_path
+from eval.bench.methods import LABELS
+from eval.bench.ray_executor import (
     RayOptions,
     _collect,
     _write_back,

@@ -1,6 +1,6 @@
 """No background-coloured line at the head boundary: a small avatar of a real clip, rendered
 over its torso plate, shows along the jaw only colours of the head or of the neck beside it
-(:func:`eval.jawline.background_line_pixels` on the recorded head and torso labels: a pixel
+(:func:`eval.studies.jawline.background_line_pixels` on the recorded head and torso labels: a pixel
 fails when it is nearer the background plate than both the head and the neck colours next
 to it, where the recording itself is not).
 """
@@ -20,7 +20,7 @@ from core.model.avatar import load_avatar
 from core.model.head import render_frame
 from core.train.adapt import PRESETS, adapt
 from core.train.stages import TrainFrames
-from eval.jawline import background_line_pixels
+from eval.studies.jawline import background_line_pixels
 
 RES = 96
 

@@ -1,4 +1,4 @@
-"""Tests of eval/sync.py: LSE definitions, SyncNet shapes on a real clip, offline offset."""
+"""Tests of eval/sync/syncnet.py: LSE definitions, SyncNet shapes on a real clip, offline offset."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,8 @@ import torch
 from core.errors import InputError
 from core.data.media import read_clip
 from core.data.landmarks import DetectConfig, detect_landmarks
-from eval.metrics import lip_aperture
-from eval.sync import (
+from eval.metrics.frames import lip_aperture
+from eval.sync.syncnet import (
     AVSyncConfig,
     SyncNet,
     audio_envelope,

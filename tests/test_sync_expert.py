@@ -1,4 +1,4 @@
-"""Tests of the landmark sync expert (eval/sync_expert.py) and its training CLI, on real clips
+"""Tests of the landmark sync expert (eval/sync/expert.py) and its training CLI, on real clips
 the shipped expert never saw in training (lieu_60s, obama_20s are evaluation clips)."""
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import eval.sync_expert as se
+import eval.sync.expert as se
 from core.errors import InputError
 from core.data.media import read_clip
 from core.data.landmarks import DetectConfig, detect_landmarks
 from core.data.pose import HeadPose, fit_head_pose
-from eval.train_sync_expert import KNOWN_OFFSETS, TrainConfig, load_clip, train
+from eval.sync.train_expert import KNOWN_OFFSETS, TrainConfig, load_clip, train
 
 FPS = 25
 #: lieu_60s's recorded offset as the weight-free lip-opening / loudness correlation
-#: (eval.sync.av_offset, no trained weights) measures it over the whole clip: +2 frames
+#: (eval.sync.syncnet.av_offset, no trained weights) measures it over the whole clip: +2 frames
 #: (r 0.31); docs/results/sync_expert.md.
 LIEU_OFFSET = 2
 
@@ -33,7 +33,7 @@ def expert() -> se.SyncExpert:
 @dataclass
 class Tracked:
     """A real clip's first frames, its audio, FaceMesh points, head pose and the
-    head-canonical landmarks (the same steps as :func:`eval.sync_expert.video_landmarks`)."""
+    head-canonical landmarks (the same steps as :func:`eval.sync.expert.video_landmarks`)."""
 
     frames: np.ndarray
     audio: np.ndarray
@@ -106,7 +106,7 @@ def test_mouth_features_are_per_clip_normalised(lieu):
 def test_refuses_missing_and_corrupt_weights(tmp_path, monkeypatch):
     with pytest.raises(InputError) as e:
         se.load_sync_expert(tmp_path / "nope.safetensors")
-    assert e.value.code == "wrong_weights" and "train_sync_expert" in str(e.value)
+    assert e.value.code == "wrong_weights" and "eval.sync.train_expert" in str(e.value)
     bad = tmp_path / "bad.safetensors"
     data = bytearray(se.DEFAULT_WEIGHTS.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte inside the tensor data

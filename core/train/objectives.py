@@ -88,7 +88,7 @@ def edge_band(mask: Tensor, res: int | None = None) -> Tensor:
     """(H, W) bool: pixels within ``EDGE_BAND_256 * res / 256`` px (at least 1; a square
     neighbourhood) of the boundary of the bool ``mask`` (H, W), on either side; outside the
     frame counts as neither, so the frame edge adds no band. ``res`` defaults to the mask
-    width. The band the benchmark scores (``eval.metrics.boundary_band``, a disc) is this
+    width. The band the benchmark scores (``eval.metrics.frames.boundary_band``, a disc) is this
     band's inscribed subset."""
     res = res or mask.shape[-1]
     b = max(1, round(EDGE_BAND_256 * res / 256))

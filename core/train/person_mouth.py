@@ -14,7 +14,7 @@ the benchmark's held-out curve call it with the same settings, so both see the s
    prediction.
 
 Why a blend: on 13 pre-training speakers scored by mouth priors that never saw them
-(``python -m eval.readout_cv``), the prior with its read-out predicts the held-out aperture
+(``python -m eval.studies.readout_cv``), the prior with its read-out predicts the held-out aperture
 with a mean r of 0.26, a model trained on the speaker's first 5 s alone 0.28, and their
 equal blend 0.31 (``docs/results/readout_cv.md``). A weight of 1 is the drive of an avatar
 with nothing pre-trained (the benchmark's "from scratch").

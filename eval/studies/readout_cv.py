@@ -1,7 +1,7 @@
 """Choosing the mouth drive's person-specific parts without the evaluation clips:
 cross-fitted priors.
 
-``python -m eval.readout_cv CLIP_DIR... --out DIR [--heldout CLIP_DIR...]``
+``python -m eval.studies.readout_cv CLIP_DIR... --out DIR [--heldout CLIP_DIR...]``
 
 The drive of :class:`core.model.mouth_drive.MouthDrive` has two person-specific parts: the
 read-out (the audio-to-mouth predictor's last layer refitted on a person's first seconds,
@@ -129,7 +129,8 @@ def table(rows: list[dict], title: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.readout_cv", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m eval.studies.readout_cv",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("clips", nargs="+", type=Path, help="pre-training processed-clip folders")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--heldout", nargs="*", type=Path, default=[],
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 held.append(row)
     best = max(summary(rows), key=lambda s: s[1])
     lines = ["# The drive's person-specific parts: settings chosen on cross-fitted priors", "",
-             f"`python -m eval.readout_cv` on {len(clips)} pre-training clips in two folds; "
+             f"`python -m eval.studies.readout_cv` on {len(clips)} pre-training clips in two folds; "
              f"{len(rows)} clips long enough to score (first {a.train_seconds:g} s fitted, the rest "
              f"held out); seed {a.seed}. Best mean aperture r: **{best[0]}** ({best[1]:.3f}).", ""]
     lines += table(rows, "Cross-fitted pre-training clips (each scored by the fold prior that never saw it)")

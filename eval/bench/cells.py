@@ -17,7 +17,7 @@ run cells: this process, local worker processes, or a cluster. Layout under ``ou
 ``cache/``                         FaceMesh landmarks of the recording and of each render.
 ``cells/{cell}.json``              the finished cell: one flat row (written atomically).
 
-Scores come from :mod:`eval.scoring` on the stored renders, so ``rescore`` recomputes every
+Scores come from :mod:`eval.bench.scoring` on the stored renders, so ``rescore`` recomputes every
 metric of a finished cell without adapting or rendering anything. Control scores are
 stored with the control's name as prefix (``shuffled_aperture_r``, ``silence_psnr_head``).
 """
@@ -41,8 +41,8 @@ import torch
 
 from core.atomic import write_bytes, write_text
 from core.progress import ProgressFn
-from eval.methods import ADAPTED, AVATAR_OF, CONTROLS, METHODS
-from eval.scoring import NA, Render, ScoreConfig, score_render
+from eval.bench.methods import ADAPTED, AVATAR_OF, CONTROLS, METHODS
+from eval.bench.scoring import NA, Render, ScoreConfig, score_render
 
 #: Version of the cell row layout; cells written by an older layout are recomputed
 #: (their avatars and up-to-date renders are reused). 3: head-boundary band PSNR / SSIM.
@@ -70,12 +70,12 @@ class BenchmarkConfig:
         clip_res: preprocessing res for raw videos; None = by preset (256 / 512 / 128).
         landmarks: compute the FaceMesh-based scores (aperture, LMD, AUE, sync).
         curve_frames: held-out frames scored per point of the PSNR-vs-steps curve (evenly
-            spaced over the cell's test span, ``eval.protocol.HeldoutCurve``).
+            spaced over the cell's test span, ``eval.bench.protocol.HeldoutCurve``).
         curve_every: a curve point every this many steps (None = 100 for 'cpu', else the
             preset's ckpt_every).
         videos: write the side-by-side videos.
         jobs: cells run in this many local processes (1 = in this process).
-        ray: an :class:`eval.ray_executor.RayOptions`: run the cells as Ray tasks instead
+        ray: an :class:`eval.bench.ray_executor.RayOptions`: run the cells as Ray tasks instead
             (None = local).
         syncnet: SyncNet weights (path / hub id / None = $INSTAG_SYNCNET_WEIGHTS or weights/).
         sync_expert: landmark sync expert weights (None = shipped).
@@ -152,7 +152,7 @@ class CellTask:
     """Everything needed to run one cell (picklable).
 
     clip_dir: processed-clip folder; stem: its name in tables; method: one of
-    :data:`eval.methods.METHODS`; seconds: training length; train_seconds: every training
+    :data:`eval.bench.methods.METHODS`; seconds: training length; train_seconds: every training
     length of the run (the shared test span follows the longest); out: output root;
     prior: prior checkpoint for 'instag' / 'mean-mouth' (None: those cells are skipped).
     """
@@ -194,7 +194,7 @@ def test_span(clip, train_seconds: tuple[float, ...] | list[float],
               test_seconds: float) -> torch.Tensor:
     """Held-out indices shared by every training length of a clip: its last
     ``test_seconds``, or all frames after the longest training part when shorter."""
-    from eval.protocol import test_indices
+    from eval.bench.protocol import test_indices
 
     return test_indices(clip, max(train_seconds), test_seconds)
 
@@ -202,7 +202,7 @@ def test_span(clip, train_seconds: tuple[float, ...] | list[float],
 # ============================================================================ adaptation
 class CurveRecorder:
     """``adapt(observe=...)`` hook: held-out PSNR of ``curve_frames`` evenly spaced test
-    frames (:class:`eval.protocol.HeldoutCurve`), persisted after every call to
+    frames (:class:`eval.bench.protocol.HeldoutCurve`), persisted after every call to
     ``curves/{cell}.json`` (``{"points": [[steps, psnr, psnr_face, psnr_head], ...],
     "observe_s": ...}``) so a resumed adaptation keeps its earlier points; ``observe_s``
     (time spent scoring) is excluded from ``adapt_minutes``. ``acfg``: the cell's
@@ -210,7 +210,7 @@ class CurveRecorder:
 
     def __init__(self, clip, seconds: float, res: int, test_seconds: float, n_frames: int,
                  path: Path, acfg=None) -> None:
-        from eval.protocol import HeldoutCurve
+        from eval.bench.protocol import HeldoutCurve
 
         self.curve = HeldoutCurve(clip, seconds, res, test_seconds, n_frames,
                                   bool(acfg and acfg.mouth_code), acfg and acfg.readout,
@@ -338,7 +338,7 @@ def landmarks(frames: np.ndarray, cache: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(cache) as z:
             if str(z["digest"]) == digest:
                 return z["points"], z["valid"]
-    from eval.metrics import detect
+    from eval.metrics.frames import detect
 
     tr = detect(frames)
     pts, valid = np.asarray(tr.points, np.float64), np.asarray(tr.valid, bool)
@@ -357,9 +357,9 @@ def _file_id(path: Path) -> str:
 def _renderers(task: CellTask, clip, test_idx: torch.Tensor, frames, n_train: int,
                avatar) -> dict[str, Any]:
     """``{render name: () -> frames}`` of a cell (name '' = the method itself)."""
-    from eval import baselines as B
-    from eval import controls as C
-    from eval.protocol import render_frames
+    from eval.bench import baselines as B
+    from eval.bench import controls as C
+    from eval.bench.protocol import render_frames
 
     m = task.method
     if m in ADAPTED:
@@ -392,8 +392,8 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
     With ``task.cfg.rescore`` nothing is adapted or rendered: the stored renders are
     scored again (missing renders are an error). Returns the cell's row.
     """
-    from eval import baselines as B
-    from eval.protocol import ground_truth, heldout_frames
+    from eval.bench import baselines as B
+    from eval.bench.protocol import ground_truth, heldout_frames
 
     t0 = time.perf_counter()
     cfg, out, name = task.cfg, Path(task.out), task.name
@@ -440,8 +440,8 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
     ref: int | None = None
     if cfg.landmarks:
         gt_pts, gt_valid = landmarks(gt.frames, out / "cache" / f"{task.stem}_test{span}_{res}px.npz")
-        from eval.scoring import filled
-        from eval.sync import av_offset
+        from eval.bench.scoring import filled
+        from eval.sync.syncnet import av_offset
 
         try:
             ref, corr = av_offset(filled(gt_pts, gt_valid), audio)
@@ -469,7 +469,7 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
         renders[ctrl] = read_render(path)
     report(f"{name}: scoring", 0.95)
     sc = cfg.score
-    from eval.metrics import pose_covariates
+    from eval.metrics.frames import pose_covariates
 
     pose = pose_covariates(frames.viewmats.double().numpy())
     if task.method in ADAPTED:

@@ -9,15 +9,15 @@ Every scorer is a function ``scorer(render, cfg) -> dict`` of flat, JSON-ready v
 :data:`SCORERS` lists them and :func:`score_render` runs them all. A metric that cannot be
 computed here is the string ``'unavailable: <reason>'`` (weights absent) or ``'n/a'`` (does
 not apply), never a guessed number. Adding a metric = one scorer function + its entry in
-:data:`SCORERS` and a column in :mod:`eval.tables`; ``python -m eval.benchmark --rescore``
+:data:`SCORERS` and a column in :mod:`eval.bench.tables`; ``python -m eval.benchmark --rescore``
 then recomputes every finished cell from its stored renders (no adaptation, no rendering).
 
-Keys (see :mod:`eval.metrics` and :mod:`eval.sync` for the definitions):
+Keys (see :mod:`eval.metrics.frames` and :mod:`eval.sync.syncnet` for the definitions):
 
 ``image_scores``      psnr, ssim (full frame: includes the recorded plate), psnr_face,
                       ssim_face, psnr_head, ssim_head (hair + face + mouth pixels),
                       psnr_band, ssim_band (pixels within 4 px at 256 px of the recorded
-                      head boundary, either side: ``eval.metrics.boundary_band``), lpips
+                      head boundary, either side: ``eval.metrics.frames.boundary_band``), lpips
 ``landmark_scores``   aperture_r, aperture_r_pose (partialled on the head pose),
                       aperture_spread, lmd_mouth, lmd_face, aue_upper,
                       aue_lower, landmark_valid (fraction of frames with a face in both)
@@ -25,7 +25,7 @@ Keys (see :mod:`eval.metrics` and :mod:`eval.sync` for the definitions):
                       (at the recording's own best offset), av_offset_err (frames)
 ``syncnet_scores``    lse_c, lse_d, syncnet_offset (SyncNet weights required)
 ``sync_expert_scores`` sync_expert_conf, sync_expert_dist, sync_expert_offset (the
-                      offline landmark sync expert, ``eval.sync_expert``, when installed)
+                      offline landmark sync expert, ``eval.sync.expert``, when installed)
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.protocol import GroundTruth
+from eval.bench.protocol import GroundTruth
 
 NA = "n/a"
 
@@ -69,7 +69,7 @@ class Render:
             (pixel and landmark comparisons do not apply).
         gt_points, gt_valid: FaceMesh of the recording (as ``points`` / ``valid``).
         ref_offset: the recording's own best weight-free sync offset (frames) or None.
-        pose: (n, 6) head pose of the frames (``eval.metrics.pose_covariates``), for the
+        pose: (n, 6) head pose of the frames (``eval.metrics.frames.pose_covariates``), for the
             pose-partialled aperture r; None = not scored.
     """
 
@@ -107,7 +107,7 @@ def image_scores(r: Render, cfg: ScoreConfig) -> dict:
             "ssim_band", "lpips")
     if r.gt is None:
         return dict.fromkeys(keys, NA)
-    from eval.metrics import boundary_band, image_metrics
+    from eval.metrics.frames import boundary_band, image_metrics
 
     im = image_metrics(r.frames, r.gt.frames, face_masks=r.gt.face, head_masks=r.gt.head,
                        band_masks=boundary_band(r.gt.head))
@@ -122,7 +122,7 @@ def landmark_scores(r: Render, cfg: ScoreConfig) -> dict:
             "aue_upper", "aue_lower")
     if r.gt is None or not cfg.landmarks or r.points is None or r.gt_points is None:
         return dict.fromkeys(keys, NA)
-    from eval.metrics import aperture_scores, landmark_metrics
+    from eval.metrics.frames import aperture_scores, landmark_metrics
 
     ok = r.valid & r.gt_valid
     if ok.sum() < 3:
@@ -138,7 +138,7 @@ def landmark_scores(r: Render, cfg: ScoreConfig) -> dict:
 
 
 def av_sync_scores(r: Render, cfg: ScoreConfig) -> dict:
-    """Weight-free sync (``eval.sync.av_sync_curve``: mouth opening vs 1-4 kHz loudness)."""
+    """Weight-free sync (``eval.sync.syncnet.av_sync_curve``: mouth opening vs 1-4 kHz loudness)."""
     out: dict[str, Any] = dict.fromkeys(("av_offset", "av_corr", "av_corr_ref",
                                          "av_offset_err"), NA)
     if not cfg.landmarks or r.points is None:
@@ -146,7 +146,7 @@ def av_sync_scores(r: Render, cfg: ScoreConfig) -> dict:
     if r.valid.mean() < 0.5:
         out["av_note"] = f"face found in {r.valid.mean():.0%} of the frames"
         return out
-    from eval.sync import av_sync_curve
+    from eval.sync.syncnet import av_sync_curve
 
     try:
         offs, corr = av_sync_curve(filled(r.points, r.valid), r.audio)
@@ -177,7 +177,7 @@ def _cached(kind: str, spec: str | None, load: Callable[[], Any]) -> tuple[Any, 
 
 def syncnet_scores(r: Render, cfg: ScoreConfig) -> dict:
     """SyncNet LSE-C / LSE-D when its weights load."""
-    from eval.sync import load_syncnet, sync_scores
+    from eval.sync.syncnet import load_syncnet, sync_scores
 
     net, reason = _cached("syncnet", cfg.syncnet, lambda: load_syncnet(cfg.syncnet))
     if net is None:
@@ -189,11 +189,11 @@ def syncnet_scores(r: Render, cfg: ScoreConfig) -> dict:
 
 
 def sync_expert_scores(r: Render, cfg: ScoreConfig) -> dict:
-    """The offline landmark sync expert (``eval.sync_expert``): LSE-style confidence
+    """The offline landmark sync expert (``eval.sync.expert``): LSE-style confidence
     (median - min distance over offsets +-15), min distance and best offset; 'unavailable'
     for a render in which FaceMesh finds no face (it scores mouths, and there is none)."""
     def load():
-        from eval.sync_expert import load_sync_expert
+        from eval.sync.expert import load_sync_expert
 
         return load_sync_expert(cfg.sync_expert)
 
@@ -202,7 +202,7 @@ def sync_expert_scores(r: Render, cfg: ScoreConfig) -> dict:
         return {"sync_expert_conf": reason, "sync_expert_dist": reason,
                 "sync_expert_offset": reason}
     from core.errors import InputError
-    from eval.sync_expert import score_video
+    from eval.sync.expert import score_video
 
     try:
         s = score_video(expert, r.frames, r.audio)

@@ -1,6 +1,6 @@
 """Zoomed crops of the jaw line and chin of rendered videos, on one grid image.
 
-``python -m eval.jawline VIDEO... --out PNG [--frames N] [--line-check CLIP_DIR]``
+``python -m eval.studies.jawline VIDEO... --out PNG [--frames N] [--line-check CLIP_DIR]``
 
 Where a rendered head meets the neck and the background, a head that is not fully opaque
 up to its edge lets the plate behind it show through: a thin line under the chin or along
@@ -122,9 +122,9 @@ def read_picked(video: Path, n: int) -> tuple[int, list[int], list[np.ndarray]]:
 def jaw_box(points: np.ndarray, width: int, height: int, pad: float):
     """End-exclusive pixel box ``(x0, y0, x1, y1)`` around the :data:`JAW_LINE` landmarks of
     one (478, 2+) FaceMesh frame, grown by ``pad`` of its size per side, clipped to the
-    image (``eval.metrics.landmark_box``)."""
+    image (``eval.metrics.frames.landmark_box``)."""
     from core.data.masks import JAW_LINE
-    from eval.metrics import landmark_box
+    from eval.metrics.frames import landmark_box
 
     return landmark_box(np.asarray(points)[list(JAW_LINE)], width, height, margin=pad)
 
@@ -330,7 +330,7 @@ def background_line_in_video(video: str | Path, bg: np.ndarray, every: int = 5
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.jawline",
+    p = argparse.ArgumentParser(prog="python -m eval.studies.jawline",
                                 description=__doc__.split("\n")[0])
     p.add_argument("videos", nargs="+", type=Path, help="rendered videos (e.g. Talk renders)")
     p.add_argument("--out", type=Path, required=True, help="the grid image (.png)")

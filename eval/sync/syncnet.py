@@ -48,7 +48,7 @@ SyncNet (LSE-C / LSE-D, METHOD.md section 8)
     ``InputError('wrong_weights')`` naming what is missing.
 
 Offline sync score (no weights, :func:`av_offset`)
-    Cross-correlation of mouth opening (:func:`eval.metrics.lip_aperture`) with the
+    Cross-correlation of mouth opening (:func:`eval.metrics.frames.lip_aperture`) with the
     audio loudness per video frame, over offsets ``-15..15`` frames. What works
     (measured on 13 real 5-20 s segments of 11 shared clips, audio shifted by +-3 / +-6
     frames: the shift is recovered exactly on 12 of 13; the miss, woman_glasses_7s,
@@ -85,7 +85,7 @@ from torch import nn
 
 from core.data.preprocess import SAMPLE_RATE, SAMPLES_PER_FRAME
 from core.errors import InputError
-from eval.metrics import lip_aperture
+from eval.metrics.frames import lip_aperture
 
 SYNCNET_FRAMES = 5        # video frames per window
 SYNCNET_MFCC_STEPS = 20   # MFCC columns per window (100 Hz, 0.2 s)
@@ -94,7 +94,7 @@ SYNCNET_SIZE = 224
 VSHIFT = 15
 SYNCNET_FILE = "syncnet_v2.model"
 ENV_SYNCNET = "INSTAG_SYNCNET_WEIGHTS"
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ============================================================================ MFCC

@@ -1,8 +1,8 @@
-"""Baselines of the benchmark, all on the held-out protocol of :mod:`eval.protocol` (train on
+"""Baselines of the benchmark, all on the held-out protocol of :mod:`eval.bench.protocol` (train on
 the first N seconds, test on the clip's last seconds).
 
 Every baseline returns ``(n_test, res, res, 3) uint8`` frames aligned with the test frames,
-so the same scorer applies to all methods (names and labels: :mod:`eval.methods`):
+so the same scorer applies to all methods (names and labels: :mod:`eval.bench.methods`):
 
 ``retrieval`` (:func:`retrieval_frames`)
     For each test frame, the training frame whose audio window is nearest: the per-frame
@@ -60,7 +60,7 @@ class RetrievalConfig:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float [0, 1] tensor -> uint8 array (the rounding of :func:`eval.protocol.ground_truth`)."""
+    """float [0, 1] tensor -> uint8 array (the rounding of :func:`eval.bench.protocol.ground_truth`)."""
     return (x * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -138,7 +138,7 @@ def retrieval_frames(clip: ProcessedClip, n_train: int, test_idx: torch.Tensor,
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Audio-nearest-frame retrieval: ``(frames (n_test, res, res, 3) uint8, retrieved
     training indices (n_test,))``. ``test``: the held-out frames at the evaluation res
-    (:func:`eval.protocol.heldout_frames`)."""
+    (:func:`eval.bench.protocol.heldout_frames`)."""
     train = training_frames(clip, n_train, test.res)
     nn_idx = retrieve_indices(audio_keys(train), audio_keys(test))
     return pasted_frames(clip, train, test_idx, test, nn_idx, cfg), nn_idx

@@ -10,15 +10,15 @@ Methods (one table row each, METHOD.md section 8 protocol):
                 measured with the shipped audio-to-mouth prior, as data preparation, the same
                 for both methods.
 ``retrieval``   per test frame, the training frame with the nearest audio window, its head
-                moved onto the test frame's plate and pose (``eval.baselines``).
+                moved onto the test frame's plate and pose (``eval.bench.baselines``).
 ``loop``        the training frames looped ping-pong, each head moved onto the test frame's
                 plate and pose like ``retrieval``: real pixels, no relation to the test audio.
 ``mean-mouth``  the ``instag`` avatar with its audio code held at the mean over its training
-                frames: the same pixels machinery with a static mouth (``eval.controls``).
+                frames: the same pixels machinery with a static mouth (``eval.bench.controls``).
 ``shifted``     the recorded test frames with the test audio 0.4 s late: a floor for the
                 audio-based sync scores only (its pixels are the ground truth).
 
-Controls of every adapted method (``eval.controls``): the same avatar, plates, poses and
+Controls of every adapted method (``eval.bench.controls``): the same avatar, plates, poses and
 expression driven by ``shuffled`` (time-shuffled audio windows) and ``silence``.
 """
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """How much of an avatar's lip score comes from the head pose rather than the audio.
 
-``python -m eval.pose_share AVATAR CLIP_DIR [--train-seconds 5]``
+``python -m eval.studies.pose_share AVATAR CLIP_DIR [--train-seconds 5]``
 
 The benchmark renders held-out frames with their recorded head pose, and some people move
 their head with their phrasing, so a mouth that never moves can still correlate with the
 recorded lip gap (the ``mean mouth`` row, the silence control). This tool re-renders the
 avatar's held-out frames (the benchmark's span) with the pose of the first held-out frame
 held for all of them, driven by the held-out audio, by that audio shuffled in time and by
-silence (:mod:`eval.controls`), and prints the aperture r of each against the recording
-(FaceMesh on both, :func:`eval.metrics.lip_aperture`), beside the same with the recorded pose.
+silence (:mod:`eval.bench.controls`), and prints the aperture r of each against the recording
+(FaceMesh on both, :func:`eval.metrics.frames.lip_aperture`), beside the same with the recorded pose.
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def pose_share(avatar_dir: Path, clip_dir: Path, train_seconds: float = 5.0) -> 
     from core.data.dataset import ProcessedClip
     from core.model.avatar import load_avatar
     from core.model.mouth_drive import pearson
-    from eval import controls as C
-    from eval.protocol import ground_truth, heldout_frames, render_frames, test_indices
-    from eval.talk_motion import aperture
+    from eval.bench import controls as C
+    from eval.bench.protocol import ground_truth, heldout_frames, render_frames, test_indices
+    from eval.studies.talk_motion import aperture
 
     clip = ProcessedClip.load(clip_dir)
     av = load_avatar(avatar_dir)
@@ -57,7 +57,8 @@ def pose_share(avatar_dir: Path, clip_dir: Path, train_seconds: float = 5.0) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.pose_share", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m eval.studies.pose_share",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("avatar", type=Path, help="adapted avatar folder")
     ap.add_argument("clip", type=Path, help="its processed clip folder")
     ap.add_argument("--train-seconds", type=float, default=5.0)

@@ -21,7 +21,7 @@ Image metrics (frames ``(H, W, 3)`` uint8 RGB, or float in [0, 1]):
     reference settings; :class:`SSIMConfig`). Head and band region: the mean of the SSIM
     map (:func:`ssim_map`) over the mask's pixels. Face region: SSIM of the bounding-box
     crop of the face mask.
-  * LPIPS (AlexNet, v0.1) through :mod:`eval.lpips_net`; when its weights are absent
+  * LPIPS (AlexNet, v0.1) through :mod:`eval.metrics.lpips_net`; when its weights are absent
     the result is a :class:`MetricUnavailable` string, never a number.
 
 Landmark metrics (FaceMesh, :func:`core.data.landmarks.detect_landmarks` on both clips):
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.data.masks import INNER_LIPS, OUTER_LIPS, Label
-from eval.lpips_net import LPIPSAlex, LPIPSWeights, try_load_lpips
+from eval.metrics.lpips_net import LPIPSAlex, LPIPSWeights, try_load_lpips
 
 #: Mouth landmark subset of LMD: outer then inner lip contour, 40 FaceMesh indices.
 MOUTH_IDX: tuple[int, ...] = tuple(OUTER_LIPS) + tuple(INNER_LIPS)

@@ -48,7 +48,7 @@ ALEX_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
 LPIPS_LINEAR_SUBPATH = ("weights", "v0.1", "alex.pth")
 ENV_BACKBONE = "INSTAG_LPIPS_BACKBONE"
 ENV_LINEAR = "INSTAG_LPIPS_LINEAR"
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 class LPIPSAlex(nn.Module):

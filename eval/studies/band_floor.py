@@ -1,8 +1,8 @@
 """What the boundary band costs a near-perfect renderer: the recording against itself.
 
-``python -m eval.band_floor CLIP_DIR... [--train-seconds 5] [--frames 60]``
+``python -m eval.studies.band_floor CLIP_DIR... [--train-seconds 5] [--frames 60]``
 
-Band PSNR (:func:`eval.metrics.boundary_band`) scores the pixels a few pixels either side of
+Band PSNR (:func:`eval.metrics.frames.boundary_band`) scores the pixels a few pixels either side of
 the recorded head boundary, where a clip's edges are sharpest (hair against a wall). Any
 renderer with sub-pixel blur or misalignment there loses more in the band than over the
 head. This tool measures how much on each clip, with no model at all: the recorded
@@ -34,8 +34,8 @@ def band_floor(clip_dir: Path, train_seconds: float = 5.0, num_frames: int = 60)
 
     from core.data.dataset import ProcessedClip
     from core.data.masks import head_mask
-    from eval.metrics import boundary_band, psnr
-    from eval.protocol import test_indices
+    from eval.metrics.frames import boundary_band, psnr
+    from eval.bench.protocol import test_indices
 
     clip = ProcessedClip.load(clip_dir)
     idx = test_indices(clip, train_seconds)
@@ -55,7 +55,8 @@ def band_floor(clip_dir: Path, train_seconds: float = 5.0, num_frames: int = 60)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.band_floor", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m eval.studies.band_floor",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("clips", nargs="+", type=Path, help="processed-clip folders")
     ap.add_argument("--train-seconds", type=float, default=5.0)
     ap.add_argument("--frames", type=int, default=60, help="held-out frames used per clip")

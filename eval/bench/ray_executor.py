@@ -58,7 +58,7 @@ from core.progress import ProgressFn, format_seconds
 
 T = TypeVar("T")
 #: The project folder: shipped to a remote cluster as the workers' working directory.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Never shipped with the code (outputs, caches, VCS).
 CODE_EXCLUDES = [".git", "runs", "out", "tmp", "**/__pycache__", "**/*.mp4", ".pytest_cache"]
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.cells import BenchmarkConfig, cell_name, load_clip, read_render, render_path, test_span
-from eval.methods import LABELS, MARKS, RENDERED
+from eval.bench.cells import (BenchmarkConfig, cell_name, load_clip, read_render, render_path,
+                              test_span)
+from eval.bench.methods import LABELS, MARKS, RENDERED
 
 
 def _label(frame: np.ndarray, text: str) -> np.ndarray:
@@ -32,8 +33,8 @@ def side_by_side(out: Path, clip_dir: Path, stem: str, seconds: float, methods: 
     marked, with the test audio. Skipped when up to date; None when nothing was rendered."""
     from core.data.media import write_video
     from core.synthesize import AI_STATEMENT, draw_mark
-    from eval import baselines as B
-    from eval.protocol import ground_truth, heldout_frames
+    from eval.bench import baselines as B
+    from eval.bench.protocol import ground_truth, heldout_frames
 
     renders = [(m, render_path(out, cell_name(stem, m, seconds))) for m in methods
                if m in RENDERED]

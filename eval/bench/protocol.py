@@ -7,7 +7,7 @@ The avatar meets the held-out frames as it would meet new speech: their expressi
 are normalised with the training frames' statistics and their audio is featurised from
 the test span alone (:func:`heldout_frames`). :func:`render_heldout` renders them with an
 avatar's model; :func:`ground_truth` gives the recorded frames and region masks that
-:mod:`eval.scoring` compares them with.
+:mod:`eval.bench.scoring` compares them with.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class GroundTruth:
 def ground_truth(frames: TrainFrames) -> GroundTruth:
     """The recorded frames of ``frames`` (uint8, the rounding every render uses) and masks."""
     from core.data.masks import head_mask
-    from eval.metrics import face_mask
+    from eval.metrics.frames import face_mask
 
     lab = frames.labels.numpy()
     return GroundTruth(frames=(frames.images * 255.0).round().to(torch.uint8).numpy(),
@@ -130,7 +130,7 @@ class HeldoutCurve:
 
     @torch.no_grad()
     def __call__(self, steps: int, umf, ident) -> None:
-        from eval.metrics import psnr
+        from eval.metrics.frames import psnr
 
         pred = render_frames(umf, ident, self.frames)
         g = self.gt

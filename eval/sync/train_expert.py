@@ -1,6 +1,6 @@
-"""Train and validate the offline landmark sync expert (:mod:`eval.sync_expert`).
+"""Train and validate the offline landmark sync expert (:mod:`eval.sync.expert`).
 
-``python -m eval.train_sync_expert train CLIP_DIRS... --out weights/sync_expert.safetensors
+``python -m eval.sync.train_expert train CLIP_DIRS... --out weights/sync_expert.safetensors
 [--resume] [--seed 0] [--steps N]``
     Contrastive training on processed-clip folders (``python -m core.preprocess``; only
     ``manifest.json`` and ``arrays.safetensors`` are read). Clips whose source is one of
@@ -28,9 +28,9 @@
     ``.<out name>.work/state.safetensors`` beside the output every ``checkpoint_every``
     steps; ``--resume`` continues it and gives the same weights as an uninterrupted run.
 
-``python -m eval.train_sync_expert validate CLIP_DIRS... [--weights W] [--table MD]``
+``python -m eval.sync.train_expert validate CLIP_DIRS... [--weights W] [--table MD]``
     Scores held-out processed clips: best offset vs the reference offset (known, else the
-    weight-free estimate of ``eval.sync.av_offset``), sync at that
+    weight-free estimate of ``eval.sync.syncnet.av_offset``), sync at that
     alignment vs audio shifted by +-5 and +-10 frames, per-5-s-segment offset hits, and
     mismatched pairs (one clip's mouth with another clip's audio); prints the markdown
     table (and writes it to ``--table``).
@@ -52,7 +52,7 @@ from torch import Tensor
 
 from core.errors import InputError
 from core.progress import ProgressFn, format_seconds
-from eval.sync_expert import (
+from eval.sync.expert import (
     MAX_OFFSET,
     SyncExpert,
     SyncExpertConfig,
@@ -157,7 +157,7 @@ def load_clip(folder: str | Path, cfg: SyncExpertConfig | None = None) -> ClipDa
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from eval.sync_expert import SYNC_POINTS
+    from eval.sync.expert import SYNC_POINTS
 
     cfg = cfg or SyncExpertConfig()
     root = Path(folder)
@@ -480,7 +480,7 @@ class ClipValidation:
 
     ``reference``: the offset the expert should find: the known one (``source`` 'known')
     or, when the recording's offset is not known, the weight-free estimate of
-    :func:`eval.sync.av_offset` (``source`` 'weight-free'), which does not use the expert.
+    :func:`eval.sync.syncnet.av_offset` (``source`` 'weight-free'), which does not use the expert.
     """
 
     name: str
@@ -504,7 +504,7 @@ def validate_clip(net: SyncExpert, clip: ClipData, known: int | None,
     else the weight-free estimate) then shifted by each of ``shifts`` frames (distance and
     confidence at offset 0, best offset); and every ``segment_s`` segment's best offset
     against the reference."""
-    from eval.sync import av_offset
+    from eval.sync.syncnet import av_offset
 
     T = clip.num_frames
     s = score_features(net, clip.feats.numpy(), clip.mel.numpy())
@@ -584,11 +584,11 @@ def validation_report(net: SyncExpert, clips: list[ClipData], clip_dirs: list[st
     """The whole ``docs/results/sync_expert.md``: what is measured, how to regenerate it,
     and :func:`validation_table`."""
     trained = ", ".join(sorted(net.meta.get("clips", {}))) or "unknown"
-    cmd = "python -m eval.train_sync_expert validate " + " ".join(
+    cmd = "python -m eval.sync.train_expert validate " + " ".join(
         f"runs/clips/{Path(d).name}" for d in clip_dirs) + " --table docs/results/sync_expert.md"
     return f"""# Landmark sync expert: validation on held-out clips
 
-The offline sync expert (`eval/sync_expert.py`, shipped weights
+The offline sync expert (`eval/sync/expert.py`, shipped weights
 `weights/sync_expert.safetensors`) scored on clips it never saw in training. Regenerate with
 (processed clips made by `python -m core.preprocess CLIP --out runs/clips/NAME --res 256`):
 
@@ -596,12 +596,12 @@ The offline sync expert (`eval/sync_expert.py`, shipped weights
 OMP_NUM_THREADS=1 {cmd}
 ```
 
-Definitions (`eval/sync_expert.py`): for every offset `d` in -15..15 frames, the mean over
+Definitions (`eval/sync/expert.py`): for every offset `d` in -15..15 frames, the mean over
 5-frame windows of the distance between the mouth embedding at `t` and the audio embedding
 at `t + d`; **LSE-C** = median - min over offsets, **LSE-D** = min, **best offset** = argmin
 (positive = audio late). *Confidence at offset 0* = median - distance at `d = 0` (the
 audio as given). *Weight-free offset*: the lip-opening / loudness cross-correlation of
-`eval.sync.av_offset`, which uses no trained weights, with its correlation r. *Reference
+`eval.sync.syncnet.av_offset`, which uses no trained weights, with its correlation r. *Reference
 offset*: the offset the expert should find: the known lag of the recording where it is
 known (obama_20s: audio about 6 frames late), else the weight-free offset (the other
 clips' true offsets are not known; the weight-free estimate is independent of the
@@ -627,7 +627,7 @@ class _LineProgress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.train_sync_expert",
+    p = argparse.ArgumentParser(prog="python -m eval.sync.train_expert",
                                 description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the sync expert on processed clips")

@@ -1,6 +1,6 @@
 """Benchmark tables: the markdown of ``results.md`` and the flat ``results.csv``.
 
-Rows are the cell dicts of :mod:`eval.cells`. Columns are declared once here
+Rows are the cell dicts of :mod:`eval.bench.cells`. Columns are declared once here
 (:data:`COLUMNS` for the markdown, :data:`CSV_COLUMNS` for the CSV); a column whose value
 is unavailable in every row (weights absent offline) is left out of the markdown and named
 in a note instead. Adding a metric's column = one :class:`Column` entry.
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from core.atomic import write_text
-from eval.cells import cell_name
-from eval.methods import LABELS
-from eval.scoring import NA
+from eval.bench.cells import cell_name
+from eval.bench.methods import LABELS
+from eval.bench.scoring import NA
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ recorded test frame, as the paper reports it (not comparable across methods that
 different amounts of recording). *LMD mouth*: mean lip-landmark distance after centring each
 frame (rewards an average mouth). *AV corr @real offset*: weight-free correlation of mouth
 opening with 1-4 kHz loudness at the recording's own best offset (noisy; about 0.2 is its
-noise floor). AUE and the other CSV columns are defined in `eval/scoring.py`."""
+noise floor). AUE and the other CSV columns are defined in `eval/bench/scoring.py`."""
 
 
 def _short(v: Any) -> Any:

@@ -1,10 +1,10 @@
 """How much a Talk render's mouth moves, and whether it moves with the voice.
 
-``python -m eval.talk_motion AVATAR CLIP_DIR AUDIO... --out DIR [--videos DIR]``
+``python -m eval.studies.talk_motion AVATAR CLIP_DIR AUDIO... --out DIR [--videos DIR]``
 
 For each audio file the avatar is driven (:func:`core.synthesize.synthesize`, no visible mark)
 and FaceMesh measures the rendered lip aperture per frame (the benchmark's
-:func:`eval.metrics.lip_aperture`: inner-lip gap over the eye-corner distance). The same
+:func:`eval.metrics.frames.lip_aperture`: inner-lip gap over the eye-corner distance). The same
 measure on the avatar's own recording (``CLIP_DIR``: its processed clip) gives the person's
 real range. Reported per
 audio: the rendered aperture's standard deviation over the recording's (``motion ratio``; 1 =
@@ -13,7 +13,7 @@ audio's loudness per frame (:func:`core.data.phones.loudness_bands`, overall col
 
 Writes ``DIR/talk_motion.md`` (table) and ``DIR/talk_aperture.png`` (aperture and loudness
 against time, one panel per audio). The videos go to ``--videos DIR`` when given (e.g. for
-the jaw-line crops of :mod:`eval.jawline`), else to a temporary folder that is deleted.
+the jaw-line crops of :mod:`eval.studies.jawline`), else to a temporary folder that is deleted.
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ import numpy as np
 
 
 def aperture(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(T,) lip aperture (:func:`eval.metrics.lip_aperture`) of (T, H, W, 3) uint8 frames, and
+    """(T,) lip aperture (:func:`eval.metrics.frames.lip_aperture`) of (T, H, W, 3) uint8 frames, and
     (T,) bool face found (aperture NaN where not)."""
-    from eval.metrics import detect, lip_aperture
+    from eval.metrics.frames import detect, lip_aperture
 
     t = detect(frames)
     return np.where(t.valid, lip_aperture(t.points), np.nan), t.valid
@@ -103,7 +103,8 @@ def write(out: Path, ref: dict, rows: list[dict], avatar: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.talk_motion", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m eval.studies.talk_motion",
+                                description=__doc__.split("\n")[0])
     p.add_argument("avatar", type=Path)
     p.add_argument("clip", type=Path, help="the avatar's processed clip (its own recording)")
     p.add_argument("audio", type=Path, nargs="+")

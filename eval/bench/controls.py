@@ -1,7 +1,7 @@
 """Audio-ablation controls and the static-mouth baseline: an avatar with its audio taken away.
 
 Each keeps the avatar, plates, poses and expression inputs of the held-out frames
-(:func:`eval.protocol.heldout_frames`) and changes only what the audio path receives:
+(:func:`eval.bench.protocol.heldout_frames`) and changes only what the audio path receives:
 
 ``shuffled`` (:func:`shuffled_audio`)
     The test span's per-frame audio windows permuted in time (seeded): every frame hears a

@@ -5,7 +5,7 @@ embeds a short window of mouth landmarks and the matching window of audio so tha
 pairs lie close and time-shifted pairs lie far; from it, LSE-style sync scores for any
 video with audio (recordings, renders with their own driving audio, Talk renders with new
 speech that have no ground truth). In the spirit of the landmark SyncNets of GeneFace and
-MimicTalk; our own network, features and training (``eval.train_sync_expert``).
+MimicTalk; our own network, features and training (``eval.sync.train_expert``).
 
 Inputs
     *Mouth*: :data:`SYNC_POINTS` = FaceMesh outer lip (20) + inner lip (20) + lower jaw line
@@ -39,7 +39,7 @@ vectors; for every centre ``c`` whose audio windows at all offsets lie inside th
 mean over ``c``; **distance** = ``min_d distances``; **confidence** = ``median_d distances
 - min_d distances``; **best_offset** = the argmin.
 
-Offset sign (the same as :mod:`eval.sync`): ``offset = d`` means the audio at frame time
+Offset sign (the same as :mod:`eval.sync.syncnet`): ``offset = d`` means the audio at frame time
 ``t + d`` matches the video at ``t``, i.e. **positive = audio late** (lags the video).
 An audio track delayed by ``k`` frames raises the best offset by ``k``.
 The zero point is the alignment of the training recordings (each estimated and aligned
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 STEPS_PER_FRAME = 2                     # 50 Hz audio steps
 MAX_OFFSET = 15                         # frames searched either side, as LSE
 CHECKPOINT_KIND = "sync-expert"
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "sync_expert.safetensors"
 MANIFEST_KEY = "sync_experts"
 
@@ -254,7 +254,7 @@ def load_sync_expert(path: str | Path | None = None) -> SyncExpert:
     """Load a trained sync expert (eval mode, CPU).
 
     Args:
-        path: a ``.safetensors`` file written by ``eval.train_sync_expert``; None = the
+        path: a ``.safetensors`` file written by ``eval.sync.train_expert``; None = the
             shipped ``weights/sync_expert.safetensors`` (also checked against the sha256
             in ``weights/manifest.json``).
     Raises:
@@ -265,7 +265,7 @@ def load_sync_expert(path: str | Path | None = None) -> SyncExpert:
 
     p = DEFAULT_WEIGHTS if path is None else Path(path)
     how = ("Restore it from the repository (git checkout weights/) or re-create it with "
-           "`python -m eval.train_sync_expert train` (weights/README.md has the command).")
+           "`python -m eval.sync.train_expert train` (weights/README.md has the command).")
     if not p.is_file():
         raise InputError("wrong_weights", f"Sync expert weights not found: {p}.", how)
     if path is None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.methods import LABELS
-from eval.tables import num
+from eval.bench.methods import LABELS
+from eval.bench.tables import num
 
 #: (row key, axis title, higher is better, control keys drawn as markers) of the bar plot,
 #: headline first.
