@@ -1,6 +1,7 @@
 """Shared test fixtures: the real clips and audio live in ../shared/data (never copied here)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,79 @@ def audio_dir(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def short_dir(data_dir: Path) -> Path:
     return data_dir / "short"
+
+
+# ---------------------------------------------------------------- shared per test session
+# One small processed clip, one tiny prior and one tiny avatar per session, built on first
+# use and shared by the tests that only read them (a test that changes files works on its
+# own copy or in its own tmp_path). Same settings as the modules used before sharing them.
+
+#: may_5s as the tiny avatar trains on it: the first 3 s (75 frames) at 128².
+TINY_CLIP_FRAMES, TINY_CLIP_RES = 75, 128
+#: The two other people the tiny prior is pre-trained on.
+PRIOR_PEOPLE = ("man_suit_5s", "vox_input_00010_224")
+
+
+@pytest.fixture(scope="session")
+def tiny_clips(clips_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Processed-clip folders of may_5s and the prior's two people, 75 frames at 128²."""
+    from core.data.preprocess import PreprocessConfig, preprocess
+
+    root = tmp_path_factory.mktemp("tiny_clips")
+    cfg = PreprocessConfig(res=TINY_CLIP_RES, max_frames=TINY_CLIP_FRAMES)
+    return {name: preprocess(clips_dir / f"{name}.mp4", root / name, cfg)
+            for name in ("may_5s", *PRIOR_PEOPLE)}
+
+
+@pytest.fixture(scope="session")
+def may_clip(tiny_clips: dict[str, Path]) -> Path:
+    """The session's processed may_5s (75 frames, 128²); read it, never write into it."""
+    return tiny_clips["may_5s"]
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tiny_clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prior pre-trained with the ``tiny`` preset on two people (its training state stays
+    in ``work/`` beside it)."""
+    from core.train.pretrain import PRESETS, pretrain
+
+    root = tmp_path_factory.mktemp("tiny_prior")
+    return pretrain([tiny_clips[n] for n in PRIOR_PEOPLE], root / "prior.safetensors",
+                    PRESETS["tiny"], work=root / "work")
+
+
+@pytest.fixture(scope="session")
+def tiny_avatar(may_clip: Path, tiny_prior: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """may_5s's avatar adapted from the tiny prior with the ``tiny`` preset on its first 3 s."""
+    from dataclasses import replace
+
+    from core.train.adapt import PRESETS, adapt
+
+    return adapt(may_clip, tmp_path_factory.mktemp("tiny_avatar") / "may", tiny_prior,
+                 replace(PRESETS["tiny"], seconds=3.0))
+
+
+@dataclass
+class CliRun:
+    """What a command line wrote: its output folder and what it printed (stdout)."""
+
+    out: Path
+    printed: str
+
+
+@pytest.fixture(scope="session")
+def may_cli(clips_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> CliRun:
+    """may_5s.mp4 in full through ``python -m core.preprocess`` at the CPU default 256² (the
+    README's first command); read it, never write into it."""
+    import contextlib
+    import io
+
+    from core.preprocess import main
+
+    out = tmp_path_factory.mktemp("may_cli") / "may_5s"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main([str(clips_dir / "may_5s.mp4"), "--out", str(out), "--res", "256"])
+    assert code == 0
+    return CliRun(out, buf.getvalue())

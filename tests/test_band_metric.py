@@ -4,6 +4,7 @@ PSNR / SSIM known answers, and the scores of a real preprocessed clip."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,6 @@ import torch
 
 from core.data.dataset import ProcessedClip
 from core.data.masks import head_mask
-from core.data.preprocess import PreprocessConfig, preprocess
 from eval.metrics.frames import (
     BandConfig,
     band_width,
@@ -129,11 +129,9 @@ def test_band_columns_in_the_tables():
 
 
 @pytest.fixture(scope="module")
-def may_clip(clips_dir, tmp_path_factory) -> ProcessedClip:
-    """may_5s preprocessed at 128 px, first 50 frames."""
-    out = tmp_path_factory.mktemp("band") / "may_5s"
-    preprocess(clips_dir / "may_5s.mp4", out, PreprocessConfig(res=128, max_frames=50))
-    return ProcessedClip.load(out)
+def may_clip(may_clip: Path) -> ProcessedClip:
+    """The session's may_5s (preprocessed at 128 px, first 75 frames), loaded."""
+    return ProcessedClip.load(may_clip)
 
 
 def test_scoring_has_band_columns_on_a_real_clip(may_clip: ProcessedClip):

@@ -16,8 +16,6 @@ from core.data.audio import AudioFeatureSpec
 from core.data.dataset import ProcessedClip
 from core.data.expression import L_BROW, LIP_BOTTOM, R_BROW, expression_signals
 from core.model.head import face_motion, mouth_motion, hook_from_face
-from core.data.preprocess import PreprocessConfig, preprocess
-from core.train.pretrain import PRESETS as PRETRAIN_PRESETS, pretrain
 from core.progress import ProgressBar
 from core.train.stages import TrainFrames
 from eval.bench import baselines as B
@@ -34,13 +32,9 @@ METHODS = ["instag", "scratch", "retrieval", "loop", "mean-mouth", "shifted"]
 
 
 @pytest.fixture(scope="module")
-def prior(clips_dir: Path, tmp_path_factory) -> Path:
-    """A tiny prior from two other people (about 6 s)."""
-    root = tmp_path_factory.mktemp("prior")
-    cfg = PreprocessConfig(res=128, max_frames=75)
-    clips = [preprocess(clips_dir / f"{n}.mp4", root / n, cfg)
-             for n in ("man_suit_5s", "vox_input_00010_224")]
-    return pretrain(clips, root / "prior.safetensors", PRETRAIN_PRESETS["tiny"], work=root / "work")
+def prior(tiny_prior: Path) -> Path:
+    """The session's tiny prior from two other people."""
+    return tiny_prior
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,6 @@ from core.model.avatar import load_avatar
 from core.data.dataset import ProcessedClip
 from core.errors import InputError
 from core.model.head import UMF, Identity, render_frame
-from core.data.preprocess import PreprocessConfig, preprocess
-from core.train.pretrain import PRESETS as PRETRAIN_PRESETS
-from core.train.pretrain import pretrain
 from core.train.stages import TrainFrames
 from core.synthesize import pingpong, synthesize
 from eval.metrics.frames import psnr
@@ -28,23 +25,18 @@ TINY = replace(ADAPT_PRESETS["tiny"], seconds=3.0)
 
 
 @pytest.fixture(scope="module")
-def clips(clips_dir: Path, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("clips")
-    cfg = PreprocessConfig(res=128, max_frames=75)
-    return {name: preprocess(clips_dir / f"{name}.mp4", root / name, cfg)
-            for name in ("may_5s", "man_suit_5s", "vox_input_00010_224")}
+def clips(tiny_clips: dict[str, Path]) -> dict[str, Path]:
+    return tiny_clips  # the session's: may_5s, man_suit_5s, vox_input_00010_224 (128², 75 frames)
 
 
 @pytest.fixture(scope="module")
-def prior(clips: dict[str, Path], tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("prior")
-    return pretrain([clips["man_suit_5s"], clips["vox_input_00010_224"]], root / "prior.safetensors",
-                    PRETRAIN_PRESETS["tiny"], work=root / "work")
+def prior(tiny_prior: Path) -> Path:
+    return tiny_prior  # tiny preset on man_suit_5s + vox_input_00010_224
 
 
 @pytest.fixture(scope="module")
-def avatar(clips: dict[str, Path], prior: Path, tmp_path_factory) -> Path:
-    return adapt(clips["may_5s"], tmp_path_factory.mktemp("av") / "may", prior, TINY)
+def avatar(tiny_avatar: Path) -> Path:
+    return tiny_avatar  # may_5s, tiny preset, 3 s, from the prior above
 
 
 def test_prior_holds_the_ema_weights(prior: Path) -> None:

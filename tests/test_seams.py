@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from core.data.dataset import ProcessedClip
 from core.data.masks import Label, head_mask
-from core.data.preprocess import PreprocessConfig, preprocess
 from core.model.avatar import load_avatar
 from core.model.head import render_frame
 from core.train.adapt import PRESETS, adapt
@@ -26,10 +25,9 @@ RES = 96
 
 
 @pytest.fixture(scope="module")
-def avatar(clips_dir: Path, tmp_path_factory):
+def avatar(may_clip: Path, tmp_path_factory):
     root = tmp_path_factory.mktemp("seams")
-    clip = ProcessedClip.load(preprocess(clips_dir / "may_5s.mp4", root / "may",
-                                         PreprocessConfig(res=128, max_frames=75)))
+    clip = ProcessedClip.load(may_clip)  # the session's may_5s: 128², first 75 frames
     cfg = replace(PRESETS["tiny"], res=RES, seconds=3.0, face_steps=300, mouth_steps=100,
                   fuse_steps=50)
     av = load_avatar(adapt(clip.root, root / "av", None, cfg))
