@@ -295,6 +295,30 @@ def test_the_test_span_changes_nothing_the_model_sees(clip: ProcessedClip) -> No
     assert np.abs(old_a - old_b).max() > 0.01
 
 
+def test_the_readme_quick_command_reads_back_finished_cells(bench: dict, monkeypatch,
+                                                           capsys) -> None:
+    """README's quick benchmark command, with this module's prior and output folder: every
+    cell is already there, so it recomputes nothing and prints the table and the line the
+    README shows."""
+    from tests.test_readme import commands, numbers_masked, run_module, shown_output
+
+    argv = next(c for c in commands() if c[2] == "eval.benchmark" and "--quick" in c)
+    shown_out = argv[argv.index("--out") + 1]
+    i = argv.index("--out")
+    argv = [*argv[:i], "--out", str(bench["out"]), *argv[i + 2:], "--prior", str(bench["prior"])]
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    before = {p.name: p.stat().st_mtime_ns for p in (bench["out"] / "cells").glob("*.json")}
+    with pytest.raises(SystemExit) as exit_:
+        run_module(argv, monkeypatch)
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (bench["out"] / "cells").glob("*.json")} == before
+    assert (bench["out"] / "results.md").read_text().strip() in printed
+    last = printed.strip().splitlines()[-1]
+    assert numbers_masked(last.replace(str(bench["out"]), "OUT")) == \
+        numbers_masked(shown_output("eval.benchmark").replace(shown_out, "OUT"))
+
+
 def test_instag_without_prior_is_skipped_and_the_cli_says_so(bench: dict, tmp_path: Path,
                                                                capsys) -> None:
     r = run_benchmark([bench["out"] / "clips" / "may_5s"], [TRAIN], ["instag", "loop"], tmp_path,
