@@ -1,6 +1,8 @@
 """Shared test fixtures: the real clips and audio live in ../shared/data (never copied here)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,22 @@ def short_dir(data_dir: Path) -> Path:
 # ---------------------------------------------------------------- shared per test session
 # One small processed clip, one tiny prior and one tiny avatar per session, built on first
 # use and shared by the tests that only read them (a test that changes files works on its
-# own copy or in its own tmp_path). Same settings as the modules used before sharing them.
+# own copy or in its own tmp_path; the session fails if one writes into them). Same settings
+# as the modules used before sharing them.
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Relative path -> (size, mtime in ns) of every file under ``folder``."""
+    return {str(f.relative_to(folder)): (f.stat().st_size, f.stat().st_mtime_ns)
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """Fail (at the end of the session) if a test changed a file under ``folder``."""
+    before = _snapshot(folder)
+    yield
+    assert _snapshot(folder) == before, f"a test wrote into the shared {folder}"
+
 
 #: may_5s as the tiny avatar trains on it: the first 3 s (75 frames) at 128².
 TINY_CLIP_FRAMES, TINY_CLIP_RES = 75, 128
@@ -44,14 +61,17 @@ PRIOR_PEOPLE = ("man_suit_5s", "vox_input_00010_224")
 
 
 @pytest.fixture(scope="session")
-def tiny_clips(clips_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tiny_clips(clips_dir: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """Processed-clip folders of may_5s and the prior's two people, 75 frames at 128²."""
     from core.data.preprocess import PreprocessConfig, preprocess
 
     root = tmp_path_factory.mktemp("tiny_clips")
     cfg = PreprocessConfig(res=TINY_CLIP_RES, max_frames=TINY_CLIP_FRAMES)
-    return {name: preprocess(clips_dir / f"{name}.mp4", root / name, cfg)
-            for name in ("may_5s", *PRIOR_PEOPLE)}
+    clips = {name: preprocess(clips_dir / f"{name}.mp4", root / name, cfg)
+             for name in ("may_5s", *PRIOR_PEOPLE)}
+    with _read_only(root):
+        yield clips
 
 
 @pytest.fixture(scope="session")
@@ -61,26 +81,31 @@ def may_clip(tiny_clips: dict[str, Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_prior(tiny_clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_prior(tiny_clips: dict[str, Path],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A prior pre-trained with the ``tiny`` preset on two people (its training state stays
     in ``work/`` beside it)."""
     from core.train.pretrain import PRESETS, pretrain
 
     root = tmp_path_factory.mktemp("tiny_prior")
-    return pretrain([tiny_clips[n] for n in PRIOR_PEOPLE], root / "prior.safetensors",
-                    PRESETS["tiny"], work=root / "work")
+    prior = pretrain([tiny_clips[n] for n in PRIOR_PEOPLE], root / "prior.safetensors",
+                     PRESETS["tiny"], work=root / "work")
+    with _read_only(root):
+        yield prior
 
 
 @pytest.fixture(scope="session")
 def tiny_avatar(may_clip: Path, tiny_prior: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Path:
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """may_5s's avatar adapted from the tiny prior with the ``tiny`` preset on its first 3 s."""
     from dataclasses import replace
 
     from core.train.adapt import PRESETS, adapt
 
-    return adapt(may_clip, tmp_path_factory.mktemp("tiny_avatar") / "may", tiny_prior,
-                 replace(PRESETS["tiny"], seconds=3.0))
+    out = adapt(may_clip, tmp_path_factory.mktemp("tiny_avatar") / "may", tiny_prior,
+                replace(PRESETS["tiny"], seconds=3.0))
+    with _read_only(out):
+        yield out
 
 
 @dataclass
@@ -92,10 +117,9 @@ class CliRun:
 
 
 @pytest.fixture(scope="session")
-def may_cli(clips_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> CliRun:
+def may_cli(clips_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliRun]:
     """may_5s.mp4 in full through ``python -m core.preprocess`` at the CPU default 256² (the
     README's first command); read it, never write into it."""
-    import contextlib
     import io
 
     from core.preprocess import main
@@ -105,4 +129,5 @@ def may_cli(clips_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> CliRun
     with contextlib.redirect_stdout(buf):
         code = main([str(clips_dir / "may_5s.mp4"), "--out", str(out), "--res", "256"])
     assert code == 0
-    return CliRun(out, buf.getvalue())
+    with _read_only(out):
+        yield CliRun(out, buf.getvalue())
