@@ -37,6 +37,17 @@ def processed(clips_dir: Path, tmp_path_factory) -> dict[str, ProcessedClip]:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_avatar(processed, tmp_path_factory) -> Path:
+    """An avatar adapted (tiny preset) on the first 3 s of may_5s."""
+    from dataclasses import replace
+
+    from core.train.adapt import PRESETS, adapt
+
+    return adapt(processed["may_5s"].root, tmp_path_factory.mktemp("tiny") / "av", None,
+                 replace(PRESETS["tiny"], seconds=3.0))
+
+
 def test_silence_is_rest_and_speech_is_spoken(audio_dir: Path) -> None:
     silent = phone_features(np.zeros(32000, np.float32)).numpy()
     assert silent.shape == (100, FEATURE_DIM)
@@ -299,7 +310,7 @@ def test_pose_share_holds_the_pose_and_scores_every_condition(processed, tiny_av
     """The pose-held frames are all seen from the first frame's pose; every driving
     condition of a small real avatar gets a correlation."""
     from core.train.stages import TrainFrames
-    from eval.studies.pose_share import held_pose, pose_share
+    from eval.pose_share import held_pose, pose_share
 
     clip = processed["may_5s"]
     av = tiny_avatar
