@@ -27,6 +27,8 @@ import torch
 
 from core.data.audio import AudioFeatureSpec
 from core.data.features import audio_features, feature_config, feature_spec
+from core.device import DEVICE_HELP, resolve_device
+from core.raster.render import RASTER_CHOICES, RASTER_HELP, raster_backend
 from core.model.avatar import Avatar, load_avatar
 from core.errors import InputError
 from core.model.head import FrameCond, render_frame
@@ -92,7 +94,7 @@ def render_frames(av: Avatar, feats: torch.Tensor, mark: bool = True,
                          mouth=None if mouth is None else mouth[t])
         plate = av.plates[i].float() / 255.0
         img = render_frame(av.umf, av.ident, cond, plate)
-        frame = (img * 255.0).round().to(torch.uint8).numpy()
+        frame = (img * 255.0).round().to(torch.uint8).cpu().numpy()
         if mark:
             frame = draw_mark(frame)
         if progress:
@@ -103,8 +105,13 @@ def render_frames(av: Avatar, feats: torch.Tensor, mark: bool = True,
 def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
                out: str | os.PathLike, progress: ProgressFn | None = None,
                max_seconds: float = 600.0, mark: bool = True,
-               allow_download: bool = False, duration: float | None = None) -> SynthesisResult:
+               allow_download: bool = False, duration: float | None = None,
+               device: str | torch.device | None = "auto") -> SynthesisResult:
     """Render the avatar speaking ``audio`` into an mp4 with the audio muxed in.
+
+    ``device``: where the frames render (:func:`core.device.resolve_device`); the audio
+    front end and the mouth drive run on the CPU once, their outputs move to the device once,
+    and each finished frame comes back to the CPU for encoding.
 
     ``duration``: use only the first this many seconds of the audio (e.g. a preview).
     The audio is checked against ``max_seconds`` (and core.data.media's start-offset, gap and
@@ -117,6 +124,7 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     """
     from core.data.media import DEFAULT_LIMITS, probe, read_audio, write_video
 
+    dev = resolve_device(device)
     # limits first, from the headers (nothing decoded yet), then a decode capped at them
     limits = DEFAULT_LIMITS.with_seconds(max_seconds if duration is None else math.inf)
     probe(audio, require_video=False, limits=limits)
@@ -138,6 +146,9 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     feature_spec(cfg).check_matches(spec)
     feats = audio_features(wav, T, cfg)
     mouth = av.drive.predicted(wav, T) if av.drive is not None else None
+    av = av.to(dev)
+    feats = feats.to(dev)
+    mouth = mouth.to(dev) if mouth is not None else None
     t0 = time.perf_counter()
     n_done = 0
 
@@ -163,9 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=600.0)
     p.add_argument("--no-mark", action="store_true", help="omit the visible AI-generated label "
                    "(the metadata statement stays)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
     a = p.parse_args(argv)
-    r, code = run_cli_job(
-        lambda bar: synthesize(a.avatar, a.audio, a.out, bar, a.max_seconds, mark=not a.no_mark))
+    with raster_backend(a.raster):
+        r, code = run_cli_job(
+            lambda bar: synthesize(a.avatar, a.audio, a.out, bar, a.max_seconds,
+                                   mark=not a.no_mark, device=a.device))
     if code:
         return code
     print(f"{r.path}: {r.frames} frames ({r.seconds:.2f} s of audio), rendering {r.render_fps:.1f} FPS")

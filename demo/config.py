@@ -2,8 +2,9 @@
 the adaptation presets the app offers (:func:`app_presets`)."""
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,15 +32,53 @@ def _env_bool(name: str, default: bool = False) -> bool:
 ZERO_GPU_PRESET = "zerogpu"
 #: Longest GPU slot ZeroGPU grants per call (s); visitors' daily quotas are a few minutes.
 ZERO_GPU_MAX_S = 300
+#: What the device check (``python -m bench.gpu_check`` on a GPU) measured; the app's GPU
+#: call durations are computed from it when it holds a CUDA run.
+GPU_CHECK = ROOT / "docs" / "results" / "gpu_check.json"
+#: Durations used while no GPU measurement exists (s): estimates, not measured.
+GPU_ESTIMATES = {"adapt": 120, "render": 60, "bench": 120}
+#: Margin on a measured duration: ``factor x measured + seconds``.
+GPU_MARGIN = (1.3, 15.0)
+
+
+def gpu_durations(check: Path = GPU_CHECK, max_audio_s: float = 120.0,
+                  preview_s: float = 3.0) -> tuple[dict[str, int], str]:
+    """GPU seconds to ask per call for adaptation (the ``zerogpu`` preset plus the preview),
+    one Talk render of ``max_audio_s`` and a quick benchmark, and where they come from.
+
+    From a CUDA run of the device check: adaptation = its measured ``zerogpu`` wall time
+    (setup, every step, saving) plus the preview's frames at its 512² frame rate; a render =
+    ``max_audio_s`` of frames at that rate plus the front end; the quick benchmark = one
+    tiny adaptation and renders, bounded by the adaptation's; each times
+    :data:`GPU_MARGIN`, capped at :data:`ZERO_GPU_MAX_S`. Without one:
+    :data:`GPU_ESTIMATES` and the source ``'estimate'``.
+    """
+    import json
+
+    try:
+        r = json.loads(Path(check).read_text())
+        if r.get("quick") or not str(r.get("device", "")).startswith("cuda"):
+            raise ValueError("not a GPU run")
+        fps = float(r["render"]["fps_512"])
+        adapt_s = float(r["adapt"]["wall_s"]) + preview_s * 25 / fps
+        render_s = max_audio_s * 25 / fps + float(r["render"]["front_end_s"]) * max_audio_s / 8
+    except (OSError, ValueError, KeyError, TypeError):
+        return dict(GPU_ESTIMATES), "estimate"
+    a, b = GPU_MARGIN
+
+    def margin(x: float) -> int:
+        return int(min(ZERO_GPU_MAX_S, math.ceil(a * x + b)))
+
+    return ({"adapt": margin(adapt_s), "render": margin(render_s), "bench": margin(adapt_s)},
+            f"measured on {r['devices'][-1]} ({r['created'][:10]})")
 
 
 def app_presets() -> dict[str, AdaptConfig]:
-    """``core.adapt.PRESETS`` plus :data:`ZERO_GPU_PRESET`."""
+    """The adaptation presets the app offers: ``core.adapt.PRESETS`` (which holds
+    :data:`ZERO_GPU_PRESET`)."""
     from core.train.adapt import PRESETS
 
-    short = replace(PRESETS["gpu"], face_steps=1500, mouth_steps=1000, fuse_steps=200,
-                    ckpt_every=500)
-    return {**PRESETS, ZERO_GPU_PRESET: short}
+    return dict(PRESETS)
 
 
 def on_zero_gpu() -> bool:
@@ -90,8 +129,13 @@ class AppConfig:
         sweep_minutes: how often expired data is removed.
         delete_wait_s: how long Delete waits for the avatar's running job to stop (s).
         gpu_adapt_s, gpu_render_s, gpu_bench_s: GPU seconds requested per call on ZeroGPU
-            for adaptation, one render (preview or Talk) and a quick benchmark; the largest
-            must stay within ZeroGPU's per-call maximum and a visitor's daily quota.
+            for adaptation, one render (preview or Talk) and a quick benchmark, computed by
+            :func:`gpu_durations` (from the device check's measurements where they exist);
+            the largest must stay within ZeroGPU's per-call maximum and a visitor's daily
+            quota.
+        device: where adaptation, rendering and the benchmark run (env ``INSTAG_DEVICE``:
+            ``auto``, ``cpu``, ``cuda``, ``cuda:N``); inside a ZeroGPU call ``auto`` is the
+            GPU the call was given, and results come back to the CPU.
     """
 
     data_root: Path = field(default_factory=lambda: Path.home() / ".cache" / "instag-app")
@@ -113,9 +157,10 @@ class AppConfig:
     max_avatars: int = 5
     sweep_minutes: float = 10.0
     delete_wait_s: float = 60.0
-    gpu_adapt_s: int = 120
-    gpu_render_s: int = 60
-    gpu_bench_s: int = 120
+    gpu_adapt_s: int = field(default_factory=lambda: gpu_durations()[0]["adapt"])
+    gpu_render_s: int = field(default_factory=lambda: gpu_durations()[0]["render"])
+    gpu_bench_s: int = field(default_factory=lambda: gpu_durations()[0]["bench"])
+    device: str = "auto"
 
     @classmethod
     def from_env(cls, **overrides) -> AppConfig:
@@ -141,6 +186,8 @@ class AppConfig:
         kw["expiry_hours"] = _env_float("INSTAG_EXPIRY_HOURS", cls.expiry_hours)
         kw["concurrency"] = int(_env_float("INSTAG_CONCURRENCY", cls.concurrency))
         kw["max_waiting"] = int(_env_float("INSTAG_MAX_WAITING", cls.max_waiting))
+        if env.get("INSTAG_DEVICE"):
+            kw["device"] = env["INSTAG_DEVICE"]
         kw.update(overrides)
         cfg = cls(**kw)
         cfg.validate()
@@ -157,6 +204,10 @@ class AppConfig:
             raise ValueError("concurrency and max_waiting must be >= 1 and expiry_hours > 0")
         if max(self.gpu_adapt_s, self.gpu_render_s, self.gpu_bench_s) > ZERO_GPU_MAX_S:
             raise ValueError(f"GPU durations above {ZERO_GPU_MAX_S} s are refused by ZeroGPU")
+        if self.device != "auto" and not on_zero_gpu():
+            from core.device import resolve_device
+
+            resolve_device(self.device)   # a GPU named here must exist (InputError otherwise)
 
     @property
     def expiry_s(self) -> float:

@@ -117,31 +117,38 @@ def preprocess_work(cfg: AppConfig, clip: Path, out: Path,
 
 def adapt_gpu(processed: Path, out: Path, prior: Path | None, preset: str, work: Path,
               progress: Any, t0: float, lo: float, hi: float,
-              stop: threading.Event | None) -> Path:
-    """Adapt the prior to the processed clip (the GPU part of creating an avatar)."""
+              stop: threading.Event | None, device: str = "auto") -> Path:
+    """Adapt the prior to the processed clip (the GPU part of creating an avatar) on
+    ``device``; the avatar comes back as device-free files."""
     from core.train.adapt import adapt
 
     return adapt(processed, out, prior, app_presets()[preset],
-                 progress=JobProgress(progress, t0).stage(lo, hi, "Adapting", stop), work=work)
+                 progress=JobProgress(progress, t0).stage(lo, hi, "Adapting", stop), work=work,
+                 device=device)
 
 
 def render_gpu(avatar_dir: Path, audio: Path, out: Path, max_seconds: float,
                duration: float | None, progress: Any, t0: float, lo: float, hi: float,
-               label: str, stop: threading.Event | None):
-    """Render the avatar speaking ``audio`` (core.synthesize: marked frames and metadata)."""
+               label: str, stop: threading.Event | None, device: str = "auto"):
+    """Render the avatar speaking ``audio`` (core.synthesize: marked frames and metadata) on
+    ``device``; frames come back to the CPU for encoding."""
     from core.synthesize import synthesize
 
     return synthesize(avatar_dir, audio, out, max_seconds=max_seconds, duration=duration,
-                      progress=JobProgress(progress, t0).stage(lo, hi, label, stop))
+                      progress=JobProgress(progress, t0).stage(lo, hi, label, stop),
+                      device=device)
 
 
 def bench_gpu(clips: list[Path], train: list[float], methods: list[str], out: Path,
-              prior: Path | None, progress: Any, stop: threading.Event | None):
-    """The evaluation harness in quick mode."""
+              prior: Path | None, progress: Any, stop: threading.Event | None,
+              device: str = "auto"):
+    """The evaluation harness in quick mode, on ``device``."""
     from eval.benchmark import run_benchmark
+    from eval.bench.cells import BenchmarkConfig
 
     return run_benchmark(clips, train, methods, out, prior, quick=True,
-                         progress=JobProgress(progress).stage(0.0, 1.0, "Benchmark", stop))
+                         progress=JobProgress(progress).stage(0.0, 1.0, "Benchmark", stop),
+                         config=BenchmarkConfig(quick=True, device=device))
 
 
 @dataclass
@@ -305,10 +312,10 @@ class App:
                                             jp.stage(0.0, a, "Preprocessing", stop))
                 avatar = self._adapt_gpu(processed, folder / "avatar", prior, self.cfg.preset,
                                          work / "adapt", progress, jp.t0, a, b,
-                                         self._stop_arg(stop))
+                                         self._stop_arg(stop), self.cfg.device)
                 self._render_gpu(avatar, folder / rec.clip_file, folder / "preview.mp4",
                                  self.cfg.max_clip_s, self.cfg.preview_s, progress, jp.t0, b,
-                                 1.0, "Preview", self._stop_arg(stop))
+                                 1.0, "Preview", self._stop_arg(stop), self.cfg.device)
                 shutil.rmtree(work, ignore_errors=True)
             except InputError as e:
                 self.store.abort(rec, e.code)
@@ -352,7 +359,8 @@ class App:
                 try:
                     res = self._render_gpu(folder / "avatar", Path(audio), out,
                                            self.cfg.max_audio_s, None, progress, time.time(),
-                                           0.0, 1.0, "Rendering", self._stop_arg(stop))
+                                           0.0, 1.0, "Rendering", self._stop_arg(stop),
+                                           self.cfg.device)
                     served = self.serve(res.path, folder)
                 except BaseException:
                     shutil.rmtree(out.parent, ignore_errors=True)  # no empty render folders
@@ -462,7 +470,7 @@ class App:
                 self.store.write_consent(out, self.store.owner_of(out), work_clip, path.name,
                                          consent_time, job=out.name)
             res = self._bench_gpu([work_clip], train, list(methods), out / "results", prior,
-                                  progress, self._stop_arg(stop))
+                                  progress, self._stop_arg(stop), self.cfg.device)
             work_clip.unlink(missing_ok=True)
             plots = [self.serve(Path(p), out) for p in res.plots]
             csv = self.serve(Path(res.csv_path), out)

@@ -38,6 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.atomic import write_text
+from core.device import DEVICE_HELP, resolve_device
+from core.errors import InputError
+from core.raster.render import RASTER_CHOICES, RASTER_HELP
 from core.progress import ProgressBar, ProgressFn
 from core.weights import DEFAULT_PRIOR  # used by 'instag' and 'mean-mouth' unless another is given
 from eval.bench.cells import (BenchmarkConfig, CellTask, cell_name, finished_row, failed_row,
@@ -298,18 +301,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapt-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="adaptation settings on top of the preset, for ablations "
                         "(e.g. mouth_code=false); use a separate --out per variant")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
     a = p.parse_args(argv)
     try:
         overrides = parse_settings(a.adapt_set)
     except ValueError as e:
         p.error(str(e))
+    if a.ray is None:   # a Ray cell resolves 'auto' on its own worker
+        try:
+            resolve_device(a.device)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     prior = None if str(a.prior).lower() == "none" else a.prior
     cfg = BenchmarkConfig(preset=a.preset, quick=a.quick, seed=a.seed,
                           test_seconds=a.test_seconds, curve_frames=a.curve_frames,
                           curve_every=a.curve_every, videos=not a.no_videos, jobs=a.jobs,
                           landmarks=not a.no_landmarks, syncnet=a.syncnet,
                           sync_expert=a.sync_expert, rescore=a.rescore,
-                          adapt=not a.no_adapt, ray=ray_options(a), adapt_overrides=overrides)
+                          adapt=not a.no_adapt, ray=ray_options(a), adapt_overrides=overrides,
+                          device=a.device, raster=a.raster)
     with ProgressBar() as bar:
         last = [""]
 

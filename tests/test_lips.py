@@ -310,7 +310,7 @@ def test_pose_share_holds_the_pose_and_scores_every_condition(processed, tiny_av
     """The pose-held frames are all seen from the first frame's pose; every driving
     condition of a small real avatar gets a correlation."""
     from core.train.stages import TrainFrames
-    from eval.pose_share import held_pose, pose_share
+    from eval.studies.pose_share import held_pose, pose_share
 
     clip = processed["may_5s"]
     av = tiny_avatar

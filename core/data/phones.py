@@ -120,17 +120,46 @@ def _decoder_args(lw: float, pip: float, beam: float, pbeam: float) -> dict:
                 samprate=16000, loglevel="FATAL", lm=None, dict=None)
 
 
+#: environment variable naming a folder of cached decodes (one JSON file per audio and decoder
+#: setting, keyed by their sha256): a machine without pocketsphinx (a GPU machine for the
+#: device check) reads decodes made elsewhere; unset = no cache
+PHONE_CACHE_ENV = "INSTAG_PHONE_CACHE"
+
+
 def decode_phones(audio: np.ndarray, cfg: PhoneConfig = PhoneConfig()) -> list[PhoneSegment]:
     """Allphone decoding of 16 kHz mono float audio (values in [-1, 1]) -> phone segments.
 
-    About 0.05 s of CPU per second of audio. Empty audio gives an empty list.
+    About 0.05 s of CPU per second of audio. Empty audio gives an empty list. With
+    ``$INSTAG_PHONE_CACHE`` set, a decode of the same samples and settings is read from
+    that folder, and a new one is written there.
     """
-    from pocketsphinx import Decoder
-
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
     if x.size < 160:
         return []
     pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
+    cache = os.environ.get(PHONE_CACHE_ENV)
+    if not cache:
+        return _decode(pcm, cfg)
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from core.atomic import write_text
+
+    key = hashlib.sha256(pcm + repr((cfg.lw, cfg.pip, cfg.beam, cfg.pbeam)).encode()).hexdigest()
+    f = Path(cache) / f"{key}.json"
+    if f.is_file():
+        return [PhoneSegment(p, int(s), int(e)) for p, s, e in json.loads(f.read_text())]
+    segs = _decode(pcm, cfg)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    write_text(f, json.dumps([[s.phone, s.start, s.end] for s in segs]))
+    return segs
+
+
+def _decode(pcm: bytes, cfg: PhoneConfig) -> list[PhoneSegment]:
+    """pocketsphinx allphone decoding of 16 kHz int16 mono ``pcm``."""
+    from pocketsphinx import Decoder
+
     dec = Decoder(**_decoder_args(cfg.lw, cfg.pip, cfg.beam, cfg.pbeam))
     dec.start_utt()
     dec.process_raw(pcm, full_utt=True)

@@ -56,6 +56,20 @@ class Avatar:
     def num_frames(self) -> int:
         return int(self.viewmats.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        return self.viewmats.device
+
+    def to(self, device: torch.device | str) -> "Avatar":
+        """This avatar with its model, poses, expression inputs and plates on ``device`` (in
+        place for the modules; returns self). The mouth drive stays on the CPU: it runs once
+        per utterance, before the frame loop, and its codes move to the device once."""
+        self.umf.to(device)
+        self.ident.to(device)
+        self.viewmats, self.K = self.viewmats.to(device), self.K.to(device)
+        self.expr, self.plates = self.expr.to(device), self.plates.to(device)
+        return self
+
 
 def ident_tensors(ident: Identity) -> dict[str, Tensor]:
     """Flat tensors of an identity (Gaussians any N, fields/aligners by state dict)."""

@@ -205,6 +205,7 @@ class GaussianSet(nn.Module):
         self.sh_dc = nn.Parameter(torch.zeros(n, 1, 3))
         self.sh_rest = nn.Parameter(torch.zeros(n, k - 1, 3))
         self.register_buffer("active_sh_degree", torch.zeros((), dtype=torch.long))
+        self._sh_degree = 0  # host copy of ``active_sh_degree``: read every render, never synced
 
     # -- construction -----------------------------------------------------------------------
     @torch.no_grad()
@@ -233,6 +234,7 @@ class GaussianSet(nn.Module):
                                    device=dev, dtype=dt),
         })
         self.active_sh_degree.zero_()
+        self._sh_degree = 0
         return self
 
     @torch.no_grad()
@@ -272,7 +274,7 @@ class GaussianSet(nn.Module):
     @property
     def sh_degree(self) -> int:
         """Currently active SH degree (pass as ``sh_degree`` to the rasterizer)."""
-        return int(self.active_sh_degree.item())
+        return self._sh_degree
 
     @property
     def quats(self) -> Tensor:
@@ -297,7 +299,9 @@ class GaussianSet(nn.Module):
     def update_sh_degree(self, step: int) -> int:
         """3DGS schedule: active degree = ``min(max, step // sh_increase_interval)``; returns it."""
         d = min(self.config.max_sh_degree, max(0, step) // max(1, self.config.sh_increase_interval))
-        self.active_sh_degree.fill_(d)
+        if d != self._sh_degree:
+            self.active_sh_degree.fill_(d)
+            self._sh_degree = d
         return d
 
     def activated(self, deltas: Any = None, *, d_xyz: Tensor | None = None,
@@ -362,7 +366,8 @@ class GaussianSet(nn.Module):
         dev, dt = self.means.device, self.means.dtype
         self._set_all({n: tensors[prefix + n].to(dev, dt) for n in PARAM_NAMES})
         if prefix + "active_sh_degree" in tensors:
-            self.active_sh_degree.fill_(int(tensors[prefix + "active_sh_degree"]))
+            self._sh_degree = int(tensors[prefix + "active_sh_degree"])
+            self.active_sh_degree.fill_(self._sh_degree)
         return self
 
     @classmethod
@@ -593,13 +598,15 @@ class Densifier:
                 raise ValueError("need visible or radii")
             visible = r > 0
         visible = visible.reshape(n).to(torch.bool)
-        ndc = g * g.new_tensor([width / 2.0, height / 2.0])
+        # no boolean indexing (its output size is read back from the device each step)
+        ndc = torch.stack([g[:, 0] * (width / 2.0), g[:, 1] * (height / 2.0)], -1)
         dev = self.grad_accum.device
-        self.grad_accum[visible] += ndc.norm(dim=-1)[visible].to(dev)
-        self.denom[visible] += 1
+        vis = visible.to(dev)
+        self.grad_accum += torch.where(vis, ndc.norm(dim=-1).to(dev), 0.0)
+        self.denom += vis.to(self.denom.dtype)
         if r is not None:
             frac = (r / float(max(width, height))).to(dev)
-            self.max_radii[visible] = torch.maximum(self.max_radii[visible], frac[visible])
+            self.max_radii.copy_(torch.where(vis, torch.maximum(self.max_radii, frac), self.max_radii))
 
     def mean_grad(self) -> Tensor:
         """(N,) accumulated gradient norm / number of views (0 where never visible)."""

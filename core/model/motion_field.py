@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.device import host_side
+
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
@@ -497,6 +499,7 @@ def face_mouth_hook(face_dxyz_y: Tensor, k: int) -> Tensor:
     return torch.stack([top, bot, top - bot], dim=-1) * 100.0
 
 
+@host_side
 def sample_hook_k(training: bool, generator: torch.Generator | None = None,
                   k_range: tuple[int, int] = HOOK_K_RANGE, k_eval: int = HOOK_K_EVAL) -> int:
     """The random-k rule: uniform integer in ``k_range`` (inclusive) drawn from ``generator``

@@ -20,7 +20,9 @@ faster than 2.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -30,7 +32,30 @@ from core.raster.sh import sh_to_rgb
 from core.raster.tiles import bin_gaussians
 from core.raster.torch_backend import DEFAULT_BUDGET, composite
 
-__all__ = ["RenderOutput", "rasterize"]
+__all__ = ["RenderOutput", "rasterize", "raster_backend", "RASTER_CHOICES", "RASTER_HELP"]
+
+#: what a job's ``--raster`` option takes
+RASTER_CHOICES = ("auto", "gsplat", "torch")
+RASTER_HELP = ("rasterizer: auto (gsplat's CUDA kernels for CUDA tensors, else ours), gsplat, or "
+               "torch (ours, also on CUDA)")
+
+#: the backend ``rasterize(backend=None)`` uses; set with :func:`raster_backend`
+_DEFAULT_BACKEND = "auto"
+
+
+@contextmanager
+def raster_backend(name: str) -> Iterator[None]:
+    """Within the block, ``rasterize`` calls that name no backend use ``name`` (one of
+    :data:`RASTER_CHOICES` or ``"reference"``): how a job's ``--raster`` reaches every render
+    without threading it through the model code."""
+    global _DEFAULT_BACKEND
+    if name not in RASTER_CHOICES + ("reference",):
+        raise ValueError(f"unknown backend {name!r}; one of {RASTER_CHOICES}")
+    old, _DEFAULT_BACKEND = _DEFAULT_BACKEND, name
+    try:
+        yield
+    finally:
+        _DEFAULT_BACKEND = old
 
 # Torch backend: project in float64 (O(N), cheap) and cast the screen-space results to the
 # input dtype; keeps float32 gradients of thin / near-camera Gaussians accurate.
@@ -82,7 +107,7 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
               viewmat: Tensor, K: Tensor, width: int, height: int,
               background: Tensor | None = None, sh_degree: int | None = None,
               near_plane: float = 0.01, far_plane: float = 1e10, eps2d: float = 0.3,
-              backend: str = "auto") -> RenderOutput:
+              backend: str | None = None) -> RenderOutput:
     """Render N Gaussians into one (height, width) view.
 
     Args:
@@ -97,11 +122,14 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         background: (C,) colour behind the Gaussians; None = zeros.
         near_plane, far_plane: camera-z culling range (world units).
         eps2d: screen-space blur added to the 2D covariance (pixels^2).
-        backend: "auto" (gsplat on CUDA tensors, else torch), "torch", "gsplat", "reference".
+        backend: "auto" (gsplat on CUDA tensors, else torch), "torch", "gsplat", "reference";
+            None: the one :func:`raster_backend` set (default "auto").
     Returns:
         :class:`RenderOutput`.
     """
     _check(means, quats, scales, opacities, colors, viewmat, K, sh_degree)
+    if backend is None:
+        backend = _DEFAULT_BACKEND
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "torch"
     if backend not in ("torch", "gsplat", "reference"):

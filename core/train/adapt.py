@@ -27,6 +27,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from core.device import DEVICE_HELP, gpu_memory_error, host_side, resolve_device
+from core.raster.render import RASTER_CHOICES, RASTER_HELP, raster_backend
 from core.model import checkpoint
 from core.data.audio import AudioFeatureSpec
 from core.model.avatar import ident_from_tensors, ident_tensors, save_avatar
@@ -35,7 +37,7 @@ from core.errors import InputError
 from core.data.mouth_code import MOUTH_CODE_DIM
 from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, Densifier, DensifyConfig
 from core.model.head import Identity, UMF, mouth_dilation
-from core.model.mouth_drive import ReadoutConfig
+from core.model.mouth_drive import MouthDrive, ReadoutConfig
 from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
@@ -143,10 +145,15 @@ class AdaptConfig:
         return self.face_steps + self.mouth_steps + self.fuse_steps
 
 
-#: ``gpu``: paper scale. ``cpu``: 256², a budget that finishes a 5 s clip in about 20 min on
-#: two cores (see docs/ARCHITECTURE.md for the measured step times). ``tiny``: tests.
+#: ``gpu``: paper scale. ``zerogpu``: the ``gpu`` preset (512²) cut to about an eighth of its
+#: steps, so one adaptation fits one short ZeroGPU slot (step counts not yet set from a GPU
+#: measurement: docs/results/gpu.md). ``cpu``: 256², a budget that finishes a 5 s clip in
+#: about 5 min on two cores (see docs/ARCHITECTURE.md for the measured step times).
+#: ``tiny``: tests.
 PRESETS: dict[str, AdaptConfig] = {
     "gpu": AdaptConfig(res=512, face_steps=10000, mouth_steps=10000, fuse_steps=2000, ckpt_every=1000),
+    "zerogpu": AdaptConfig(res=512, face_steps=1500, mouth_steps=1000, fuse_steps=200,
+                           ckpt_every=500),
     "cpu": AdaptConfig(),
     "tiny": AdaptConfig(res=96, face_steps=40, mouth_steps=20, fuse_steps=10, ckpt_every=20,
                         person_steps=40),
@@ -181,9 +188,11 @@ class Curriculum:
         self.mouth_w = (lips - lips.min()) + 0.1 * (lips.max() - lips.min() + 1e-6)
         self.n = frames.n
 
+    @host_side
     def _randint(self, n: int) -> int:
         return int(torch.randint(n, (1,), generator=self.gen))
 
+    @host_side
     def face(self, step: int, total: int) -> int:
         """Warm-up: closed -> open mouths (growing pool); then blinks favoured; then uniform."""
         t = step / max(1, total)
@@ -195,6 +204,7 @@ class Curriculum:
             return int(torch.multinomial(self.blink_w, 1, generator=self.gen))
         return self._randint(self.n)
 
+    @host_side
     def mouth(self) -> int:
         """Frames showing the mouth interior, favouring wider openings."""
         k = int(torch.multinomial(self.mouth_w, 1, generator=self.gen))
@@ -215,9 +225,33 @@ class AdaptState:
     losses: dict[str, float] = field(default_factory=dict)
 
 
-def _densifier(base: DensifyConfig, stage_steps: int, cfg: AdaptConfig, n: int) -> Densifier:
+def _densifier(base: DensifyConfig, stage_steps: int, cfg: AdaptConfig, n: int,
+               device: torch.device | None = None) -> Densifier:
     start = max(100, int(cfg.densify_start_frac * stage_steps))
-    return Densifier(replace(base, start_step=start), n)
+    return Densifier(replace(base, start_step=start), n, device)
+
+
+@host_side
+def coin(gen: torch.Generator, p: float) -> bool:
+    """True with probability ``1 - p`` (a draw from the host generator ``gen``)."""
+    return float(torch.rand(1, generator=gen)) >= p
+
+
+def device_generator(gen: torch.Generator, device: torch.device, seed: int) -> torch.Generator:
+    """The generator of draws made on the training device (random backgrounds): ``gen``
+    itself on the CPU (so CPU runs keep one random stream), else a generator on ``device``
+    seeded with ``seed``."""
+    if device.type == "cpu":
+        return gen
+    return torch.Generator(device).manual_seed(seed)
+
+
+def preset_name(cfg: AdaptConfig) -> str:
+    """The name of the preset ``cfg`` is (with its resolution), or 'custom settings'."""
+    for name, p in PRESETS.items():
+        if p == cfg:
+            return f"the {name} preset at {cfg.res}x{cfg.res}"
+    return f"custom settings at {cfg.res}x{cfg.res} ({cfg.total_steps} steps)"
 
 
 def load_prior(path: str | os.PathLike, spec: AudioFeatureSpec | None = None,
@@ -254,7 +288,8 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
           resume: bool = False, work: str | os.PathLike | None = None,
           log: Callable[[str], None] | None = None,
           observe: Callable[[int, UMF, Identity], None] | None = None,
-          observe_every: int = 250) -> Path:
+          observe_every: int = 250, device: str | torch.device | None = "auto",
+          drive: MouthDrive | None = None) -> Path:
     """Create an avatar folder from a clip.
 
     Args:
@@ -269,11 +304,26 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         observe: called as ``observe(steps_done, umf, ident)`` every ``observe_every``
             steps over all stages (and after the last step), e.g. to score held-out frames
             along training (the benchmark's PSNR-vs-steps curve). It must not change them.
+            The models it gets live on ``device``.
+        device: where training runs (:func:`core.device.resolve_device`: ``auto``, ``cpu``,
+            ``cuda``, ``cuda:N``). Preprocessing and the mouth drive's fit stay on the CPU;
+            the frames, plates, Gaussians, fields, optimizers and densification statistics
+            move to the device once, before the loop. The avatar on disk is device-free.
+        drive: the clip's mouth drive fitted beforehand with these settings
+            (:func:`core.train.person_mouth.fit_drive`, e.g. on a machine with the audio
+            front end, for a GPU machine without it); None: fitted here.
 
     Returns:
         The avatar folder.
+
+    Raises:
+        InputError('missing_dependency'): ``device`` names a GPU this machine lacks
+            (nothing is written).
+        InputError('too_large'): the GPU ran out of memory; the work folder's last
+            checkpoint is kept for ``resume``.
     """
     cfg = cfg or PRESETS["cpu"]
+    dev = resolve_device(device)
     out = Path(out)
     work = Path(work) if work else out.with_name(f".{out.name}.work")
     work.mkdir(parents=True, exist_ok=True)
@@ -309,8 +359,11 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         umf, prior_meta = load_prior(prior, spec, MOUTH_CODE_DIM if cfg.mouth_code else 0)
     else:
         umf, prior_meta = UMF(spec.dim, MOUTH_CODE_DIM if cfg.mouth_code else 0), None
-    drive = None
-    if umf.code_dim:
+    if not umf.code_dim:
+        drive = None
+    elif drive is not None:
+        say(f"mouth code: the drive given (audio-video offset {drive.av_offset:+d} frames)")
+    else:
         say("mouth code: fitting the audio-to-mouth drive")
         a = pclip.arrays
         known = pclip.av_offset if cfg.av_offset == "recording" else None
@@ -319,9 +372,12 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         where = "measured in preprocessing" if known is not None else "from the training frames"
         say(f"audio-video offset of the clip: {drive.av_offset:+d} frames ({where})")
     frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, fit_frames=n_train,
-                                   drive=drive)
+                                   drive=drive).to(dev)
     ident = Identity(sh_degree=cfg.sh_degree, aligners=has_prior)
     ident.init_gaussians(pclip.arrays["canonical"], gen)
+    umf.to(dev)
+    ident.to(dev)
+    dgen = device_generator(gen, dev, cfg.seed)
     state = AdaptState(umf=umf, ident=ident)
 
     ckpt = work / "adapt.safetensors"
@@ -334,10 +390,12 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             raise InputError("wrong_weights", f"{ckpt} belongs to a different run "
                              "(other clip, prior or settings).",
                              "Start again without --resume, or pass the same arguments.")
-        state.ident = ident = ident_from_tensors(t)
+        state.ident = ident = ident_from_tensors(t).to(dev)
         umf.load_state_dict(checkpoint.prefixed(t, "umf."))
         state.stage, state.step, state.losses = meta["stage"], meta["step"], meta["losses"]
         checkpoint.load_rng_tensors(gen, t)
+        if dgen is not gen and "rng.device_gen" in t:
+            dgen.set_state(t["rng.device_gen"])
         opt_state = t
         say(f"resumed at {state.stage} step {state.step}")
 
@@ -348,6 +406,8 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     def save_ckpt(opts: dict[str, torch.optim.Optimizer], d: Densifier | None) -> None:
         tensors = {**ident_tensors(ident), **checkpoint.module_tensors(umf, "umf."),
                    **checkpoint.rng_tensors(gen)}
+        if dgen is not gen:
+            tensors["rng.device_gen"] = dgen.get_state()
         for name, o in opts.items():
             tensors.update(checkpoint.optimizer_tensors(o, f"opt.{name}."))
         if d is not None:
@@ -371,7 +431,8 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             if aligner is not None:
                 opts["aligner"] = torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner_lr,
                                                     weight_decay=cfg.weight_decay)
-            d = _densifier(FACE_DENSIFY if stage == "face" else MOUTH_DENSIFY, steps, cfg, gs.num)
+            d = _densifier(FACE_DENSIFY if stage == "face" else MOUTH_DENSIFY, steps, cfg, gs.num,
+                           dev)
         else:
             opts["face"] = gaussian_optimizer(ident.face, colours_and_opacity_only=True)
             opts["mouth"] = gaussian_optimizer(ident.mouth, colours_and_opacity_only=True)
@@ -380,9 +441,9 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             for name, o in opts.items():
                 checkpoint.load_optimizer_tensors(o, opt_state, f"opt.{name}.")
             if d is not None and "dens.grad_accum" in opt_state:
-                d.grad_accum, d.denom, d.max_radii = (opt_state["dens.grad_accum"].clone(),
-                                                      opt_state["dens.denom"].clone(),
-                                                      opt_state["dens.max_radii"].clone())
+                d.grad_accum, d.denom, d.max_radii = (opt_state["dens.grad_accum"].to(dev).clone(),
+                                                      opt_state["dens.denom"].to(dev).clone(),
+                                                      opt_state["dens.max_radii"].to(dev).clone())
         opt_state = {}
         # the face branch is fixed after its stage
         for p in ident.face.parameters():
@@ -391,7 +452,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             p.requires_grad_(stage == "face")
         for p in umf.mouth.parameters():
             p.requires_grad_(stage == "mouth")
-        running = 0.0
+        running: Tensor | None = None   # smoothed loss, on the device (read when logged)
         while state.step < steps:
             s = state.step
             if stage != "fuse":
@@ -401,23 +462,28 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
                 f = umf_lr_factor(s, steps, cfg, has_prior)
                 for g in opts["umf"].param_groups:
                     g["lr"] = g["base_lr"] * f
-            bg = torch.rand(3, generator=gen)
-            tracked = drive is None or float(torch.rand(1, generator=gen)) >= cfg.predicted_code_prob
-            if stage == "face":
-                j = curriculum.face(s, steps)
-                r = face_step(umf, ident, frames, j, bg, use_aligner=aligner_on, tracked=tracked,
-                              edge_weight=cfg.edge_weight)
-            elif stage == "mouth":
-                j = curriculum.mouth()
-                k = sample_hook_k(True, gen)
-                r = mouth_step(umf, ident, frames, j, bg, k, use_aligner=aligner_on, tracked=tracked)
-            else:
-                j = curriculum.uniform()
-                r = fuse_step(umf, ident, frames, j, dilate=mouth_dilation(frames.res), tracked=tracked,
-                              edge_weight=cfg.edge_weight)
-            if not torch.isfinite(r.loss):
-                raise FloatingPointError(f"non-finite loss at {stage} step {s} (frame {j})")
-            r.loss.backward()
+            bg = torch.rand(3, generator=dgen, device=dev)
+            tracked = drive is None or coin(gen, cfg.predicted_code_prob)
+            try:
+                if stage == "face":
+                    j = curriculum.face(s, steps)
+                    r = face_step(umf, ident, frames, j, bg, use_aligner=aligner_on,
+                                  tracked=tracked, edge_weight=cfg.edge_weight)
+                elif stage == "mouth":
+                    j = curriculum.mouth()
+                    k = sample_hook_k(True, gen)
+                    r = mouth_step(umf, ident, frames, j, bg, k, use_aligner=aligner_on,
+                                   tracked=tracked)
+                else:
+                    j = curriculum.uniform()
+                    r = fuse_step(umf, ident, frames, j, dilate=mouth_dilation(frames.res),
+                                  tracked=tracked, edge_weight=cfg.edge_weight)
+                r.loss.backward()
+            except torch.OutOfMemoryError as e:
+                raise gpu_memory_error(
+                    f"adapting ({stage} step {s})", preset_name(cfg),
+                    f"The last checkpoint is kept in {work}: continue with --resume on a GPU with "
+                    "more free memory, or use --res 256 / --preset cpu.") from e
             if d is not None and r.render.means2d.grad is not None:
                 d.accumulate(r.render.means2d.grad, r.render.visible, r.render.radii,
                              frames.res, frames.res)
@@ -429,27 +495,32 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
                 o.zero_grad(set_to_none=True)
             if d is not None:
                 d.step(s, steps, gs, opts["gauss"], generator=gen)
-            running = 0.9 * running + 0.1 * r.logs["loss"] if s else r.logs["loss"]
+            loss = r.logs["loss"]
+            running = loss if running is None else 0.9 * running + 0.1 * loss
             state.step += 1
-            state.losses[stage] = running
             done = _steps_done(state, cfg)
             el = time.perf_counter() - t_start
             rate = (done - done_before) / max(el, 1e-6)
             left = (cfg.total_steps - done) / max(rate, 1e-6)
             report(f"{stage} {state.step}/{steps}, {format_seconds(left)} left", done / cfg.total_steps)
-            if state.step % 50 == 0 or state.step == steps:
-                say(f"{stage} {state.step}/{steps} loss {running:.4f} "
+            due_ckpt = state.step % cfg.ckpt_every == 0 and state.step < steps
+            if state.step % 50 == 0 or state.step == steps or due_ckpt:
+                # the one read-back of the loss: every 50 steps and before a checkpoint
+                state.losses[stage] = float(running)
+                if not math.isfinite(state.losses[stage]):
+                    raise FloatingPointError(f"non-finite loss by {stage} step {state.step}")
+                say(f"{stage} {state.step}/{steps} loss {state.losses[stage]:.4f} "
                     f"gaussians {ident.face.num}+{ident.mouth.num} {rate:.2f} steps/s")
             if observe is not None and (done % observe_every == 0 or done == cfg.total_steps):
                 with torch.no_grad():
                     observe(done, umf, ident)
-            if state.step % cfg.ckpt_every == 0 and state.step < steps:
+            if due_ckpt:
                 save_ckpt(opts, d)
         save_ckpt(opts, None)
 
     for p in ident.parameters():
         p.requires_grad_(False)
-    plates = (frames.plates * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+    plates = (frames.plates * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
     meta = {"res": frames.res, "fps": 25.0, "audio": spec.to_dict(), "run": run_meta,
             "source": pclip.manifest["source"], "losses": state.losses,
             "prior_meta": {k: prior_meta[k] for k in ("created", "identities", "steps")
@@ -478,13 +549,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="avatar folder to write")
     p.add_argument("--seconds", type=float, default=None, help="training seconds (default 5)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="gpu (paper scale) or cpu (default without CUDA)")
+                   help="gpu (paper scale; the default on a CUDA device) or cpu (the default "
+                        "on the CPU)")
     p.add_argument("--steps", type=int, nargs=3, metavar=("FACE", "MOUTH", "FUSE"), default=None)
     p.add_argument("--res", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
     a = p.parse_args(argv)
-    preset = a.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = resolve_device(a.device)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    preset = a.preset or ("gpu" if dev.type == "cuda" else "cpu")
     cfg = PRESETS[preset]
     if a.seconds is not None:
         cfg = replace(cfg, seconds=a.seconds)
@@ -495,8 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.seed is not None:
         cfg = replace(cfg, seed=a.seed)
     prior = None if a.prior.lower() == "none" else a.prior
-    out, code = run_cli_job(
-        lambda bar: adapt(a.clip, a.out, prior, cfg, bar, resume=a.resume, log=bar.write))
+    with raster_backend(a.raster):
+        out, code = run_cli_job(
+            lambda bar: adapt(a.clip, a.out, prior, cfg, bar, resume=a.resume, log=bar.write,
+                              device=dev))
     if code:
         return code
     print(f"avatar written to {out}")

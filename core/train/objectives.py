@@ -5,6 +5,7 @@ Images are (H, W, 3) float32 in [0, 1]; masks (H, W) bool.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,9 @@ LIPS_WEIGHT = 0.5        # extra photometric term on the lips box (face stage)
 EDGE_BAND_256 = 4        # head-edge band half-width in pixels at 256 px (scaled with res)
 
 
-def _gauss_window(size: int = 11, sigma: float = 1.5) -> Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+def _gauss_window(size: int = 11, sigma: float = 1.5,
+                  device: torch.device | None = None) -> Tensor:
+    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
@@ -30,7 +32,7 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean SSIM of two (H, W, C) images in [0, 1]: Gaussian window 11x11, sigma 1.5,
     C1 = 0.01², C2 = 0.03², 'same' zero-padded filtering (the 3DGS training loss form)."""
     c = a.shape[-1]
-    g = _gauss_window(window, sigma).to(a)
+    g = _gauss_window(window, sigma, a.device).to(a)
     w = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
     x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
 
@@ -75,7 +77,7 @@ def soft_edge(mask: Tensor, res: int | None = None) -> Tensor:
     if sigma < 0.25:
         return m
     r = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=m.device)
     g = torch.exp(-0.5 * (x / sigma) ** 2)
     g = (g / g.sum()).to(m)
     t = F.pad(m[None, None], (r, r, r, r), mode="replicate")
@@ -122,10 +124,12 @@ def alpha_loss(alpha: Tensor, inside: Tensor, target: Tensor | None = None) -> T
     return (err * m).sum() / n_in + (err * (1.0 - m)).sum() / n_out
 
 
-def box_mask(box: Tensor, height: int, width: int, pad: int = 0) -> Tensor:
-    """(H, W) bool mask of an ``x0, y0, x1, y1`` pixel box (end-exclusive), grown by ``pad``."""
-    x0, y0, x1, y1 = [int(v) for v in box.tolist()]
-    m = torch.zeros(height, width, dtype=torch.bool)
+def box_mask(box: Tensor | Sequence[int], height: int, width: int, pad: int = 0,
+             device: torch.device | None = None) -> Tensor:
+    """(H, W) bool mask of an ``x0, y0, x1, y1`` pixel box (end-exclusive), grown by ``pad``,
+    on ``device``; ``box`` a host tensor or Python numbers."""
+    x0, y0, x1, y1 = [int(v) for v in (box.tolist() if isinstance(box, Tensor) else box)]
+    m = torch.zeros(height, width, dtype=torch.bool, device=device)
     m[max(0, y0 - pad):min(height, y1 + pad), max(0, x0 - pad):min(width, x1 + pad)] = True
     return m
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -26,8 +27,10 @@ from typing import Callable
 
 import torch
 
+from core.device import DEVICE_HELP, gpu_memory_error, host_side, resolve_device
+from core.raster.render import RASTER_CHOICES, RASTER_HELP, raster_backend
 from core.model import checkpoint
-from core.train.adapt import AdaptConfig, Curriculum
+from core.train.adapt import AdaptConfig, Curriculum, coin, device_generator
 from core.data.audio import AudioFeatureSpec
 from core.model.avatar import ident_from_tensors, ident_tensors
 from core.data.dataset import ProcessedClip
@@ -120,16 +123,44 @@ def _load_clips(clips: list[str | os.PathLike], work: Path, report: ProgressFn) 
     return out
 
 
+@host_side
+def _draw_identity_and_frame(gen: torch.Generator, n_id: int, frames: list[TrainFrames],
+                             curricula: list[Curriculum], branch: str) -> tuple[int, int]:
+    """The step's identity and frame, drawn on the host: any frame in the face pass, frames
+    showing the mouth interior (wider openings favoured) in the mouth pass."""
+    i = int(torch.randint(n_id, (1,), generator=gen))
+    j = curricula[i].mouth() if branch == "mouth" else int(torch.randint(frames[i].n, (1,), generator=gen))
+    return i, j
+
+
+@host_side
+def _draw_negatives(gen: torch.Generator, n_id: int, i: int, k: int) -> list[int]:
+    """The other identities whose residual fields the contrast loss compares against: ``k``
+    of them drawn on the host (0 or at least all: every other identity)."""
+    pool = [m for m in range(n_id) if m != i]
+    if 0 < k < len(pool):
+        pick = torch.randperm(len(pool), generator=gen)[:k]
+        pool = [pool[int(m)] for m in pick]
+    return pool
+
+
 def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
              cfg: PretrainConfig | None = None, progress: ProgressFn | None = None,
              resume: bool = False, work: str | os.PathLike | None = None,
-             log: Callable[[str], None] | None = None) -> Path:
+             log: Callable[[str], None] | None = None,
+             device: str | torch.device | None = "auto") -> Path:
     """Pre-train a prior on several identities and write it to ``out`` (a .safetensors file).
+
+    ``device``: where training runs (:func:`core.device.resolve_device`); the clips'
+    frames, every identity, the UMF, its EMA, the optimizers and densification statistics
+    live there; checkpoints and the prior on disk are device-free (a run resumes on another
+    device).
 
     Raises:
         InputError: fewer than two identities, or clips with different audio features.
     """
     cfg = cfg or PRESETS["cpu"]
+    dev = resolve_device(device)
     out = Path(out)
     work = Path(work) if work else out.with_name(f".{out.stem}.work")
     work.mkdir(parents=True, exist_ok=True)
@@ -154,7 +185,7 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
                                    a["valid"].numpy(), av_offset=c.av_offset)
             say(f"{c.root.name}: audio-video offset {drive.av_offset:+d} frames")
         frames.append(TrainFrames.from_clip(c, torch.arange(n), cfg.res, fit_frames=n,
-                                            drive=drive))
+                                            drive=drive).to(dev))
     n_id = len(pclips)
 
     torch.manual_seed(cfg.seed)
@@ -163,6 +194,10 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
     field_audio = umf.face.field.config.audio_dim
     idents = [Identity(sh_degree=cfg.sh_degree, personalised=True, field_audio_dim=field_audio
                        ).init_gaussians(c.arrays["canonical"], gen) for c in pclips]
+    umf.to(dev)
+    for ident in idents:
+        ident.to(dev)
+    dgen = device_generator(gen, dev, cfg.seed)
     emas = {"face": EMA(umf.face, cfg.ema_decay), "mouth": EMA(umf.mouth, cfg.ema_decay)}
     run_meta = {"config": asdict(cfg), "identities": [
         {"name": c.manifest["source"]["name"], "sha256": c.manifest["source"]["sha256"],
@@ -177,11 +212,13 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
         if meta["run"] != json.loads(json.dumps(run_meta)):
             raise InputError("wrong_weights", f"{ckpt} belongs to a different pre-training run.",
                              "Pass the same clips and settings, or start without --resume.")
-        idents = [ident_from_tensors(checkpoint.prefixed(t, f"id{i}.")) for i in range(n_id)]
+        idents = [ident_from_tensors(checkpoint.prefixed(t, f"id{i}.")).to(dev) for i in range(n_id)]
         umf.load_state_dict(checkpoint.prefixed(t, "umf."))
         for b, e in emas.items():
             e.load_state_dict(checkpoint.prefixed(t, f"ema.{b}."))
         checkpoint.load_rng_tensors(gen, t)
+        if dgen is not gen and "rng.device_gen" in t:
+            dgen.set_state(t["rng.device_gen"])
         stage, step, counters, losses = meta["stage"], meta["step"], meta["counters"], meta["losses"]
         saved = t
         say(f"resumed at {stage} step {step}")
@@ -212,21 +249,22 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
         umf_opt = field_optimizer(getattr(umf, branch), cfg.umf_lr_grid, cfg.umf_lr_mlp)
         per_id = max(1, steps // n_id)
         dens = [Densifier(replace(FACE_DENSIFY if branch == "face" else MOUTH_DENSIFY,
-                                  start_step=cfg.densify_start), getattr(i, branch).num)
+                                  start_step=cfg.densify_start), getattr(i, branch).num, dev)
                 for i in idents]
         if saved and step > 0:
             for i in range(n_id):
                 checkpoint.load_optimizer_tensors(gauss_opts[i], saved, f"opt.g{i}.")
                 checkpoint.load_optimizer_tensors(pers_opts[i], saved, f"opt.p{i}.")
                 d = dens[i]
-                d.grad_accum, d.denom, d.max_radii = (saved[f"dens{i}.grad_accum"].clone(),
-                                                      saved[f"dens{i}.denom"].clone(),
-                                                      saved[f"dens{i}.max_radii"].clone())
+                d.grad_accum, d.denom, d.max_radii = (saved[f"dens{i}.grad_accum"].to(dev).clone(),
+                                                      saved[f"dens{i}.denom"].to(dev).clone(),
+                                                      saved[f"dens{i}.max_radii"].to(dev).clone())
             checkpoint.load_optimizer_tensors(umf_opt, saved, "opt.umf.")
         saved = {}
 
         def save_ckpt() -> None:
             tensors = {**checkpoint.module_tensors(umf, "umf."), **checkpoint.rng_tensors(gen),
+                       **({"rng.device_gen": dgen.get_state()} if dgen is not gen else {}),
                        **{f"ema.{b}.{k}": v for b, e in emas.items()
                           for k, v in e.state_dict().items()},
                        **checkpoint.optimizer_tensors(umf_opt, "opt.umf.")}
@@ -241,9 +279,16 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
                                             "stage": stage, "step": step,
                                             "counters": counters, "losses": losses})
 
-        running: dict[int, float] = {}
+        running: dict[int, torch.Tensor] = {}   # smoothed losses on the device
+
+        def read_losses() -> None:
+            """The one read-back of the losses (when a line is logged or a checkpoint due)."""
+            losses[pass_name] = float(sum(running.values()) / len(running))
+            if not math.isfinite(losses[pass_name]):
+                raise FloatingPointError(f"non-finite loss by {pass_name} step {step}")
+
         while step < steps:
-            i = int(torch.randint(n_id, (1,), generator=gen))
+            i, j = _draw_identity_and_frame(gen, n_id, frames, curricula, branch)
             ident, fr = idents[i], frames[i]
             ls = counters[i]
             gs = getattr(ident, branch)
@@ -253,26 +298,25 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
             for o in [umf_opt, pers_opts[i]]:
                 for g in o.param_groups:
                     g["lr"] = g["base_lr"] * f
-            j = curricula[i].mouth() if branch == "mouth" else int(torch.randint(fr.n, (1,), generator=gen))
-            bg = torch.rand(3, generator=gen)
-            pool = [k for k in range(n_id) if k != i]
-            if 0 < cfg.contrast_negatives < len(pool):
-                pick = torch.randperm(len(pool), generator=gen)[:cfg.contrast_negatives]
-                pool = [pool[int(k)] for k in pick]
-            others = [personal[k] for k in pool]
-            tracked = float(torch.rand(1, generator=gen)) >= cfg.predicted_code_prob
-            if branch == "face":
-                r = face_step(umf, ident, fr, j, bg, static=static, use_aligner=False,
-                              contrast_fields=others, contrast_weight=cfg.contrast_weight,
-                              tracked=tracked)
-            else:
-                k = sample_hook_k(True, gen)
-                r = mouth_step(umf, ident, fr, j, bg, k, static=static, use_aligner=False,
-                               contrast_fields=others, contrast_weight=cfg.contrast_weight,
-                               tracked=tracked)
-            if not torch.isfinite(r.loss):
-                raise FloatingPointError(f"non-finite loss at {pass_name} step {step}")
-            r.loss.backward()
+            bg = torch.rand(3, generator=dgen, device=dev)
+            others = [personal[k] for k in _draw_negatives(gen, n_id, i, cfg.contrast_negatives)]
+            tracked = coin(gen, cfg.predicted_code_prob)
+            try:
+                if branch == "face":
+                    r = face_step(umf, ident, fr, j, bg, static=static, use_aligner=False,
+                                  contrast_fields=others, contrast_weight=cfg.contrast_weight,
+                                  tracked=tracked)
+                else:
+                    k = sample_hook_k(True, gen)
+                    r = mouth_step(umf, ident, fr, j, bg, k, static=static, use_aligner=False,
+                                   contrast_fields=others, contrast_weight=cfg.contrast_weight,
+                                   tracked=tracked)
+                r.loss.backward()
+            except torch.OutOfMemoryError as e:
+                raise gpu_memory_error(
+                    f"pre-training ({pass_name} step {step})", f"{n_id} identities at "
+                    f"{cfg.res}x{cfg.res}", f"The last checkpoint is kept in {work}: continue "
+                    "with --resume on a GPU with more free memory, or use --preset cpu.") from e
             if r.render.means2d.grad is not None:
                 dens[i].accumulate(r.render.means2d.grad, r.render.visible, r.render.radii,
                                    fr.res, fr.res)
@@ -285,19 +329,23 @@ def pretrain(clips: list[str | os.PathLike], out: str | os.PathLike,
                 o.zero_grad(set_to_none=True)
             dens[i].step(ls, per_id, gs, gauss_opts[i], generator=gen)
             counters[i] += 1
-            running[i] = 0.95 * running.get(i, r.logs["loss"]) + 0.05 * r.logs["loss"]
+            loss = r.logs["loss"]
+            running[i] = 0.95 * running.get(i, loss) + 0.05 * loss
             step += 1
-            losses[pass_name] = sum(running.values()) / len(running)
             done = step + (cfg.face_steps if pass_name == "mouth" else 0)
             el = time.perf_counter() - t_start
             rate = (done - done_before) / max(el, 1e-6)
             report(f"{pass_name} {step}/{steps}, {format_seconds((total - done) / max(rate, 1e-6))} left",
                    done / total)
+            due_ckpt = step % cfg.ckpt_every == 0 or step == steps
+            if step % 100 == 0 or step == steps or due_ckpt:
+                read_losses()
             if step % 100 == 0 or step == steps:
+                contrast = float(r.logs["contrast"]) if "contrast" in r.logs else 0.0
                 say(f"{pass_name} {step}/{steps} loss {losses[pass_name]:.4f} "
-                    f"contrast {r.logs.get('contrast', 0.0):.2e} {rate:.2f} steps/s "
+                    f"contrast {contrast:.2e} {rate:.2f} steps/s "
                     f"gaussians {[getattr(x, branch).num for x in idents]}")
-            if step % cfg.ckpt_every == 0 or step == steps:
+            if due_ckpt:
                 save_ckpt()
 
     wall = time.perf_counter() - t_start
@@ -324,14 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--work", default=None, help="work folder for checkpoints")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
     a = p.parse_args(argv)
     cfg = PRESETS[a.preset]
     if a.steps:
         cfg = replace(cfg, face_steps=a.steps[0], mouth_steps=a.steps[1])
     if a.seed is not None:
         cfg = replace(cfg, seed=a.seed)
-    out, code = run_cli_job(lambda bar: pretrain(a.clips, a.out, cfg, bar, resume=a.resume,
-                                                 work=a.work, log=bar.write))
+    with raster_backend(a.raster):
+        out, code = run_cli_job(lambda bar: pretrain(a.clips, a.out, cfg, bar, resume=a.resume,
+                                                     work=a.work, log=bar.write, device=a.device))
     if code:
         return code
     print(f"prior written to {out}")

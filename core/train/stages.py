@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.data.dataset import ProcessedClip
+from core.device import host_values
 from core.model.gaussians import GaussianLR, GaussianSet
 from core.model.head import (FrameCond, Identity, UMF, composite, face_motion, hook_from_face,
                        mouth_motion, render_branch)
-from core.data.masks import Label, head_mask, torso_plate
+from core.data.masks import Label, torso_plate
 from core.model.motion_field import (HOOK_K_EVAL, CodeBasis, CodeEncoder, Motion, TriPlaneEncoder,
                                      audio_windows, motion_magnitude_loss)
 from core.train.objectives import (ALPHA_WEIGHT, GATE_WEIGHT, LIPS_WEIGHT, MOTION_WEIGHT,
@@ -68,9 +69,26 @@ class TrainFrames:
     mouth: Tensor | None = None
     mouth_pred: Tensor | None = None
 
+    #: fields read on the host every step (frame sampling, crop boxes, window positions):
+    #: they stay on the CPU whatever the training device
+    HOST_FIELDS = ("lips_box", "index", "lips_apart", "blink", "mouth_px")
+
     @property
     def n(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> "TrainFrames":
+        """A copy whose pixels and conditioning live on ``device`` (moved once, before the
+        loop); :attr:`HOST_FIELDS` stay on the CPU."""
+        moved = {}
+        for name in self.__dataclass_fields__:
+            v = getattr(self, name)
+            moved[name] = v if v is None or name in self.HOST_FIELDS else v.to(device)
+        return TrainFrames(**moved)
 
     @property
     def res(self) -> int:
@@ -150,7 +168,7 @@ class TrainFrames:
         codes."""
         codes = self.mouth if tracked else self.mouth_pred
         return FrameCond(viewmat=self.viewmats[j], K=self.K, width=self.res, height=self.res,
-                         audio_win=audio_windows(self.audio, int(self.index[j]))[0],
+                         audio_win=audio_windows(self.audio, host_values(self.index[j]))[0],
                          expr=self.expr[j], mouth=None if codes is None else codes[j])
 
 
@@ -191,18 +209,19 @@ def _resize(x: Tensor, res: int) -> Tensor:
 @dataclass
 class StepResult:
     """Loss (scalar, with graph), the render whose ``means2d.grad`` feeds densification, the
-    motion, and float logs."""
+    motion, and logs as detached 0-d tensors on the training device (read them with
+    ``float()`` only when a line is logged: each read waits for the device)."""
 
     loss: Tensor
     render: object
     motion: Motion | None
-    logs: dict[str, float]
+    logs: dict[str, Tensor]
 
 
 def _lips_crop(frames: TrainFrames, j: int) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)`` of frame ``j``'s lips box grown by 1/8 of its width (>= 2 px),
     clipped to the image."""
-    x0, y0, x1, y1 = [int(v) for v in frames.lips_box[j].tolist()]
+    x0, y0, x1, y1 = [int(v) for v in host_values(frames.lips_box[j])]
     pad = max(2, (x1 - x0) // 8)
     return (max(0, y0 - pad), min(frames.res, y1 + pad), max(0, x0 - pad), min(frames.res, x1 + pad))
 
@@ -247,7 +266,8 @@ def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor
     if m is not None:
         loss = loss + MOTION_WEIGHT * motion_magnitude_loss(m)
         if gates is not None:
-            lips = box_mask(frames.lips_box[j], frames.res, frames.res)
+            lips = box_mask(host_values(frames.lips_box[j]), frames.res, frames.res,
+                            device=pred.device)
             loss = loss + GATE_WEIGHT * gate_loss(out.image[..., 3:5], lips, lab == Label.HAIR)
         if contrast_fields and ident.face_personal is not None:
             a, e = umf.face.encode(cond.audio_win, cond.expr[:5], cond.expr[5], code=cond.mouth)
@@ -255,8 +275,8 @@ def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor
             others = personal_face_offsets(contrast_fields, umf, ident.face.means, cond)
             lc = negative_contrast_loss(own, others)
             loss = loss + contrast_weight * lc
-            logs["contrast"] = float(lc.detach())
-    logs["loss"] = float(loss.detach())
+            logs["contrast"] = lc.detach()
+    logs["loss"] = loss.detach()
     return StepResult(loss, out, m, logs)
 
 
@@ -292,8 +312,8 @@ def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tenso
             others = personal_mouth_offsets(contrast_fields, umf, ident.mouth.means, cond, hook)
             lc = negative_contrast_loss(own, others)
             loss = loss + contrast_weight * lc
-            logs["contrast"] = float(lc.detach())
-    logs["loss"] = float(loss.detach())
+            logs["contrast"] = lc.detach()
+    logs["loss"] = loss.detach()
     return StepResult(loss, out, m, logs)
 
 
@@ -310,6 +330,6 @@ def fuse_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, hook_k: in
     pred = composite(face, mouth, frames.plates[j], dilate)
     loss = photometric(pred, frames.images[j])
     if edge_weight > 0:
-        head = torch.from_numpy(head_mask(frames.labels[j].numpy()))
+        head = frames.labels[j] >= Label.HAIR   # core.data.masks.head_mask, on the device
         loss = loss + edge_weight * masked_l1(pred, frames.images[j], edge_band(head, frames.res))
-    return StepResult(loss, face, fm, {"loss": float(loss.detach())})
+    return StepResult(loss, face, fm, {"loss": loss.detach()})

@@ -51,7 +51,7 @@ CELL_SCHEMA = 3
 #: 2: test plates from ``core.data.masks.torso_plate`` (head area filled from its surroundings).
 RENDER_VERSION = 2
 QUICK_CLIP_RES = 128
-CLIP_RES = {"cpu": 256, "gpu": 512, "tiny": 128}
+CLIP_RES = {"cpu": 256, "gpu": 512, "zerogpu": 512, "tiny": 128}
 #: A work-folder checkpoint newer than this (s) means another process is adapting the cell.
 BUSY_SECONDS = 300.0
 
@@ -86,6 +86,9 @@ class BenchmarkConfig:
             adapted cell (ablations, e.g. ``{"mouth_code": False}``); recorded in each row, and
             a stored cell made with other overrides is recomputed. Use one ``--out`` folder per
             ablation variant (avatars are named by clip, method and seconds only).
+        device: where cells adapt and render (``core.device.resolve_device``: 'auto' picks
+            CUDA when the process sees a GPU, e.g. a Ray cell given one with ``--ray-gpus``).
+        raster: the rasterizer (``core.raster.render.RASTER_CHOICES``).
     """
 
     preset: str = "cpu"
@@ -104,6 +107,8 @@ class BenchmarkConfig:
     adapt: bool = True
     ray: Any = None
     adapt_overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    raster: str = "auto"
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -285,11 +290,13 @@ def ensure_avatar(clip_dir: Path, out: Path, stem: str, method: str, seconds: fl
     hook = lambda s, f: report(f"{name}: adapting: {s}", f)  # noqa: E731
     use_prior = prior if method == "instag" else None
     kw: dict[str, Any] = {}
+    if "device" in inspect.signature(adapt).parameters:
+        kw["device"] = cfg.device
     if "observe" in inspect.signature(adapt).parameters:
         rec = CurveRecorder(load_clip(clip_dir), seconds, acfg.res, cfg.test_seconds,
                             cfg.curve_frames, curve, acfg)
         every = cfg.curve_every or (100 if cfg.preset == "cpu" else acfg.ckpt_every)
-        kw = {"observe": rec, "observe_every": every}
+        kw.update(observe=rec, observe_every=every)
     try:
         adapt(clip_dir, av, use_prior, acfg, progress=hook, resume=True, work=work, **kw)
     except InputError as e:
@@ -297,7 +304,7 @@ def ensure_avatar(clip_dir: Path, out: Path, stem: str, method: str, seconds: fl
             raise
         shutil.rmtree(work, ignore_errors=True)
         curve.unlink(missing_ok=True)
-        if kw:
+        if "observe" in kw:
             kw["observe"].points = []
         adapt(clip_dir, av, use_prior, acfg, progress=hook, resume=False, work=work, **kw)
     return av, True
@@ -390,8 +397,16 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
     unless up-to-date renders exist, score every render, write ``cells/{cell}.json``.
 
     With ``task.cfg.rescore`` nothing is adapted or rendered: the stored renders are
-    scored again (missing renders are an error). Returns the cell's row.
+    scored again (missing renders are an error). Adaptation and the avatar's renders run on
+    ``task.cfg.device`` with ``task.cfg.raster``. Returns the cell's row.
     """
+    from core.raster.render import raster_backend
+
+    with raster_backend(task.cfg.raster):
+        return _run_cell(task, progress)
+
+
+def _run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
     from eval.bench import baselines as B
     from eval.bench.protocol import ground_truth, heldout_frames
 
@@ -422,7 +437,9 @@ def run_cell(task: CellTask, progress: ProgressFn | None = None) -> dict:
             row["adapted_here"] = adapted
         from core.model.avatar import load_avatar
 
-        avatar = load_avatar(avatar_dir)
+        from core.device import resolve_device
+
+        avatar = load_avatar(avatar_dir).to(resolve_device(cfg.device))
         row["avatar"] = avatar_dir.name
     clip = load_clip(task.clip_dir)
     res = cfg.eval_res

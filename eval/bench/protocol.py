@@ -71,11 +71,15 @@ def render_heldout(avatar: Avatar | str | Path, frames: TrainFrames) -> np.ndarr
 
 @torch.no_grad()
 def render_frames(umf, ident, frames: TrainFrames) -> np.ndarray:
-    """(n, res, res, 3) uint8 renders of ``umf`` + ``ident`` for every frame of ``frames``."""
+    """(n, res, res, 3) uint8 renders of ``umf`` + ``ident`` for every frame of ``frames``,
+    on the models' device (the frames move there once; each render comes back to the CPU)."""
+    dev = next(umf.parameters()).device
+    if frames.device != dev:
+        frames = frames.to(dev)
     out = np.empty((frames.n, frames.res, frames.res, 3), np.uint8)
     for j in range(frames.n):
         img = render_frame(umf, ident, frames.cond(j), frames.plates[j])
-        out[j] = (img * 255.0).round().to(torch.uint8).numpy()
+        out[j] = (img * 255.0).round().to(torch.uint8).cpu().numpy()
     return out
 
 
@@ -132,6 +136,9 @@ class HeldoutCurve:
     def __call__(self, steps: int, umf, ident) -> None:
         from eval.metrics.frames import psnr
 
+        dev = next(umf.parameters()).device
+        if self.frames.device != dev:   # once: the held-out frames follow the training device
+            self.frames = self.frames.to(dev)
         pred = render_frames(umf, ident, self.frames)
         g = self.gt
         full = [psnr(p, t) for p, t in zip(pred, g.frames)]
