@@ -46,7 +46,7 @@ from eval.bench.scoring import NA, Render, ScoreConfig, score_render
 
 #: Version of the cell row layout; cells written by an older layout are recomputed
 #: (their avatars and up-to-date renders are reused). 3: head-boundary band PSNR / SSIM.
-CELL_SCHEMA = 3
+CELL_SCHEMA = 4
 #: Version of the render recipe; renders made by another one are re-rendered.
 #: 2: test plates from ``core.data.masks.torso_plate`` (head area filled from its surroundings).
 RENDER_VERSION = 2

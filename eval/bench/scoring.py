@@ -18,6 +18,10 @@ Keys (see :mod:`eval.metrics.frames` and :mod:`eval.sync.syncnet` for the defini
                       ssim_face, psnr_head, ssim_head (hair + face + mouth pixels),
                       psnr_band, ssim_band (pixels within 4 px at 256 px of the recorded
                       head boundary, either side: ``eval.metrics.frames.boundary_band``), lpips
+``speckle_scores``    speckles (stray dots per frame: ``eval.metrics.speckle``)
+``open_mouth_scores`` aperture_ratio_top (rendered / recorded lip gap at the recording's top
+                      decile), psnr_head_open, psnr_mouth_open (top quartile:
+                      ``eval.metrics.open_mouth``)
 ``landmark_scores``   aperture_r, aperture_r_pose (partialled on the head pose),
                       aperture_spread, lmd_mouth, lmd_face, aue_upper,
                       aue_lower, landmark_valid (fraction of frames with a face in both)
@@ -114,6 +118,33 @@ def image_scores(r: Render, cfg: ScoreConfig) -> dict:
     out = {k: (NA if getattr(im, k) is None else getattr(im, k)) for k in keys}
     out["lpips"] = im.lpips if isinstance(im.lpips, float) else str(im.lpips)
     return out
+
+
+def speckle_scores(r: Render, cfg: ScoreConfig) -> dict:
+    """Stray dots per frame (``eval.metrics.speckle``): isolated off-colour pixels the render
+    adds that the recording does not have."""
+    if r.gt is None:
+        return {"speckles": NA}
+    from eval.metrics.speckle import speckles_per_frame
+
+    return {"speckles": speckles_per_frame(r.frames, r.gt.frames)}
+
+
+def open_mouth_scores(r: Render, cfg: ScoreConfig) -> dict:
+    """The mouth when the recorded one is widest open (``eval.metrics.open_mouth``): the
+    rendered/recorded gap ratio at the top decile, head and mouth-box PSNR at the top
+    quartile."""
+    keys = ("aperture_ratio_top", "psnr_head_open", "psnr_mouth_open")
+    if r.gt is None or not cfg.landmarks or r.gt_points is None:
+        return dict.fromkeys(keys, NA)
+    from eval.metrics.open_mouth import open_mouth_scores as score
+
+    pts = None
+    if r.points is not None:
+        pts = np.where((r.valid & r.gt_valid)[:, None, None], r.points, np.nan)
+    gt_pts = np.where(r.gt_valid[:, None, None], r.gt_points, np.nan)
+    s = score(r.frames, r.gt.frames, r.gt.head, pts, gt_pts)
+    return {k: (NA if not math.isfinite(getattr(s, k)) else getattr(s, k)) for k in keys}
 
 
 def landmark_scores(r: Render, cfg: ScoreConfig) -> dict:
@@ -216,8 +247,8 @@ def sync_expert_scores(r: Render, cfg: ScoreConfig) -> dict:
 
 
 #: Every scorer, in order; each render of a cell is scored by all of them.
-SCORERS: tuple[Scorer, ...] = (image_scores, landmark_scores, av_sync_scores, syncnet_scores,
-                               sync_expert_scores)
+SCORERS: tuple[Scorer, ...] = (image_scores, speckle_scores, landmark_scores, open_mouth_scores,
+                               av_sync_scores, syncnet_scores, sync_expert_scores)
 
 
 def score_render(r: Render, cfg: ScoreConfig,
