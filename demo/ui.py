@@ -41,6 +41,7 @@ from demo.store import (
     NotFound,
     iso,
 )
+from demo.streaming import SegmentVideo
 from demo.weights import resolve_prior
 
 log = logging.getLogger("instag.app")
@@ -135,6 +136,18 @@ def render_gpu(avatar_dir: Path, audio: Path, out: Path, max_seconds: float,
                       progress=JobProgress(progress, t0).stage(lo, hi, label, stop))
 
 
+def render_stream_gpu(avatar_dir: Path, audio: Path, out: Path, stream_dir: Path,
+                      max_seconds: float, progress: Any, t0: float, lo: float, hi: float,
+                      label: str, stop: threading.Event | None):
+    """:func:`render_gpu`, streamed: yields each short segment's path as soon as it is
+    written, then the result (core.synthesize.stream_synthesis). Closing it stops the
+    rendering."""
+    from core.synthesize import stream_synthesis
+
+    yield from stream_synthesis(avatar_dir, audio, out, stream_dir, max_seconds=max_seconds,
+                                progress=JobProgress(progress, t0).stage(lo, hi, label, stop))
+
+
 def bench_gpu(clips: list[Path], train: list[float], methods: list[str], out: Path,
               prior: Path | None, progress: Any, stop: threading.Event | None):
     """The evaluation harness in quick mode."""
@@ -163,6 +176,7 @@ class App:
         self.zero_gpu = on_zero_gpu()
         self._adapt_gpu = gpu_task(self.cfg.gpu_adapt_s)(adapt_gpu)
         self._render_gpu = gpu_task(self.cfg.gpu_render_s)(render_gpu)
+        self._render_stream_gpu = gpu_task(self.cfg.gpu_render_s)(render_stream_gpu)
         self._bench_gpu = gpu_task(self.cfg.gpu_bench_s)(bench_gpu)
 
     # -- helpers ----------------------------------------------------------------------
@@ -335,7 +349,10 @@ class App:
 
     def talk(self, avatar_id: str | None, audio: str | None, token: Any,
              progress=gr.Progress()):
-        """Talk tab: render the chosen avatar speaking the audio."""
+        """Talk tab: render the chosen avatar speaking the audio, streamed: the player
+        starts on the first short segment while the rest renders; the whole mp4 comes last
+        (download). A client that goes away closes this generator, which stops the
+        rendering and frees the avatar."""
         token = self.owner(token)
         if not audio:
             raise gr.Error("Upload or record some audio first.", title="No audio",
@@ -349,14 +366,26 @@ class App:
                 folder = self.store.folder(rec)
                 self.store.attach(folder, audio)  # the upload goes with the avatar
                 out = self.store.render_path(rec)  # inside the avatar: deleted with it
+                done = False
+                stream = self._render_stream_gpu(
+                    folder / "avatar", Path(audio), out, out.parent / "stream",
+                    self.cfg.max_audio_s, progress, time.time(), 0.0, 1.0, "Rendering",
+                    self._stop_arg(stop))
                 try:
-                    res = self._render_gpu(folder / "avatar", Path(audio), out,
-                                           self.cfg.max_audio_s, None, progress, time.time(),
-                                           0.0, 1.0, "Rendering", self._stop_arg(stop))
+                    last = None  # each segment is sent one step late, so the last goes with the file
+                    for item in stream:
+                        if isinstance(item, Path):
+                            if last is not None:
+                                yield token, str(last), gr.update(), gr.update()
+                            last = item
+                        else:
+                            res = item
                     served = self.serve(res.path, folder)
-                except BaseException:
-                    shutil.rmtree(out.parent, ignore_errors=True)  # no empty render folders
-                    raise
+                    done = True
+                finally:
+                    stream.close()  # a closed talk (client gone) stops the rendering here
+                    if not done:  # failed or closed: no half-made render folder
+                        shutil.rmtree(out.parent, ignore_errors=True)
         except NotFound:
             raise gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False) from None
         except Busy:
@@ -374,7 +403,7 @@ class App:
         status = (f"{res.frames} frames ({res.seconds:.1f} s of audio), rendered at "
                   f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated”; "
                   "so is the file's metadata.")
-        return token, served, served, status
+        yield token, (str(last) if last is not None else gr.update()), served, status
 
     def delete(self, avatar_id: str | None, token: Any):
         """Delete one of this owner's avatars and all its files, after stopping (and
@@ -565,8 +594,9 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                                                    elem_id="delete-btn")
                         talk_status = gr.Markdown(elem_id="talk-status")
                     with gr.Column():
-                        talk_video = gr.Video(label="Result (AI-generated)", interactive=False,
-                                              elem_id="talk-video")
+                        talk_video = SegmentVideo(label="Result (AI-generated)",
+                                                  interactive=False, streaming=True,
+                                                  autoplay=True, elem_id="talk-video")
                         talk_file = gr.File(label="Download mp4", interactive=False,
                                             elem_id="talk-file")
                 table = gr.Dataframe(headers=["name", "created (UTC)", "expires (UTC)",
