@@ -63,7 +63,7 @@ def profile(av: Avatar, audio: Path, seconds: float | None) -> list[tuple[str, f
     from core.raster.tiles import bin_gaussians
     from core.synthesize import draw_mark, pingpong
 
-    clock = time.thread_time
+    clock = time.process_time
     acc: dict[str, float] = {}
 
     def tick(key: str, t0: float) -> float:

@@ -10,6 +10,13 @@ frames looped ping-pong (0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...: no jump). Each 
 face and mouth rendering composited over the plate (mouth alpha dilated); the mp4 carries the
 audio, frame ``i`` starting at sample ``640 i``, a visible "AI-generated" mark on every frame
 and the same statement in its metadata.
+
+Speed (:class:`TalkConfig`): the motion fields' per-avatar constants are computed once and
+the audio-driven part runs for 16 frames per call; frames are rasterized on one thread per
+core (each single-threaded), composited over the plate only where the head is, and
+encoded on a thread of their own. The frames equal those of the per-frame path
+(:func:`render_frames`, kept as the reference) up to float32 rounding. With ``stream_dir``
+the video is also written as it is made, in short segments with an HLS playlist.
 """
 from __future__ import annotations
 

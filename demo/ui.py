@@ -14,6 +14,7 @@ than a day, so it is not used).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -349,10 +350,31 @@ class App:
 
     def talk(self, avatar_id: str | None, audio: str | None, token: Any,
              progress=gr.Progress()):
-        """Talk tab: render the chosen avatar speaking the audio, streamed: the player
-        starts on the first short segment while the rest renders; the whole mp4 comes last
-        (download). A client that goes away closes this generator, which stops the
-        rendering and frees the avatar."""
+        """``/talk`` (API): render the chosen avatar speaking the audio; returns the whole
+        mp4 (video and download) once it is written."""
+        for item in self._talk(avatar_id, audio, token, progress):
+            if not isinstance(item, Path):
+                token, served, status = item
+        return token, served, served, status
+
+    def talk_stream(self, avatar_id: str | None, audio: str | None, token: Any,
+                    progress=gr.Progress()):
+        """Talk tab: the same render, streamed: the player starts on the first short
+        segment while the rest renders; the whole mp4 comes last (download). A client that
+        goes away closes this generator, which stops the rendering and frees the avatar."""
+        last = None  # each segment goes out one step late, so the last one ends the stream
+        with contextlib.closing(self._talk(avatar_id, audio, token, progress)) as items:
+            for item in items:
+                if isinstance(item, Path):
+                    if last is not None:
+                        yield token, str(last), gr.update(), gr.update()
+                    last = item
+                else:
+                    token, served, status = item
+                    yield token, (str(last) if last is not None else gr.update()), served, status
+
+    def _talk(self, avatar_id: str | None, audio: str | None, token: Any, progress: Any):
+        """Yields each stream segment's path, then (token, served mp4, status)."""
         token = self.owner(token)
         if not audio:
             raise gr.Error("Upload or record some audio first.", title="No audio",
@@ -372,12 +394,9 @@ class App:
                     self.cfg.max_audio_s, progress, time.time(), 0.0, 1.0, "Rendering",
                     self._stop_arg(stop))
                 try:
-                    last = None  # each segment is sent one step late, so the last goes with the file
                     for item in stream:
                         if isinstance(item, Path):
-                            if last is not None:
-                                yield token, str(last), gr.update(), gr.update()
-                            last = item
+                            yield item
                         else:
                             res = item
                     served = self.serve(res.path, folder)
@@ -403,7 +422,7 @@ class App:
         status = (f"{res.frames} frames ({res.seconds:.1f} s of audio), rendered at "
                   f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated”; "
                   "so is the file's metadata.")
-        yield token, (str(last) if last is not None else gr.update()), served, status
+        yield token, served, status
 
     def delete(self, avatar_id: str | None, token: Any):
         """Delete one of this owner's avatars and all its files, after stopping (and
@@ -599,6 +618,8 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                                                   autoplay=True, elem_id="talk-video")
                         talk_file = gr.File(label="Download mp4", interactive=False,
                                             elem_id="talk-file")
+                        talk_api = gr.Button(visible=False)  # /talk for API clients
+                        talk_api_video = gr.Video(visible=False, interactive=False)
                 table = gr.Dataframe(headers=["name", "created (UTC)", "expires (UTC)",
                                               "source clip", "id"], label="Your avatars",
                                      interactive=False, elem_id="avatar-table")
@@ -648,7 +669,13 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
         create_btn.click(app.create, [video, consent, name, token],
                          [token, status, preview, *picks], api_name="create",
                          validator=app.admit_create, **heavy)
-        talk_btn.click(app.talk, [pick, audio, token], [token, talk_video, talk_file, talk_status],
+        # the button streams (the page plays segments as they come); API clients get the
+        # whole mp4 from /talk (a streamed output is an HLS playlist, not a file)
+        talk_btn.click(app.talk_stream, [pick, audio, token],
+                       [token, talk_video, talk_file, talk_status], api_name=False,
+                       validator=app.admit_talk, **heavy)
+        talk_api.click(app.talk, [pick, audio, token], [token, talk_api_video, talk_file,
+                                                        talk_status],
                        api_name="talk", validator=app.admit_talk, **heavy)
         delete_btn.click(app.delete, [pick, token], [token, talk_status, *picks],
                          api_name="delete_avatar", queue=False)
