@@ -362,16 +362,14 @@ class App:
         """Talk tab: the same render, streamed: the player starts on the first short
         segment while the rest renders; the whole mp4 comes last (download). A client that
         goes away closes this generator, which stops the rendering and frees the avatar."""
-        last = None  # each segment goes out one step late, so the last one ends the stream
+        # Gradio ends the player's stream on the pass after the last yield
         with contextlib.closing(self._talk(avatar_id, audio, token, progress)) as items:
             for item in items:
                 if isinstance(item, Path):
-                    if last is not None:
-                        yield token, str(last), gr.update(), gr.update()
-                    last = item
+                    yield token, str(item), gr.update(), gr.update()
                 else:
                     token, served, status = item
-                    yield token, (str(last) if last is not None else gr.update()), served, status
+                    yield token, gr.update(), served, status
 
     def _talk(self, avatar_id: str | None, audio: str | None, token: Any, progress: Any):
         """Yields each stream segment's path, then (token, served mp4, status)."""
