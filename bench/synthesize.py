@@ -1,44 +1,165 @@
-"""Rendering speed of an avatar driven by new audio (frames per second).
+"""Talk speed: an avatar driven by new audio, the per-frame path and the fast path side by
+side in one process (frames per second end to end, their ratio, and how far apart their
+frames are), and optionally where the per-frame path spends its time.
 
     python -m bench.synthesize --avatar AVATAR [--audio ../shared/data/audio/en_radio31.wav]
+                               [--threads 1 2] [--seconds S] [--profile]
 
-Reports the frame loop's FPS (motion fields + rasterizer + compositing + mp4 encoding, as
-``synthesize`` measures it) and end-to-end FPS including avatar loading and audio features,
-and the avatar's Gaussian counts.
+End to end = audio read + features + mouth drive + every frame + the finished mp4 (the
+avatar is loaded once, before the clocks start). Wall-clock seconds and the process's CPU
+seconds are both printed: on a machine shared with other busy processes the wall clock
+is distorted, the CPU time much less so (but it cannot show two cores working at once).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from core.model.avatar import load_avatar
-from core.synthesize import synthesize
+from core.model.avatar import Avatar, load_avatar
+from core.synthesize import TalkConfig, synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AUDIO = (ROOT / ".." / "shared" / "data" / "audio" / "en_radio31.wav").resolve()
+
+
+def run(av: Avatar, audio: Path, out: Path, threads: int, talk: TalkConfig,
+        seconds: float | None) -> tuple[float, float, int]:
+    """(wall s, CPU s, frames) of one synthesis with ``threads`` PyTorch threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        w0, c0 = time.perf_counter(), time.process_time()
+        r = synthesize(av, audio, out, duration=seconds, talk=replace(talk, workers=threads))
+        return time.perf_counter() - w0, time.process_time() - c0, r.frames
+    finally:
+        torch.set_num_threads(old)
+
+
+def frames_of(path: Path) -> np.ndarray:
+    from core.data.media import read_clip
+
+    return read_clip(path).frames
+
+
+def profile(av: Avatar, audio: Path, seconds: float | None) -> list[tuple[str, float]]:
+    """CPU seconds per frame of each stage of the per-frame path (one thread)."""
+    from core.data.audio import AudioFeatureSpec
+    from core.data.features import audio_features, feature_config
+    from core.data.media import read_audio, write_video
+    from core.model.head import (FrameCond, composite, face_motion, hook_from_face,
+                                 mouth_dilation, mouth_motion)
+    from core.model.motion_field import HOOK_K_EVAL, audio_windows
+    from core.raster import torch_backend
+    from core.raster.projection import camera_center, project
+    from core.raster.render import RenderOutput
+    from core.raster.sh import sh_to_rgb
+    from core.raster.tiles import bin_gaussians
+    from core.synthesize import draw_mark, pingpong
+
+    clock = time.process_time
+    acc: dict[str, float] = {}
+
+    def tick(key: str, t0: float) -> float:
+        now = clock()
+        acc[key] = acc.get(key, 0.0) + now - t0
+        return now
+
+    t = clock()
+    wav = read_audio(audio, 16000, duration=seconds)
+    T = math.ceil(wav.shape[0] / 640)
+    wav = np.concatenate([wav, np.zeros(T * 640 - wav.shape[0], np.float32)])
+    t = tick("audio read", t)
+    feats = audio_features(wav, T, feature_config(AudioFeatureSpec.from_dict(av.meta["audio"])))
+    t = tick("audio features (field input)", t)
+    mouth = av.drive.predicted(wav, T) if av.drive is not None else None
+    t = tick("mouth drive (front end + predictors)", t)
+    res, frames = av.res, []
+    with torch.no_grad():
+        for f in range(T):
+            i = pingpong(f, av.num_frames)
+            cond = FrameCond(viewmat=av.viewmats[i], K=av.K, width=res, height=res,
+                             audio_win=audio_windows(feats, f)[0], expr=av.expr[i],
+                             mouth=None if mouth is None else mouth[f])
+            fm = face_motion(av.umf, av.ident, cond)
+            t = tick("face motion field", t)
+            mm = mouth_motion(av.umf, av.ident, cond, hook_from_face(fm, HOOK_K_EVAL))
+            t = tick("mouth motion field", t)
+            outs = []
+            for gs, m, name in ((av.ident.face, fm, "face"), (av.ident.mouth, mm, "mouth")):
+                act = gs.activated(m)
+                vm, K = cond.viewmat.to(act.means), cond.K.to(act.means)
+                rgb = sh_to_rgb(act.sh_degree, act.sh, act.means, camera_center(vm))
+                t = tick(f"{name}: activation + SH colour", t)
+                d = torch.float64
+                proj = project(act.means.to(d), act.quats.to(d), act.scales.to(d),
+                               act.opacities, vm.to(d), K.to(d), res, res)
+                m2 = proj.means2d.float()
+                t = tick(f"{name}: projection", t)
+                bins = bin_gaussians(m2, proj.radii, proj.depths, proj.visible, res, res,
+                                     conics=proj.conics, opacities=act.opacities)
+                t = tick(f"{name}: tile binning", t)
+                feat = torch.cat([rgb, proj.depths.unsqueeze(1).to(rgb)], 1)
+                img, alpha = torch_backend.composite(m2, proj.quad.float(), act.opacities, feat,
+                                                     feat.new_zeros(4), bins, res, res)
+                t = tick(f"{name}: tile compositing", t)
+                outs.append(RenderOutput(img[..., :3], alpha, img[..., 3:], m2, proj.radii,
+                                         proj.visible))
+            plate = av.plates[i].float() / 255.0
+            img = composite(outs[0], outs[1], plate, mouth_dilation(res)).clamp(0.0, 1.0)
+            frame = (img * 255.0).round().to(torch.uint8).numpy()
+            t = tick("composite over the plate + uint8", t)
+            frames.append(draw_mark(frame))
+            t = tick("AI-generated mark", t)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_video(Path(tmp) / "p.mp4", frames, fps=25.0, audio=wav, sample_rate=16000)
+    tick("mp4 encoding (x264 medium, crf 18)", t)
+    return [(k, v / T) for k, v in acc.items()]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--avatar", type=Path, required=True)
     p.add_argument("--audio", type=Path, default=DEFAULT_AUDIO)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--seconds", type=float, default=None, help="use the first S s of audio")
+    p.add_argument("--profile", action="store_true", help="per-stage CPU time, one thread")
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
     av = load_avatar(a.avatar)
+    print(f"avatar {a.avatar.name}: {av.res}², {av.ident.face.num} face + "
+          f"{av.ident.mouth.num} mouth Gaussians; audio {a.audio.name}")
+    if a.profile:
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        rows = profile(av, a.audio, a.seconds)
+        torch.set_num_threads(old)
+        tot = sum(v for _, v in rows)
+        print(f"\nper-frame path, 1 thread: CPU ms per frame ({1 / tot:.2f} frames per CPU s)")
+        for k, v in rows:
+            print(f"  {k:40s} {1000 * v:8.2f} {100 * v / tot:6.1f} %")
+    print(f"\n{'threads':>7} {'path':>10} {'frames':>6} {'wall s':>7} {'FPS':>7} {'CPU s':>7} "
+          f"{'frames/CPU s':>12}")
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        r = synthesize(av, a.audio, Path(tmp) / "out.mp4")
-        total = time.perf_counter() - t0
-    print(f"avatar {a.avatar.name}: {av.res}², {av.ident.face.num} face + {av.ident.mouth.num} "
-          f"mouth Gaussians, {torch.get_num_threads()} threads")
-    print(f"audio {a.audio.name}: {r.seconds:.2f} s -> {r.frames} frames")
-    print(f"frame loop {r.render_fps:.2f} FPS; end to end {r.frames / total:.2f} FPS ({total:.1f} s)")
+        for n in a.threads:
+            res = {}
+            for name, talk in (("per-frame", TalkConfig(reference=True)), ("fast", TalkConfig())):
+                out = Path(tmp) / f"{name}_{n}.mp4"
+                wall, cpu, T = run(av, a.audio, out, n, talk, a.seconds)
+                res[name] = (wall, out)
+                print(f"{n:>7} {name:>10} {T:>6} {wall:>7.1f} {T / wall:>7.2f} {cpu:>7.1f} "
+                      f"{T / cpu:>12.2f}", flush=True)
+            ratio = res["per-frame"][0] / res["fast"][0]
+            x, y = frames_of(res["per-frame"][1]), frames_of(res["fast"][1])
+            mse = float(np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2))
+            psnr = 10 * math.log10(255 ** 2 / mse) if mse > 0 else math.inf
+            print(f"{n:>7} fast / per-frame: {ratio:.2f}x end to end; decoded mp4s "
+                  f"{psnr:.1f} dB apart, max |diff| {int(np.abs(x.astype(int) - y).max())}/255")
 
 
 if __name__ == "__main__":

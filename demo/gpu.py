@@ -4,11 +4,13 @@ On ZeroGPU a decorated function runs in a GPU worker process for at most ``durat
 seconds of the visitor's quota, so only GPU work goes inside (adaptation, rendering);
 tracking, file checks and bookkeeping stay in the app process. Its arguments, results and
 exceptions are pickled across the boundary: :func:`gpu_task` turns an ``InputError`` into
-a ``gr.Error`` (whose message survives pickling) before it leaves the worker.
+a ``gr.Error`` (whose message survives pickling) before it leaves the worker. Generator
+functions (streamed renders) stay generators.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,6 +33,16 @@ def gpu_task(duration: int) -> Callable[[F], F]:
     """:func:`gpu`, with user errors raised inside as ``gr.Error`` (see the module doc)."""
 
     def decorate(fn: F) -> F:
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def stream(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    yield from fn(*args, **kwargs)
+                except InputError as e:
+                    raise user_error(e) from None
+
+            return gpu(duration)(stream)  # type: ignore[return-value]
+
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
             try:

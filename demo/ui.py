@@ -14,6 +14,7 @@ than a day, so it is not used).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -139,6 +140,19 @@ def render_gpu(avatar_dir: Path, audio: Path, out: Path, max_seconds: float,
                       device=device)
 
 
+def render_stream_gpu(avatar_dir: Path, audio: Path, out: Path, stream_dir: Path,
+                      max_seconds: float, progress: Any, t0: float, lo: float, hi: float,
+                      label: str, stop: threading.Event | None, device: str = "auto"):
+    """:func:`render_gpu`, streamed: yields each short segment's path as soon as it is
+    written, then the result (core.synthesize.stream_synthesis). Closing it stops the
+    rendering."""
+    from core.synthesize import stream_synthesis
+
+    yield from stream_synthesis(avatar_dir, audio, out, stream_dir, max_seconds=max_seconds,
+                                progress=JobProgress(progress, t0).stage(lo, hi, label, stop),
+                                device=device)
+
+
 def bench_gpu(clips: list[Path], train: list[float], methods: list[str], out: Path,
               prior: Path | None, progress: Any, stop: threading.Event | None,
               device: str = "auto"):
@@ -170,6 +184,7 @@ class App:
         self.zero_gpu = on_zero_gpu()
         self._adapt_gpu = gpu_task(self.cfg.gpu_adapt_s)(adapt_gpu)
         self._render_gpu = gpu_task(self.cfg.gpu_render_s)(render_gpu)
+        self._render_stream_gpu = gpu_task(self.cfg.gpu_render_s)(render_stream_gpu)
         self._bench_gpu = gpu_task(self.cfg.gpu_bench_s)(bench_gpu)
 
     # -- helpers ----------------------------------------------------------------------
@@ -342,7 +357,32 @@ class App:
 
     def talk(self, avatar_id: str | None, audio: str | None, token: Any,
              progress=gr.Progress()):
-        """Talk tab: render the chosen avatar speaking the audio."""
+        """``/talk`` (API): render the chosen avatar speaking the audio; returns the whole
+        mp4 (video and download) once it is written."""
+        for item in self._talk(avatar_id, audio, token, progress, streamed=False):
+            if not isinstance(item, Path):
+                token, served, status = item
+        return token, served, served, status
+
+    def talk_stream(self, avatar_id: str | None, audio: str | None, token: Any,
+                    progress=gr.Progress()):
+        """The same render, streamed: each short segment as it is written (for a streaming
+        player), the whole mp4 last (download). A client that goes away closes this
+        generator, which stops the rendering and frees the avatar. Not wired to the Talk
+        tab yet: Gradio's streamed player did not show these segments in a browser test."""
+        # Gradio ends the player's stream on the pass after the last yield
+        with contextlib.closing(self._talk(avatar_id, audio, token, progress)) as items:
+            for item in items:
+                if isinstance(item, Path):
+                    yield token, str(item), gr.update(), gr.update()
+                else:
+                    token, served, status = item
+                    yield token, gr.update(), served, status
+
+    def _talk(self, avatar_id: str | None, audio: str | None, token: Any, progress: Any,
+              streamed: bool = True):
+        """Yields each stream segment's path (``streamed``), then (token, served mp4,
+        status)."""
         token = self.owner(token)
         if not audio:
             raise gr.Error("Upload or record some audio first.", title="No audio",
@@ -356,15 +396,30 @@ class App:
                 folder = self.store.folder(rec)
                 self.store.attach(folder, audio)  # the upload goes with the avatar
                 out = self.store.render_path(rec)  # inside the avatar: deleted with it
-                try:
-                    res = self._render_gpu(folder / "avatar", Path(audio), out,
+                done = False
+
+                def whole():
+                    yield self._render_gpu(folder / "avatar", Path(audio), out,
                                            self.cfg.max_audio_s, None, progress, time.time(),
                                            0.0, 1.0, "Rendering", self._stop_arg(stop),
                                            self.cfg.device)
+
+                stream = self._render_stream_gpu(
+                    folder / "avatar", Path(audio), out, out.parent / "stream",
+                    self.cfg.max_audio_s, progress, time.time(), 0.0, 1.0, "Rendering",
+                    self._stop_arg(stop), self.cfg.device) if streamed else whole()
+                try:
+                    for item in stream:
+                        if isinstance(item, Path):
+                            yield item
+                        else:
+                            res = item
                     served = self.serve(res.path, folder)
-                except BaseException:
-                    shutil.rmtree(out.parent, ignore_errors=True)  # no empty render folders
-                    raise
+                    done = True
+                finally:
+                    stream.close()  # a closed talk (client gone) stops the rendering here
+                    if not done:  # failed or closed: no half-made render folder
+                        shutil.rmtree(out.parent, ignore_errors=True)
         except NotFound:
             raise gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False) from None
         except Busy:
@@ -382,7 +437,7 @@ class App:
         status = (f"{res.frames} frames ({res.seconds:.1f} s of audio), rendered at "
                   f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated”; "
                   "so is the file's metadata.")
-        return token, served, served, status
+        yield token, served, status
 
     def delete(self, avatar_id: str | None, token: Any):
         """Delete one of this owner's avatars and all its files, after stopping (and
@@ -626,6 +681,8 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
         create_btn.click(app.create, [video, consent, name, token],
                          [token, status, preview, *picks], api_name="create",
                          validator=app.admit_create, **heavy)
+        # the whole mp4 once it is written: the streamed player (talk_stream) does not yet
+        # show its segments in a browser
         talk_btn.click(app.talk, [pick, audio, token], [token, talk_video, talk_file, talk_status],
                        api_name="talk", validator=app.admit_talk, **heavy)
         delete_btn.click(app.delete, [pick, token], [token, talk_status, *picks],

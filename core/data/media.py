@@ -815,18 +815,21 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
 
 def _write_mp4(tmp: Path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None,
                sample_rate: int, metadata: dict[str, str] | None, codec: str, crf: int,
-               pix_fmt: str, preset: str, audio_bitrate: int) -> None:
-    """Encode into ``tmp`` (closing the container even on failure)."""
+               pix_fmt: str, preset: str, audio_bitrate: int, fmt: str = "mp4",
+               start: int = 0, tune: str | None = None) -> None:
+    """Encode into ``tmp`` (closing the container even on failure). ``fmt``: ``'mp4'`` or
+    ``'mpegts'``; ``start``: index of the first frame (its timestamp, and the audio sample
+    ``start * sample_rate / fps`` it starts with)."""
     spf = sample_rate / fps
     c = None
     try:
-        c = av.open(str(tmp), mode="w", format="mp4",
-                    options={"movflags": "+faststart+use_metadata_tags"})
+        opts = {"movflags": "+faststart+use_metadata_tags"} if fmt == "mp4" else {}
+        c = av.open(str(tmp), mode="w", format=fmt, options=opts)
         for k, v in (metadata or {}).items():
             c.metadata[str(k)] = str(v)
         vs = None
         as_ = None
-        a_pos = 0  # audio samples sent to the encoder
+        a_pos = start * round(spf)  # audio samples sent to the encoder
         rate = Fraction(fps).limit_denominator(100000)
         for n, img in enumerate(frames):
             img = np.asarray(img)
@@ -840,7 +843,8 @@ def _write_mp4(tmp: Path, frames: Iterable[np.ndarray], fps: float, audio: np.nd
                 vs.width, vs.height = w, h
                 vs.pix_fmt = "yuv420p" if codec == "libopenh264" else pix_fmt
                 if codec.startswith("libx264"):
-                    vs.options = {"crf": str(int(crf)), "preset": preset}
+                    vs.options = {"crf": str(int(crf)), "preset": preset,
+                                  **({"tune": tune} if tune else {})}
                 elif codec == "mpeg4":
                     vs.codec_context.qscale = max(1, min(31, 1 + crf // 3))
                 else:
@@ -861,11 +865,12 @@ def _write_mp4(tmp: Path, frames: Iterable[np.ndarray], fps: float, audio: np.nd
             if codec != "libx264rgb":
                 vf = vf.reformat(format=vs.pix_fmt, dst_colorspace="ITU601",
                                  dst_color_range="MPEG")
-            vf.pts = n
+            vf.pts = start + n
             for pkt in vs.encode(vf):
                 c.mux(pkt)
             if as_ is not None:  # interleave: audio up to the end of frame n
-                a_pos = _encode_audio(c, as_, audio, a_pos, (n + 1) * round(spf), sample_rate)
+                a_pos = _encode_audio(c, as_, audio, a_pos, (start + n + 1) * round(spf),
+                                      sample_rate)
         if vs is None:
             raise ValueError("write_video got no frames")
         for pkt in vs.encode(None):
@@ -880,6 +885,113 @@ def _write_mp4(tmp: Path, frames: Iterable[np.ndarray], fps: float, audio: np.nd
             with contextlib.suppress(Exception):  # best effort while failing anyway
                 c.close()
         raise
+
+
+def write_segment(path: str | os.PathLike, frames: Sequence[np.ndarray], start: int,
+                  fps: float = 25.0, audio: np.ndarray | None = None, sample_rate: int = 16000,
+                  crf: int = 18, preset: str = "veryfast", audio_bitrate: int = 96_000) -> Path:
+    """Write frames ``start .. start + len(frames) - 1`` of a video as one self-contained
+    MPEG-TS segment (H.264 4:2:0 + AAC), atomically.
+
+    Timestamps continue from ``start`` (frame ``i`` at ``i / fps`` s) and the segment carries
+    the audio samples of its frames (``audio`` is the *whole* track, as for
+    :func:`write_video`), so segments play one by one (an HLS playlist) and their
+    concatenation is one playable stream. ``tune=zerolatency``: no frames held back by the
+    encoder's look-ahead.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not len(frames):
+        raise ValueError("write_segment got no frames")
+    if audio is not None:
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    with atomic_file(out, suffix=".tmp.ts") as tmp:
+        _write_mp4(tmp, frames, fps, audio, sample_rate, None, _video_codec("yuv420p"), crf,
+                   "yuv420p", preset, audio_bitrate, fmt="mpegts", start=start,
+                   tune="zerolatency")
+    return out
+
+
+def media_seconds(path: str | os.PathLike) -> float:
+    """Playing time of a short media file such as a :func:`write_segment` segment (s): the
+    summed durations of its video packets (demuxed, not decoded), else the container's
+    duration.
+
+    Raises:
+        InputError: the file cannot be opened or holds no timing.
+    """
+    try:
+        with av.open(str(path)) as c:
+            if c.streams.video:
+                vs = c.streams.video[0]
+                tot = sum(int(p.duration or 0) for p in c.demux(vs) if p.size)
+                if tot > 0 and vs.time_base is not None:
+                    return float(tot * vs.time_base)
+            if c.duration:
+                return c.duration / av.time_base
+    except av.error.FFmpegError as e:
+        raise InputError("unreadable", f"{Path(path).name} cannot be read as media ({e}).",
+                         "Write it again.") from None
+    raise InputError("unreadable", f"{Path(path).name} holds no timing.", "Write it again.")
+
+
+class SegmentStream:
+    """A video written as it is made: numbered MPEG-TS segments (:func:`write_segment`) of
+    ``segment_frames`` frames in ``folder`` (the first one ``first_frames`` long, so it is
+    ready sooner) and ``playlist.m3u8``, an HLS event playlist rewritten atomically after
+    every segment and closed (``#EXT-X-ENDLIST``) by :meth:`close`. A run stopped at any
+    point leaves a playable prefix: the playlist, or the segments concatenated in order.
+
+    ``add(frame)`` returns the path of the segment it completed, else None.
+    """
+
+    PLAYLIST = "playlist.m3u8"
+
+    def __init__(self, folder: str | os.PathLike, fps: float = 25.0,
+                 audio: np.ndarray | None = None, sample_rate: int = 16000,
+                 segment_frames: int = 25, first_frames: int | None = None) -> None:
+        if segment_frames < 1:
+            raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.fps, self.audio, self.sample_rate = fps, audio, sample_rate
+        self.segment_frames = segment_frames
+        self.first_frames = segment_frames if first_frames is None else max(1, first_frames)
+        self.segments: list[tuple[Path, int]] = []  # (path, frames)
+        self._pending: list[np.ndarray] = []
+        self._next = 0  # index of the first pending frame
+
+    def add(self, frame: np.ndarray) -> Path | None:
+        self._pending.append(frame)
+        want = self.first_frames if not self.segments else self.segment_frames
+        return self._flush() if len(self._pending) >= want else None
+
+    def close(self) -> Path | None:
+        """Write the last (shorter) segment, if any, and end the playlist."""
+        last = self._flush() if self._pending else None
+        self._write_playlist(ended=True)
+        return last
+
+    def _flush(self) -> Path:
+        path = self.folder / f"segment_{len(self.segments):05d}.ts"
+        write_segment(path, self._pending, self._next, self.fps, self.audio, self.sample_rate)
+        self.segments.append((path, len(self._pending)))
+        self._next += len(self._pending)
+        self._pending = []
+        self._write_playlist(ended=False)
+        return path
+
+    def _write_playlist(self, ended: bool) -> None:
+        from core.atomic import write_text
+
+        longest = max((n for _, n in self.segments), default=1) / self.fps
+        lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:EVENT",
+                 f"#EXT-X-TARGETDURATION:{math.ceil(longest)}", "#EXT-X-MEDIA-SEQUENCE:0"]
+        for path, n in self.segments:
+            lines += [f"#EXTINF:{n / self.fps:.3f},", path.name]
+        if ended:
+            lines.append("#EXT-X-ENDLIST")
+        write_text(self.folder / self.PLAYLIST, "\n".join(lines) + "\n")
 
 
 def _encode_audio(c: av.container.OutputContainer, stream: av.audio.stream.AudioStream,
@@ -907,10 +1019,13 @@ __all__: Sequence[str] = (
     "MediaLimits",
     "fit_length",
     "iter_frames",
+    "media_seconds",
     "num_frames",
     "probe",
     "read_audio",
     "read_clip",
+    "SegmentStream",
     "too_long",
+    "write_segment",
     "write_video",
 )

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from core.model.gaussians import FACE_INIT, MOUTH_INIT, GaussianConfig, GaussianSet
 from core.model.motion_field import (AudioConfig, FaceUMF, Motion, MotionAligner, MouthUMF,
-                               PersonalizedField, aligned_motion, face_mouth_hook, HOOK_K_EVAL, MOUTH_PLANES)
+                               PersonalizedField, aligned_motion, face_mouth_hook, HOOK_K_EVAL, MOUTH_PLANES,
+                               mouth_axis_weights)
 from core.raster.projection import camera_center
 from core.raster.sh import sh_to_rgb
 from core.raster.render import RenderOutput, rasterize
@@ -239,3 +240,200 @@ def render_frame(umf: UMF, ident: Identity, cond: FrameCond, plate: Tensor,
     mouth = render_branch(ident.mouth, mm, cond)
     k = mouth_dilation(cond.width) if dilate is None else dilate
     return composite(face, mouth, plate, k).clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# inference: per-avatar constants computed once, motion fields for many frames per call
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DrivenFrames:
+    """Inputs of B consecutive driven frames.
+
+    audio_win: (B, 8, 16, D) audio windows; expr: (B, 6); mouth: (B, 4) or None.
+    """
+
+    audio_win: Tensor
+    expr: Tensor
+    mouth: Tensor | None = None
+
+
+@dataclass
+class FrameMotions:
+    """Deformed, activated Gaussians of B frames (leading dimension B).
+
+    face_means (B, N, 3), face_quats (B, N, 4) unit, face_scales (B, N, 3) activated;
+    mouth_means (B, M, 3) (the mouth's rotations and scales do not move: ``mouth_quats``
+    (M, 4), ``mouth_scales`` (M, 3) of :class:`InferenceHead`).
+    """
+
+    face_means: Tensor
+    face_quats: Tensor
+    face_scales: Tensor
+    mouth_means: Tensor
+
+
+class InferenceHead:
+    """An adapted model prepared for driving: everything of the fields that depends only
+    on the Gaussians' canonical positions (tri-plane features, aligner shifts and scales,
+    gates, code bases, the positional part of every first layer) is computed once, and the
+    audio-driven part is evaluated for many frames per call (:meth:`motions`).
+
+    Gives the same motions as :func:`face_motion` / :func:`mouth_motion` (up to float32
+    summation order). Identities with personalised residual fields (pre-training) are not
+    supported: :meth:`supports` says whether one can be used.
+    """
+
+    def __init__(self, umf: UMF, ident: Identity, hook_k: int = HOOK_K_EVAL) -> None:
+        if not self.supports(ident):
+            raise ValueError("InferenceHead needs an identity without personalised fields")
+        self.umf, self.ident, self.hook_k = umf, ident, hook_k
+        with torch.no_grad():
+            self._prepare_face()
+            self._prepare_mouth()
+
+    @staticmethod
+    def supports(ident: Identity) -> bool:
+        return ident.face_personal is None and ident.mouth_personal is None
+
+    def _query(self, xyz: Tensor, aligner: MotionAligner | None) -> tuple[Tensor, Tensor | None]:
+        if aligner is None:
+            return xyz, None
+        p_xyz, p_scale = aligner(xyz)
+        return xyz + p_xyz, p_scale
+
+    def _prepare_face(self) -> None:
+        f = self.umf.face.field
+        g = self.ident.face
+        xyz, self.face_p_scale = self._query(g.means, self.ident.face_aligner)
+        enc = f.encoder(xyz)                                            # (N, E)
+        gates = torch.cat([f.audio_gate(enc), F.relu(f.eye_gate(enc))], 1)   # (N, A + 6)
+        w1 = f.mlp[0].weight                                            # (H, E + A + 6)
+        e = enc.shape[1]
+        self.face_gates = gates
+        self.face_pre = enc @ w1[:, :e].T                               # (N, H)
+        self.face_w1_cond = w1[:, e:].T                                 # (A + 6, H)
+        self.face_rest = list(f.mlp)[1:]
+        self.face_basis = None
+        if f.code_basis is not None:
+            cb = f.code_basis
+            self.face_basis = cb.mlp(enc).reshape(enc.shape[0], 3, cb.code_dim)
+        self.face_quats_raw = g.quats_raw
+        self.face_scales_raw = g.scales_raw
+
+    def _prepare_mouth(self) -> None:
+        f = self.umf.mouth.field
+        g = self.ident.mouth
+        xyz, self.mouth_p_scale = self._query(g.means, self.ident.mouth_aligner)
+        enc = f.encoder(xyz)                                            # (M, E)
+        e = enc.shape[1]
+        w1 = f.mlp[0].weight                                            # (H, E + A + 3)
+        self.mouth_pre = enc @ w1[:, :e].T                              # (M, H)
+        self.mouth_w1_cond = w1[:, e:].T                                # (A + 3, H)
+        self.mouth_rest = list(f.mlp)[1:]
+        s1 = f.scaler[0].weight                                         # (Hs, E + 3)
+        self.scaler_pre = enc @ s1[:, :e].T                             # (M, Hs)
+        self.scaler_w1_hook = s1[:, e:].T                               # (3, Hs)
+        self.scaler_rest = list(f.scaler)[1:]
+        self.mouth_axis = mouth_axis_weights(f.config, enc)
+        self.mouth_basis = None
+        if f.code_basis is not None:
+            cb = f.code_basis
+            self.mouth_basis = cb.mlp(enc).reshape(enc.shape[0], 3, cb.code_dim)
+        act = g.activated()
+        self.mouth_quats, self.mouth_scales = act.quats, act.scales
+
+    @staticmethod
+    def _run(h: Tensor, layers: list[nn.Module]) -> Tensor:
+        """The layers after an MLP's first linear one (its activation first)."""
+        for m in layers:
+            h = m(h)
+        return h
+
+    @torch.no_grad()
+    def motions(self, frames: DrivenFrames) -> FrameMotions:
+        """Activated Gaussians of the B frames (one batched evaluation of both fields)."""
+        umf = self.umf
+        code = frames.mouth
+        # face: h1 = enc W_e + (gates * [audio, expr]) W_c, the first term computed once
+        a, e = umf.face.encode(frames.audio_win, frames.expr[:, :5], frames.expr[:, 5], code=code)
+        cond = torch.cat([a, e], 1)                                     # (B, A + 6)
+        w = cond[:, :, None] * self.face_w1_cond[None]                  # (B, A + 6, H)
+        out = self._run(self.face_pre + self.face_gates @ w, self.face_rest)   # (B, N, 10)
+        xs = umf.face.field.config.xyz_scale
+        d_xyz = out[..., 0:3] * xs
+        if self.face_basis is not None:
+            d_xyz = d_xyz + torch.einsum("nkc,bc->bnk", self.face_basis, code.to(d_xyz)) * xs
+        if self.face_p_scale is not None:
+            d_xyz = d_xyz * self.face_p_scale
+        g = self.ident.face
+        face_means = g.means + d_xyz
+        face_quats = F.normalize(self.face_quats_raw + out[..., 3:7], dim=-1)
+        face_scales = F.softplus(self.face_scales_raw + out[..., 7:10])
+        # mouth: conditioned on the face's hook of the same frame
+        hook = face_mouth_hook(d_xyz[..., 1], self.hook_k).to(a)      # (B, 3)
+        am = umf.mouth.encode(frames.audio_win, code=code)              # (B, A)
+        cm = torch.cat([am, hook], 1) @ self.mouth_w1_cond              # (B, H)
+        d = self._run(self.mouth_pre + cm[:, None], self.mouth_rest)     # (B, M, 3)
+        s = self._run(self.scaler_pre + (hook @ self.scaler_w1_hook)[:, None], self.scaler_rest)
+        s = 2.0 * torch.sigmoid(s)
+        d = d * self.mouth_axis * s
+        if self.mouth_basis is not None:
+            d = d + torch.einsum("nkc,bc->bnk", self.mouth_basis, code.to(d)) * self.mouth_axis
+        if self.mouth_p_scale is not None:
+            d = d * self.mouth_p_scale
+        return FrameMotions(face_means=face_means, face_quats=face_quats,
+                            face_scales=face_scales, mouth_means=self.ident.mouth.means + d)
+
+    @torch.no_grad()
+    def render(self, motions: FrameMotions, b: int, viewmat: Tensor, K: Tensor, plate: Tensor,
+               dilate: int | None = None, tile: int = 8) -> Tensor:
+        """Frame ``b`` of ``motions`` over the (H, W, 3) uint8 ``plate``: the (H, W, 3) uint8
+        frame, equal to ``round(255 * render_frame(...))`` with the plate in [0, 1].
+
+        Only the box that the face and the (dilated) mouth cover is composited; the rest of
+        the frame is the plate itself (where both alphas are 0 the formula gives the plate).
+        ``tile``: rasterizer tile edge (see :func:`core.raster.render.rasterize`)."""
+        H, W = plate.shape[:2]
+        cam = camera_center(viewmat.to(torch.float32))
+        outs = []
+        for gs, means, quats, scales in (
+                (self.ident.face, motions.face_means[b], motions.face_quats[b], motions.face_scales[b]),
+                (self.ident.mouth, motions.mouth_means[b], self.mouth_quats, self.mouth_scales)):
+            rgb = sh_to_rgb(gs.sh_degree, gs.sh, means, cam)
+            outs.append(rasterize(means, quats, scales, gs.opacities, rgb, viewmat, K, W, H,
+                                  tile=tile))
+        k = mouth_dilation(W) if dilate is None else dilate
+        box = _union(_nonzero_box(outs[0].alpha, 0), _nonzero_box(outs[1].alpha, k // 2))
+        frame = plate.clone()
+        if box is None:
+            return frame
+        y0, y1, x0, x1 = box
+        face, mouth = (RenderOutput(image=o.image[y0:y1, x0:x1], alpha=o.alpha[y0:y1, x0:x1],
+                                    depth=o.depth, means2d=o.means2d, radii=o.radii,
+                                    visible=o.visible) for o in outs)
+        crop = plate[y0:y1, x0:x1].float() / 255.0
+        img = composite(face, mouth, crop, k).clamp(0.0, 1.0)
+        frame[y0:y1, x0:x1] = (img * 255.0).round().to(torch.uint8)
+        return frame
+
+
+Box = tuple[int, int, int, int]
+
+
+def _nonzero_box(alpha: Tensor, margin: int) -> Box | None:
+    """(y0, y1, x0, x1) bounding the pixels of (H, W, 1) ``alpha`` > 0, grown by ``margin``
+    pixels and clipped to the image; None if all are 0."""
+    a = alpha[..., 0] > 0
+    rows = torch.nonzero(a.any(1)).squeeze(1)
+    if rows.numel() == 0:
+        return None
+    cols = torch.nonzero(a.any(0)).squeeze(1)
+    H, W = a.shape
+    return (max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, H),
+            max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, W))
+
+
+def _union(a: Box | None, b: Box | None) -> Box | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])

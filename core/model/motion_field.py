@@ -434,7 +434,8 @@ class MouthFieldConfig:
     code_hidden: int = 32
 
 
-def _axis_weights(c: MouthFieldConfig, ref: Tensor) -> Tensor:
+def mouth_axis_weights(c: MouthFieldConfig, ref: Tensor) -> Tensor:
+    """(3,) per-axis weights of the mouth field's Δxyz (lateral axes damped), like ``ref``."""
     return ref.new_tensor([c.lateral_scale, 1.0, c.lateral_scale]) * c.xyz_scale
 
 
@@ -463,11 +464,11 @@ class MouthMotionField(nn.Module):
         hookb = hook[:, None, :].expand(b, n, -1)
         d = self.mlp(torch.cat([encb, audio[:, None, :].expand(b, n, -1), hookb], -1))
         s = 2.0 * torch.sigmoid(self.scaler(torch.cat([encb, hookb], -1)))
-        d = d * _axis_weights(self.config, d) * s
+        d = d * mouth_axis_weights(self.config, d) * s
         if squeeze:
             d, s = d[0], s[0]
         if self.code_basis is not None:
-            d = d + self.code_basis(enc, code) * _axis_weights(self.config, d)
+            d = d + self.code_basis(enc, code) * mouth_axis_weights(self.config, d)
         return Motion(d_xyz=d, scaler=s)
 
 
@@ -551,7 +552,7 @@ class PersonalizedField(nn.Module):
         if self.kind == "face":
             d_xyz, d_quat, d_scale = _split_face_out(out, FaceFieldConfig.xyz_scale)
             return Motion(d_xyz=d_xyz, d_quat=d_quat, d_scale=d_scale)
-        return Motion(d_xyz=out * _axis_weights(MouthFieldConfig(), out))
+        return Motion(d_xyz=out * mouth_axis_weights(MouthFieldConfig(), out))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from core.raster.projection import camera_center, project
 from core.raster.sh import sh_to_rgb
-from core.raster.tiles import bin_gaussians
+from core.raster.tiles import TILE, bin_gaussians
 from core.raster.torch_backend import DEFAULT_BUDGET, composite
 
 __all__ = ["RenderOutput", "rasterize", "raster_backend", "RASTER_CHOICES", "RASTER_HELP"]
@@ -107,7 +107,7 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
               viewmat: Tensor, K: Tensor, width: int, height: int,
               background: Tensor | None = None, sh_degree: int | None = None,
               near_plane: float = 0.01, far_plane: float = 1e10, eps2d: float = 0.3,
-              backend: str | None = None) -> RenderOutput:
+              backend: str | None = None, tile: int = TILE) -> RenderOutput:
     """Render N Gaussians into one (height, width) view.
 
     Args:
@@ -124,6 +124,8 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         eps2d: screen-space blur added to the 2D covariance (pixels^2).
         backend: "auto" (gsplat on CUDA tensors, else torch), "torch", "gsplat", "reference";
             None: the one :func:`raster_backend` set (default "auto").
+        tile: tile edge in pixels of the torch backend (16 as gsplat; the image does not
+            depend on it beyond float32 rounding; 8 does less work on small splats).
     Returns:
         :class:`RenderOutput`.
     """
@@ -156,7 +158,7 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
                                 bg, near_plane, far_plane, eps2d)
     else:
         r = _rasterize_torch(means, quats, scales, opacities, feats, viewmat, K, width, height,
-                             bg, near_plane, far_plane, eps2d)
+                             bg, near_plane, far_plane, eps2d, tile=tile)
     alpha = r["alpha"]
     depth = r["depth_acc"] / alpha.clamp_min(1e-10)
     radii = r["radii"].max(dim=-1).values.to(torch.int32)
@@ -167,7 +169,7 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
 def _rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor,
                      feats: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int,
                      bg: Tensor, near_plane: float, far_plane: float, eps2d: float,
-                     budget: int = DEFAULT_BUDGET) -> dict[str, Tensor]:
+                     budget: int = DEFAULT_BUDGET, tile: int = TILE) -> dict[str, Tensor]:
     """Torch backend: autograd projection + tiled compositing (depth as an extra channel)."""
     # float64 projection: cheap (O(N)) and keeps float32 gradients accurate for thin or
     # nearly pixel-sized Gaussians, where J Sigma J^T + eps2d loses digits
@@ -181,7 +183,7 @@ def _rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     f = torch.cat([feats, proj.depths.unsqueeze(1).to(feats)], 1)
     bg1 = torch.cat([bg, bg.new_zeros(1)])
     bins = bin_gaussians(means2d, proj.radii, proj.depths, proj.visible, width, height,
-                         conics=proj.conics, opacities=opacities)
+                         tile=tile, conics=proj.conics, opacities=opacities)
     img, alpha = composite(means2d, proj.quad.to(means.dtype), opacities, f, bg1, bins,
                            width, height, budget)
     return {"image": img[..., :C], "alpha": alpha, "depth_acc": img[..., C:],
