@@ -86,9 +86,9 @@ def _espeak(code: str, language: str, label: str, scripts: tuple[str, ...] = _LA
                  f"{label} (eSpeak NG, robotic)", "espeak", scripts, _ESPEAK_LICENCE, code)
 
 
-#: Every voice, the default first. Languages whose eSpeak NG reading was poor in listening
-#: checks on the Debian build (Mandarin, Japanese: Han characters read as "Chinese letter")
-#: are left out, so they get a clear "no voice" message instead of nonsense.
+#: Every voice, the default first. Mandarin and Japanese are left out: the Debian build's
+#: eSpeak NG reads Han characters in them as "Chinese letter" or partly as English (its
+#: phoneme output, ``espeak-ng -x``), so they get a clear "no voice" message instead.
 VOICES: dict[str, Voice] = {v.name: v for v in (
     Voice("joe", "en-US", "English (US), Joe (Piper, neural)", "piper", _LATIN,
           "voice model: training data CC0 (NabuCasa voice-datasets), fine-tuned from Piper's "
