@@ -847,6 +847,8 @@ import app                                   # builds the UI (tiny preset from t
 import gradio
 assert isinstance(app.demo, gradio.Blocks) and app.demo.instag.cfg.preset == "tiny"
 import core.adapt, core.preprocess, core.synthesize, eval.benchmark  # the lazy imports
+from core.data.speech import speak          # Piper and onnxruntime wheels for 3.10
+assert speak("Hello there.").seconds > 0.3
 print("py310 ok", sys.version.split()[0])
 """
 
