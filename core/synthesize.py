@@ -214,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=600.0)
     p.add_argument("--no-mark", action="store_true", help="omit the visible AI-generated label "
                    "(the metadata statement stays)")
-    a = p.parse_args(argv)
-    if a.list_voices:
+    if "--list-voices" in (sys.argv[1:] if argv is None else argv):  # needs no avatar
         from core.data.speech import voices
         for v in voices():
             print(f"{v.name:12s} {v.language:6s} {v.label}")
         return 0
+    a = p.parse_args(argv)
     if (a.audio is None) == (a.text is None):
         p.error("give either AUDIO or --text")
     if a.audio is not None and (a.voice or a.lang or a.rate != 1.0):
