@@ -10,6 +10,7 @@ come from ../shared/data, which must not be shipped, nor anything rendered from 
 """
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -177,9 +178,15 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
                 return f
 
             mp4_text = fetch(page.locator("#talk-video video").get_attribute("src"), "text.mp4")
-            speech = page.locator("#talk-speech audio")
-            speech.wait_for(state="attached")
-            wav = fetch(speech.get_attribute("src"), "speech.wav")
+            # the speech player holds the file as a blob: read its bytes in the page
+            page.locator('#talk-speech audio[src^="blob:"]').wait_for(state="attached")
+            b64 = page.evaluate("""async () => {
+                const a = document.querySelector('#talk-speech audio[src^="blob:"]');
+                const u = new Uint8Array(await (await fetch(a.src)).arrayBuffer());
+                let s = ''; for (let i = 0; i < u.length; i++) s += String.fromCharCode(u[i]);
+                return btoa(s); }""")
+            wav = tmp_path / "speech.wav"
+            wav.write_bytes(base64.b64decode(b64))
             assert_marked_mp4(mp4_text)
             info = probe(mp4_text)
             speech_s = len(read_audio(wav)) / 16000
