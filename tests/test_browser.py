@@ -179,9 +179,10 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
 
             mp4_text = fetch(page.locator("#talk-video video").get_attribute("src"), "text.mp4")
             # the speech player holds the file as a blob: read its bytes in the page
-            page.locator('#talk-speech audio[src^="blob:"]').wait_for(state="attached")
-            b64 = page.evaluate("""async () => {
-                const a = document.querySelector('#talk-speech audio[src^="blob:"]');
+            # (the waveform's shadow DOM: only a locator reaches it)
+            player = page.locator('#talk-speech audio[src^="blob:"]')
+            player.wait_for(state="attached")
+            b64 = player.evaluate("""async (a) => {
                 const u = new Uint8Array(await (await fetch(a.src)).arrayBuffer());
                 let s = ''; for (let i = 0; i < u.length; i++) s += String.fromCharCode(u[i]);
                 return btoa(s); }""")
