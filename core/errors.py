@@ -9,7 +9,10 @@ class InputError(ValueError):
         code: short machine-readable reason, one of ``unreadable``, ``no_video``,
             ``no_audio``, ``no_face``, ``multiple_faces``, ``face_lost``,
             ``too_short``, ``too_long``, ``too_large``, ``timing``, ``truncated``,
-            ``wrong_weights``, ``corrupt``, ``missing_dependency``.
+            ``wrong_weights``, ``corrupt``, ``missing_dependency``; for typed text
+            (:mod:`core.data.speech`) ``empty_text``, ``text_too_long``, ``unsayable``,
+            ``unknown_voice``, ``wrong_voice``, ``no_voice_for_language``, ``bad_rate``,
+            ``no_speech``.
         problem: what is wrong, in plain words.
         fix: what the user can do.
     """

@@ -1,6 +1,7 @@
 """Driving an avatar with new audio (METHOD.md §7).
 
 ``python -m core.synthesize AVATAR AUDIO --out video.mp4 [--stream DIR]``
+``python -m core.synthesize AVATAR --text "..." [--voice NAME | --lang CODE] [--rate R] --out video.mp4``
 
 Any audio file (wav, mp3, m4a, flac, ogg) or the audio track of a video, any sample rate and
 length: it is resampled to 16 kHz, cut into ``T = ceil(seconds * 25)`` frames (zero-padded
@@ -9,7 +10,9 @@ fields. Poses, expression signals and torso/background plates come from the avat
 frames looped ping-pong (0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...: no jump). Each frame is the
 face and mouth rendering composited over the plate (mouth alpha dilated); the mp4 carries the
 audio, frame ``i`` starting at sample ``640 i``, a visible "AI-generated" mark on every frame
-and the same statement in its metadata.
+and the same statement in its metadata. Typed text is spoken first by an offline voice
+(:mod:`core.data.speech`); that audio drives the avatar like a recording, and the mark and
+the metadata then say that the voice is synthetic too.
 
 Speed (:class:`TalkConfig`): the motion fields' per-avatar constants are computed once and
 the audio-driven part runs for 16 frames per call; frames are rasterized on one thread per
@@ -51,6 +54,17 @@ from core.progress import ProgressFn, run_cli_job
 AI_STATEMENT = ("AI-generated video: a synthetic talking-head avatar (InsTaG) speaking the "
                 "given audio. It does not show a real recording.")
 MARK_TEXT = "AI-generated"
+#: The mark when the voice was synthesized from text.
+VOICE_MARK_TEXT = "AI-generated, synthetic voice"
+
+
+def ai_statement(synthetic_voice: str | None = None) -> str:
+    """The metadata statement; with ``synthetic_voice`` (e.g. the voice's description) it
+    says that the voice is synthetic too."""
+    if not synthetic_voice:
+        return AI_STATEMENT
+    return (AI_STATEMENT.replace("speaking the given audio", "speaking typed text") +
+            f" The voice is synthetic too: {synthetic_voice}.")
 
 
 @dataclass(frozen=True)
@@ -115,12 +129,13 @@ def draw_mark(frame: np.ndarray, text: str = MARK_TEXT) -> np.ndarray:
     return out
 
 
-def render_frames(av: Avatar, feats: torch.Tensor, mark: bool = True,
+def render_frames(av: Avatar, feats: torch.Tensor, mark: bool | str = True,
                   progress: ProgressFn | None = None,
                   mouth: torch.Tensor | None = None) -> Iterator[np.ndarray]:
     """Yield the (res, res, 3) uint8 frames driven by per-frame audio windows (T, 16, D)
     and, for a model with a mouth-code input, the mouth codes (T, 4) predicted from the
-    same audio (:meth:`core.model.mouth_drive.MouthDrive.predicted`). Pose, expression
+    same audio (:meth:`core.model.mouth_drive.MouthDrive.predicted`). ``mark``: True
+    stamps :data:`MARK_TEXT`, a string stamps that text. Pose, expression
     (upper face) and plate come from the avatar's own frames, looped back and forth."""
     T = feats.shape[0]
     res = av.res
@@ -135,7 +150,7 @@ def render_frames(av: Avatar, feats: torch.Tensor, mark: bool = True,
         img = render_frame(av.umf, av.ident, cond, plate)
         frame = (img * 255.0).round().to(torch.uint8).cpu().numpy()
         if mark:
-            frame = draw_mark(frame)
+            frame = draw_mark(frame, mark if isinstance(mark, str) else MARK_TEXT)
         if progress:
             progress(f"rendering frame {t + 1}/{T}", (t + 1) / T)
         yield frame
@@ -152,7 +167,7 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def render_frames_fast(av: Avatar, feats: torch.Tensor, mark: bool = True,
+def render_frames_fast(av: Avatar, feats: torch.Tensor, mark: bool | str = True,
                        progress: ProgressFn | None = None, mouth: torch.Tensor | None = None,
                        cfg: TalkConfig = TalkConfig()) -> Iterator[np.ndarray]:
     """:func:`render_frames`, faster: the per-avatar constants of the fields computed once
@@ -173,7 +188,9 @@ def render_frames_fast(av: Avatar, feats: torch.Tensor, mark: bool = True,
 
     def one(motions, b: int, i: int) -> np.ndarray:
         frame = head.render(motions, b, av.viewmats[i], K, av.plates[i], tile=cfg.tile).numpy()
-        return draw_mark(frame) if mark else frame
+        if not mark:
+            return frame
+        return draw_mark(frame, mark if isinstance(mark, str) else MARK_TEXT)
 
     pending: deque[Future] = deque()
     with _torch_threads(1 if workers > 1 else torch.get_num_threads()), \
@@ -289,7 +306,8 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
                stream_dir: str | os.PathLike | None = None,
                on_segment: Callable[[Path], None] | None = None,
                talk: TalkConfig = TalkConfig(),
-               device: str | torch.device | None = "auto") -> SynthesisResult:
+               device: str | torch.device | None = "auto",
+               synthetic_voice: str | None = None) -> SynthesisResult:
     """Render the avatar speaking ``audio`` into an mp4 with the audio muxed in.
 
     ``device``: where the frames render (:func:`core.device.resolve_device`); the audio
@@ -303,6 +321,8 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     with an HLS playlist (:class:`core.data.media.SegmentStream`), calling
     ``on_segment(path)`` for each; a stopped run leaves the segments so far. ``talk``: how
     frames are made (:class:`TalkConfig`).
+    ``synthetic_voice``: the audio was synthesized from text by this voice (its
+    description): the mark reads :data:`VOICE_MARK_TEXT` and the metadata says so.
     The audio is checked against ``max_seconds`` (and core.data.media's start-offset, gap and
     frame-size limits) from its headers before anything is decoded, and decoding stops
     at the limit, so a hostile file costs at most ``max_seconds`` of samples.
@@ -340,12 +360,15 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     mouth = mouth.to(dev) if mouth is not None else None
     t0 = time.perf_counter()
     n_done = 0
-    meta = {"title": "AI-generated talking head", "comment": AI_STATEMENT,
-            "description": AI_STATEMENT}
+    stamp = (VOICE_MARK_TEXT if synthetic_voice else MARK_TEXT) if mark else False
+    statement = ai_statement(synthetic_voice)
+    meta = {"title": "AI-generated talking head" + (" with a synthetic voice" if synthetic_voice
+                                                     else ""),
+            "comment": statement, "description": statement}
     if talk.reference and stream_dir is None:
         def frames() -> Iterator[np.ndarray]:
             nonlocal n_done
-            for f in render_frames(av, feats, mark, progress, mouth):
+            for f in render_frames(av, feats, stamp, progress, mouth):
                 n_done += 1
                 yield f
 
@@ -360,8 +383,8 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
             on_segment(p)
 
     enc = _Encoder(out, wav, meta, stream_dir, talk, segment_done)
-    gen = (render_frames(av, feats, mark, progress, mouth) if talk.reference or dev.type != "cpu"
-           else render_frames_fast(av, feats, mark, progress, mouth, talk))
+    gen = (render_frames(av, feats, stamp, progress, mouth) if talk.reference or dev.type != "cpu"
+           else render_frames_fast(av, feats, stamp, progress, mouth, talk))
     try:
         for f in gen:
             enc.put(f)
@@ -421,10 +444,41 @@ def stream_synthesis(avatar: str | os.PathLike | Avatar, audio: str | os.PathLik
         worker.join()
 
 
+def synthesize_text(avatar: str | os.PathLike | Avatar, text: str, out: str | os.PathLike,
+                    voice: str | None = None, language: str | None = None, rate: float = 1.0,
+                    progress: ProgressFn | None = None, max_seconds: float = 600.0,
+                    mark: bool = True, **kwargs) -> SynthesisResult:
+    """:func:`synthesize` driven by ``text`` spoken by an offline voice
+    (:func:`core.data.speech.speak`; the text, voice and rate are checked before the avatar
+    is opened or anything is written). ``kwargs``: :func:`synthesize`'s (``device``,
+    ``stream_dir``, ...)."""
+    import tempfile
+
+    from core.data.speech import speak
+
+    if not isinstance(avatar, Avatar) and not Path(avatar).is_dir():
+        raise InputError("unreadable", f"There is no avatar folder at {avatar}.",
+                         "Pass a folder written by python -m core.adapt.")
+    speech = speak(text, voice, language, rate)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = speech.write_wav(Path(tmp) / "speech.wav")
+        return synthesize(avatar, wav, out, progress, max_seconds, mark,
+                          synthetic_voice=speech.voice.description, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.synthesize", description=__doc__.split("\n")[0])
     p.add_argument("avatar", help="avatar folder (from python -m core.adapt)")
-    p.add_argument("audio", help="audio file or video with an audio track")
+    p.add_argument("audio", nargs="?", default=None,
+                   help="audio file or video with an audio track (or --text)")
+    p.add_argument("--text", default=None, help="text to speak instead of an audio file "
+                   "(offline voice, at most 600 characters)")
+    p.add_argument("--voice", default=None, help="voice for --text (default joe; "
+                   "--list-voices shows them)")
+    p.add_argument("--lang", default=None, help="language for --text (e.g. fr): its first voice")
+    p.add_argument("--rate", type=float, default=1.0, help="speaking rate for --text "
+                   "(0.5-2, 1 = normal)")
+    p.add_argument("--list-voices", action="store_true", help="print the voices and exit")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--max-seconds", type=float, default=600.0)
     p.add_argument("--no-mark", action="store_true", help="omit the visible AI-generated label "
@@ -434,11 +488,25 @@ def main(argv: list[str] | None = None) -> int:
                    "and an HLS playlist (playlist.m3u8); a stopped run leaves a playable prefix")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
+    if "--list-voices" in (sys.argv[1:] if argv is None else argv):  # needs no avatar
+        from core.data.speech import voices
+        for v in voices():
+            print(f"{v.name:12s} {v.language:6s} {v.label}")
+        return 0
     a = p.parse_args(argv)
+    if (a.audio is None) == (a.text is None):
+        p.error("give either AUDIO or --text")
+    if a.audio is not None and (a.voice or a.lang or a.rate != 1.0):
+        p.error("--voice, --lang and --rate go with --text")
+    if a.text is None:
+        job = lambda bar: synthesize(a.avatar, a.audio, a.out, bar, a.max_seconds,  # noqa: E731
+                                     mark=not a.no_mark, stream_dir=a.stream, device=a.device)
+    else:
+        job = lambda bar: synthesize_text(a.avatar, a.text, a.out, a.voice, a.lang,  # noqa: E731
+                                          a.rate, bar, a.max_seconds, mark=not a.no_mark,
+                                          stream_dir=a.stream, device=a.device)
     with raster_backend(a.raster):
-        r, code = run_cli_job(
-            lambda bar: synthesize(a.avatar, a.audio, a.out, bar, a.max_seconds,
-                                   mark=not a.no_mark, stream_dir=a.stream, device=a.device))
+        r, code = run_cli_job(job)
     if code:
         return code
     print(f"{r.path}: {r.frames} frames ({r.seconds:.2f} s of audio), rendering {r.render_fps:.1f} FPS")

@@ -19,7 +19,12 @@ TITLES = {"no_audio": "No audio in the clip", "no_face": "No face found",
           "too_short": "Too short", "too_long": "Too long", "unreadable": "Not a usable file",
           "no_video": "Not a video", "wrong_weights": "Model weights missing",
           "corrupt": "Damaged avatar", "timing": "Broken timestamps",
-          "too_large": "Frames too large", "truncated": "File cut short"}
+          "too_large": "Frames too large", "truncated": "File cut short",
+          "empty_text": "No text", "text_too_long": "Text too long",
+          "unsayable": "The voice cannot say this", "unknown_voice": "No such voice",
+          "wrong_voice": "Voice and language differ", "no_voice_for_language": "No voice for this language",
+          "bad_rate": "Speaking rate out of range", "no_speech": "No speech produced",
+          "missing_dependency": "Voice not installed"}
 
 
 def user_error(e: InputError) -> gr.Error:

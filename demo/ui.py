@@ -2,7 +2,8 @@
 evaluation harness and :mod:`demo.store`.
 
 API names (for ``gradio_client``): ``/list_avatars``, ``/create``, ``/talk``,
-``/delete_avatar``, ``/benchmark``. Every endpoint takes the owner token as its last input
+``/talk_text`` (avatar, text, voice name, speaking rate: an offline voice speaks the text,
+:mod:`core.data.speech`), ``/delete_avatar``, ``/benchmark``. Every endpoint takes the owner token as its last input
 and returns it first (:mod:`demo.owners`); call ``/list_avatars`` with ``None`` for one.
 
 Files: served copies are written straight into Gradio's cache folder (one random folder
@@ -28,6 +29,7 @@ from typing import Any
 
 import gradio as gr
 
+from core.data import speech
 from core.errors import InputError
 from core.progress import format_seconds
 from demo.config import AppConfig, app_presets, on_zero_gpu
@@ -130,14 +132,16 @@ def adapt_gpu(processed: Path, out: Path, prior: Path | None, preset: str, work:
 
 def render_gpu(avatar_dir: Path, audio: Path, out: Path, max_seconds: float,
                duration: float | None, progress: Any, t0: float, lo: float, hi: float,
-               label: str, stop: threading.Event | None, device: str = "auto"):
+               label: str, stop: threading.Event | None, device: str = "auto",
+               synthetic_voice: str | None = None):
     """Render the avatar speaking ``audio`` (core.synthesize: marked frames and metadata) on
-    ``device``; frames come back to the CPU for encoding."""
+    ``device``; frames come back to the CPU for encoding. ``synthetic_voice``: the audio was
+    synthesized from text by that voice, and the mark and metadata say so."""
     from core.synthesize import synthesize
 
     return synthesize(avatar_dir, audio, out, max_seconds=max_seconds, duration=duration,
                       progress=JobProgress(progress, t0).stage(lo, hi, label, stop),
-                      device=device)
+                      device=device, synthetic_voice=synthetic_voice)
 
 
 def render_stream_gpu(avatar_dir: Path, audio: Path, out: Path, stream_dir: Path,
@@ -261,6 +265,10 @@ class App:
 
     def admit_talk(self, avatar_id: Any, audio: Any, token: Any) -> list[dict]:
         return self._admit(token, 3)
+
+    def admit_talk_text(self, avatar_id: Any, text: Any, voice: Any, rate: Any,
+                        token: Any) -> list[dict]:
+        return self._admit(token, 5)
 
     def admit_benchmark(self, source: Any, avatar_id: Any, clip: Any, consent: Any,
                         seconds: Any, methods: Any, token: Any) -> list[dict]:
@@ -438,6 +446,57 @@ class App:
                   f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated”; "
                   "so is the file's metadata.")
         yield token, served, status
+
+    def talk_text(self, avatar_id: str | None, text: Any, voice: Any, rate: Any, token: Any,
+                  progress=gr.Progress()):
+        """Talk tab, typed text: an offline voice speaks it (in the app process, before the
+        avatar is touched: bad text, voice or rate is refused with nothing written), then
+        the avatar is rendered speaking that audio. Returns the video, its download and the
+        synthesized speech."""
+        token = self.owner(token)
+        try:
+            said = speech.speak(text, str(voice) if voice else None, rate=rate if rate is not None
+                                else 1.0)
+        except InputError as e:
+            raise user_error(e) from None
+        if not avatar_id:
+            raise gr.Error("Choose one of your avatars (make one in the Create avatar tab).",
+                           title="No avatar chosen", print_exception=False)
+        try:
+            rec = self.store.get(token, avatar_id)
+            with self.locks.use(rec.id) as stop:
+                folder = self.store.folder(rec)
+                out = self.store.render_path(rec)  # inside the avatar: deleted with it
+                try:
+                    wav = said.write_wav(out.with_name("speech.wav"))
+                    res = self._render_gpu(folder / "avatar", wav, out, self.cfg.max_audio_s,
+                                           None, progress, time.time(), 0.0, 1.0, "Rendering",
+                                           self._stop_arg(stop), self.cfg.device,
+                                           synthetic_voice=said.voice.description)
+                    served = self.serve(res.path, folder)
+                    served_speech = self.serve(wav, folder)
+                except BaseException:
+                    shutil.rmtree(out.parent, ignore_errors=True)  # no half-made renders
+                    raise
+        except NotFound:
+            raise gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False) from None
+        except Busy:
+            raise gr.Error(BEING_DELETED, title="Avatar being deleted",
+                           print_exception=False) from None
+        except InputError as e:
+            raise user_error(e) from None
+        except gr.Error:
+            raise
+        except Cancelled:
+            raise gr.Error("Rendering was stopped: the avatar was deleted.", title="Stopped",
+                           print_exception=False) from None
+        except Exception:
+            raise internal_error("talk_text", "Rendering failed unexpectedly (reference {ref}).")[1] from None
+        status = (f"{res.frames} frames ({res.seconds:.1f} s of speech by the synthetic voice "
+                  f"{said.voice.name}, {said.voice.language}), rendered at "
+                  f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated, "
+                  "synthetic voice”; so is the file's metadata.")
+        return token, served, served, served_speech, status
 
     def delete(self, avatar_id: str | None, token: Any):
         """Delete one of this owner's avatars and all its files, after stopping (and
@@ -622,6 +681,20 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                                          f"{cfg.max_audio_s:g} s)", sources=["upload", "microphone"],
                                          type="filepath", format=None, elem_id="talk-audio")
                         talk_btn = gr.Button("Render", variant="primary", elem_id="talk-btn")
+                        text = gr.Textbox(label=f"…or type what it says (at most "
+                                          f"{speech.MAX_CHARS} characters; an offline "
+                                          "synthetic voice speaks it)", lines=3,
+                                          max_length=speech.MAX_CHARS, elem_id="talk-text")
+                        with gr.Row():
+                            voice_names = speech.voices() or [speech.VOICES[speech.DEFAULT_VOICE]]
+                            voice = gr.Dropdown(label="Voice / language",
+                                                choices=[(v.label, v.name) for v in voice_names],
+                                                value=voice_names[0].name, elem_id="talk-voice")
+                            rate = gr.Slider(speech.MIN_RATE, speech.MAX_RATE, value=1.0,
+                                             step=0.05, label="Speaking rate (1 = normal)",
+                                             elem_id="talk-rate")
+                        say_btn = gr.Button("Render from text", variant="primary",
+                                            elem_id="talk-text-btn")
                         with gr.Row():
                             refresh_btn = gr.Button("Refresh list", size="sm")
                             delete_btn = gr.Button("Delete this avatar", variant="stop", size="sm",
@@ -632,6 +705,9 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                                               elem_id="talk-video")
                         talk_file = gr.File(label="Download mp4", interactive=False,
                                             elem_id="talk-file")
+                        talk_speech = gr.Audio(label="Synthesized voice (AI-generated)",
+                                               type="filepath", interactive=False,
+                                               elem_id="talk-speech")
                 table = gr.Dataframe(headers=["name", "created (UTC)", "expires (UTC)",
                                               "source clip", "id"], label="Your avatars",
                                      interactive=False, elem_id="avatar-table")
@@ -685,6 +761,9 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
         # show its segments in a browser
         talk_btn.click(app.talk, [pick, audio, token], [token, talk_video, talk_file, talk_status],
                        api_name="talk", validator=app.admit_talk, **heavy)
+        say_btn.click(app.talk_text, [pick, text, voice, rate, token],
+                      [token, talk_video, talk_file, talk_speech, talk_status],
+                      api_name="talk_text", validator=app.admit_talk_text, **heavy)
         delete_btn.click(app.delete, [pick, token], [token, talk_status, *picks],
                          api_name="delete_avatar", queue=False)
         source.change(lambda src: (gr.update(visible=src == "created avatar"),

@@ -1,5 +1,6 @@
 """End to end in a real browser: headless Debian Chromium driven by Playwright clicks through
-Create (consent refused, then a real clip with live progress) and Talk (real audio), reloads
+Create (consent refused, then a real clip with live progress) and Talk (real audio, then a
+typed sentence spoken by the offline voice), reloads
 the page (the avatars are still listed; another browser sees none; the owner token never
 appears in a URL), and takes screenshots. Skipped when /usr/bin/chromium is absent (``.ci/run`` installs it).
 
@@ -9,6 +10,7 @@ come from ../shared/data, which must not be shipped, nor anything rendered from 
 """
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -155,6 +157,43 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
             mp4 = tmp_path / "talk.mp4"
             mp4.write_bytes(body)
             assert_marked_mp4(mp4)
+
+            # Talk from typed text: the default voice says it; the video has the speech as
+            # its audio track and lasts as long as the speech shown beside it
+            sentence = "Hello! I can say anything you type into this box."
+            page.fill("#talk-text textarea", sentence)
+            assert page.locator("#talk-voice input").input_value().startswith("English (US), Joe")
+            page.click("#talk-text-btn")
+            wait_for(page.locator("#talk-status", has_text="synthetic voice"), 300)
+            page.wait_for_function("(old) => { const v = document.querySelector('#talk-video video');"
+                                   " return v && v.src && v.src !== old; }", arg=src)
+            shot("06b_talk_text_done.png")
+            from core.data.media import probe, read_audio
+
+            def fetch(url: str, name: str) -> Path:
+                f = tmp_path / name
+                f.write_bytes(page.request.get(
+                    url if url.startswith("http") else app_url.rstrip("/") + url).body())
+                return f
+
+            mp4_text = fetch(page.locator("#talk-video video").get_attribute("src"), "text.mp4")
+            # the speech player holds the file as a blob: read its bytes in the page
+            # (the waveform's shadow DOM: only a locator reaches it)
+            player = page.locator('#talk-speech audio[src^="blob:"]')
+            player.wait_for(state="attached")
+            b64 = player.evaluate("""async (a) => {
+                const u = new Uint8Array(await (await fetch(a.src)).arrayBuffer());
+                let s = ''; for (let i = 0; i < u.length; i++) s += String.fromCharCode(u[i]);
+                return btoa(s); }""")
+            wav = tmp_path / "speech.wav"
+            wav.write_bytes(base64.b64decode(b64))
+            assert_marked_mp4(mp4_text)
+            info = probe(mp4_text)
+            speech_s = len(read_audio(wav)) / 16000
+            assert 2.0 < speech_s < 6.0, speech_s  # ten words at a normal pace
+            assert info.has_audio and info.num_video_frames == -(-round(speech_s * 16000) // 640)
+            assert abs(info.audio_end_s - info.num_video_frames / 25) < 0.05
+            assert "voice is synthetic" in info.metadata.get("comment", "")
 
             # Benchmark (quick) on the new avatar's clip, the methods that need no training
             page.get_by_role("tab", name="Benchmark").click()

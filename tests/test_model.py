@@ -154,6 +154,55 @@ def test_synthesis_length_audio_and_mark(avatar: Path, audio_dir: Path, tmp_path
     assert r.render_fps > 0
 
 
+def test_cli_speaks_typed_text(avatar: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """``python -m core.synthesize AVATAR --text ...``: the voice's audio drives the avatar
+    unchanged (no re-timing: the file's track is the speech from sample 0), the video lasts
+    as long as the speech, and the mark and the metadata say the voice is synthetic."""
+    import hashlib
+
+    import core.data.speech as speech
+    from core.data.media import probe, read_audio, read_clip
+    from core.synthesize import main
+
+    said: list[speech.Speech] = []  # what the voice said (Piper's timing varies per call)
+    real_speak = speech.speak
+    monkeypatch.setattr(speech, "speak", lambda *a, **k: said.append(real_speak(*a, **k)) or said[-1])
+
+    def fingerprint() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(avatar.iterdir()) if p.is_file()}
+
+    before = fingerprint()
+    text = "Hello, I am a talking head."
+    out = tmp_path / "text.mp4"
+    assert main([str(avatar), "--text", text, "--out", str(out)]) == 0
+    assert len(said) == 1 and said[0].voice.name == "joe"
+    ref = read_audio(said[0].write_wav(tmp_path / "ref.wav"))
+    T = int(np.ceil(len(ref) / 640))
+    info = probe(out)
+    assert info.num_video_frames == T and info.has_audio and abs(info.audio_end_s - T / 25) < 0.05
+    comment = info.metadata.get("comment", "")
+    assert "AI-generated" in comment and "voice is synthetic" in comment and "joe" in comment
+    clip = read_clip(out)
+    n = min(len(ref), clip.audio.shape[0])
+    assert np.corrcoef(clip.audio[:n], ref[:n])[0, 1] > 0.95
+    h = clip.frames.shape[1]  # the longer mark: white text on black over most of the width
+    band = clip.frames[:, int(0.8 * h):].astype(int).max(-1)
+    cols = np.nonzero((band > 200).any(axis=(0, 1)))[0]
+    assert cols.max() - cols.min() > 0.5 * h
+    # bad text, voice or language: a named error, nothing written, the avatar untouched
+    for args, words in ((["--text", "   "], "no text"), (["--text", "x" * 601], "601"),
+                        (["--text", "Hi", "--voice", "nobody"], "no voice named"),
+                        (["--text", "Hi", "--lang", "zh"], "No voice speaks"),
+                        (["--text", "Hi \U0001F600"], "cannot say")):
+        bad = tmp_path / "bad.mp4"
+        assert main([str(avatar), *args, "--out", str(bad)]) == 2
+        assert words in capsys.readouterr().err
+        assert not bad.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.wav", "text.mp4"]
+    assert fingerprint() == before
+
+
 def test_pingpong_loops_without_jumps() -> None:
     seq = [pingpong(t, 4) for t in range(10)]
     assert seq == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]

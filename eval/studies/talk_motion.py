@@ -1,6 +1,6 @@
 """How much a Talk render's mouth moves, and whether it moves with the voice.
 
-``python -m eval.studies.talk_motion AVATAR CLIP_DIR AUDIO... --out DIR [--videos DIR]``
+``python -m eval.studies.talk_motion AVATAR CLIP_DIR [AUDIO...] [--text TEXT ...] --out DIR [--videos DIR]``
 
 For each audio file the avatar is driven (:func:`core.synthesize.synthesize`, no visible mark)
 and FaceMesh measures the rendered lip aperture per frame (the benchmark's
@@ -9,7 +9,11 @@ measure on the avatar's own recording (``CLIP_DIR``: its processed clip) gives t
 real range. Reported per
 audio: the rendered aperture's standard deviation over the recording's (``motion ratio``; 1 =
 moves as much as the person does), and the correlation of the rendered aperture with the
-audio's loudness per frame (:func:`core.data.phones.loudness_bands`, overall column).
+audio's loudness per frame (:func:`core.data.phones.loudness_bands`, overall column), at
+lag 0 and as the best over lags 0-4 frames (the aperture ``k`` frames after the loudness:
+``r(gap[t + k], loud[t])``). ``--text`` adds typed text spoken by the default offline voice
+(:mod:`core.data.speech`), rendered like an uploaded recording (the wav is kept beside the
+videos).
 
 Writes ``DIR/talk_motion.md`` (table) and ``DIR/talk_aperture.png`` (aperture and loudness
 against time, one panel per audio). The videos go to ``--videos DIR`` when given (e.g. for
@@ -44,6 +48,18 @@ def frame_loudness(audio: np.ndarray, num_frames: int) -> np.ndarray:
     return loud[idx].mean(1)
 
 
+def lagged_r(gap: np.ndarray, loud: np.ndarray, ok: np.ndarray,
+             lags: range = range(5)) -> dict[int, float]:
+    """Correlation of the aperture ``k`` frames after the loudness, ``r(gap[t+k], loud[t])``,
+    over frames with a face, for each ``k`` in ``lags``."""
+    out = {}
+    n = len(gap)
+    for k in lags:
+        g, lo, m = gap[k:], loud[: n - k], ok[k:]
+        out[k] = float(np.corrcoef(g[m], lo[m])[0, 1]) if m.sum() > 2 else float("nan")
+    return out
+
+
 def measure(avatar: Path, clip_dir: Path, audios: list[Path], videos: Path | None = None
             ) -> tuple[dict, list[dict]]:
     """The person's own aperture statistics and one row per audio (see module doc); the Talk
@@ -62,10 +78,12 @@ def measure(avatar: Path, clip_dir: Path, audios: list[Path], videos: Path | Non
             synthesize(avatar, a, out, mark=False)
             gap, ok = aperture(np.stack(list(iter_frames(out, fps=25.0))))
             loud = frame_loudness(read_audio(a), len(gap))
-            r = float(np.corrcoef(gap[ok], loud[ok])[0, 1]) if ok.sum() > 2 else float("nan")
+            lags = lagged_r(gap, loud, ok)
+            best = max(lags, key=lambda k: lags[k])
             rows.append({"audio": a.name, "frames": int(len(gap)), "std": float(np.nanstd(gap)),
                          "ratio": float(np.nanstd(gap)) / max(ref["std"], 1e-9),
-                         "r_loudness": r, "gap": gap, "loud": loud})
+                         "r_loudness": lags[0], "r_lags": lags, "best_lag": best,
+                         "gap": gap, "loud": loud})
     return ref, rows
 
 
@@ -78,11 +96,13 @@ def write(out: Path, ref: dict, rows: list[dict], avatar: Path) -> None:
 
     lines = [f"Avatar `{avatar.name}`; the person's own recording: aperture std {ref['std']:.4f} "
              f"(mean {ref['mean']:.3f}, inner-lip gap / eye-corner distance).", "",
-             "| audio | frames | rendered aperture std | motion ratio (rendered / own) | r with loudness |",
-             "|---|---|---|---|---|"]
+             "| audio | frames | rendered aperture std | motion ratio (rendered / own) | "
+             "r with loudness | best r, lags 0-4 (lag) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['audio']} | {r['frames']} | {r['std']:.4f} | {r['ratio']:.2f} | "
-                     f"{r['r_loudness']:.2f} |")
+                     f"{r['r_loudness']:.2f} | {r['r_lags'][r['best_lag']]:.2f} "
+                     f"({r['best_lag']}) |")
     write_text(out / "talk_motion.md", "\n".join(lines) + "\n")
     fig, axes = plt.subplots(len(rows), 1, figsize=(9, 2.2 * len(rows)), squeeze=False)
     for ax, r in zip(axes[:, 0], rows):
@@ -102,20 +122,37 @@ def write(out: Path, ref: dict, rows: list[dict], avatar: Path) -> None:
     write_bytes(out / "talk_aperture.png", buf.getvalue())
 
 
+def _speak_to(folder: Path, i: int, text: str) -> Path:
+    """The default voice speaking ``text``, as ``folder/tts_<i>.wav``."""
+    from core.data.speech import speak
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return speak(text).write_wav(folder / f"tts_{i}.wav")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.studies.talk_motion",
                                 description=__doc__.split("\n")[0])
     p.add_argument("avatar", type=Path)
     p.add_argument("clip", type=Path, help="the avatar's processed clip (its own recording)")
-    p.add_argument("audio", type=Path, nargs="+")
+    p.add_argument("audio", type=Path, nargs="*")
+    p.add_argument("--text", action="append", default=[],
+                   help="typed text spoken by the default offline voice (repeatable)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--videos", type=Path, default=None, help="keep the Talk renders here")
     a = p.parse_args(argv)
-    ref, rows = measure(a.avatar, a.clip, a.audio, a.videos)
+    if not a.audio and not a.text:
+        p.error("give AUDIO files or --text")
+    with tempfile.TemporaryDirectory() as tmp:
+        spoken = [_speak_to(Path(tmp) if a.videos is None else a.videos, i, t)
+                  for i, t in enumerate(a.text)]
+        ref, rows = measure(a.avatar, a.clip, [*a.audio, *spoken], a.videos)
     a.out.mkdir(parents=True, exist_ok=True)
     write(a.out, ref, rows, a.avatar)
     for r in rows:
-        print(f"{r['audio']}: motion ratio {r['ratio']:.2f}, r(loudness) {r['r_loudness']:.2f}")
+        lags = " ".join(f"{k}:{v:.2f}" for k, v in r["r_lags"].items())
+        print(f"{r['audio']}: {r['frames'] / 25:.1f} s, motion ratio {r['ratio']:.2f}, "
+              f"r(loudness) {r['r_loudness']:.2f}, by lag {lags}")
     return 0
 
 
