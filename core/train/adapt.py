@@ -167,8 +167,8 @@ FAST_SCHEDULE: dict[str, float | int] = {"umf_warm_frac": 0.1, "umf_lr_end": 0.2
 #: ``gpu``: paper scale. ``cpu``: 256², about 5 min for a 5 s clip on two idle cores (see
 #: docs/ARCHITECTURE.md for the measured step times). ``fast``: the same model in about a
 #: quarter of the steps, with a schedule made for the short budget (short warm-up, rates
-#: annealed to the end of each stage, densification every 50 steps; chosen on pre-training
-#: clips, docs/results/fast_preset.md); ``--resume --preset cpu`` refines it. ``tiny``: tests.
+#: annealed to the end of each stage, densification every 50 steps; what it costs against
+#: ``cpu``: docs/results/fast_preset.md); ``--resume --preset cpu`` refines it. ``tiny``: tests.
 PRESETS: dict[str, AdaptConfig] = {
     "gpu": AdaptConfig(res=512, face_steps=10000, mouth_steps=10000, fuse_steps=2000, ckpt_every=1000),
     "cpu": AdaptConfig(),
