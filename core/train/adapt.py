@@ -159,27 +159,21 @@ class AdaptConfig:
         return self.face_steps + self.mouth_steps + self.fuse_steps
 
 
-#: The schedule of the ``fast`` preset apart from its steps: see :class:`AdaptConfig`.
-FAST_SCHEDULE: dict[str, float | int] = {"umf_warm_frac": 0.1, "umf_lr_end": 0.25,
-                                         "gauss_lr_end": 0.1, "densify_min_start": 50,
-                                         "densify_interval": 50}
-
 #: ``gpu``: paper scale. ``cpu``: 256², about 5 min for a 5 s clip on two idle cores (see
-#: docs/ARCHITECTURE.md for the measured step times). ``fast``: the same model in about a
-#: quarter of the steps, with a schedule made for the short budget (short warm-up, rates
-#: annealed to the end of each stage, densification every 50 steps; what it costs against
-#: ``cpu``: docs/results/fast_preset.md); ``--resume --preset cpu`` refines it. ``tiny``: tests.
+#: docs/ARCHITECTURE.md for the measured step times). ``fast``: the ``cpu`` schedule's shape
+#: (warm-up, decay, densification window as fractions of each stage) in 400 + 250 + 50 steps,
+#: about a quarter of its time; a schedule that annealed every Gaussian rate 10x over the
+#: short stages learned far slower and was dropped (docs/results/fast_preset.md);
+#: ``--resume --preset cpu`` refines a ``fast`` avatar. ``tiny``: tests.
 PRESETS: dict[str, AdaptConfig] = {
     "gpu": AdaptConfig(res=512, face_steps=10000, mouth_steps=10000, fuse_steps=2000, ckpt_every=1000),
     "cpu": AdaptConfig(),
-    "fast": AdaptConfig(face_steps=400, mouth_steps=250, fuse_steps=50, ckpt_every=100,
-                        **FAST_SCHEDULE),
+    "fast": AdaptConfig(face_steps=400, mouth_steps=250, fuse_steps=50, ckpt_every=100),
     "tiny": AdaptConfig(res=96, face_steps=40, mouth_steps=20, fuse_steps=10, ckpt_every=20,
                         person_steps=40),
 }
 #: ``tiny-fast``: the tests' counterpart of ``fast`` (refined to ``tiny``).
-PRESETS["tiny-fast"] = replace(PRESETS["tiny"], face_steps=16, mouth_steps=8, fuse_steps=4,
-                               **FAST_SCHEDULE)
+PRESETS["tiny-fast"] = replace(PRESETS["tiny"], face_steps=16, mouth_steps=8, fuse_steps=4)
 
 #: The preset that Refine continues an avatar of each preset to (:func:`refine_start`).
 REFINE_TO: dict[str, str] = {"fast": "cpu", "tiny-fast": "tiny"}
