@@ -95,7 +95,8 @@ def test_cells_run_and_outputs_are_written(bench: dict) -> None:
         curve = row["curve"]  # tiny preset: every ckpt_every (20) steps and after the last
         assert [p["step"] for p in curve] == [20, 40, 60, 70]
         secs = [p["seconds"] for p in curve]  # adaptation wall time, scoring left out
-        assert 0 < secs[0] and secs == sorted(secs) and secs[-1] <= row["adapt_minutes"] * 60
+        assert 0 < secs[0] and secs == sorted(secs)
+        assert secs[-1] - secs[0] <= row["adapt_minutes"] * 60  # inside the training loop
         assert curve[-1]["psnr_head"] == pytest.approx(row["psnr_head"], abs=1.5)
         assert row["adapt_steps"] == 70 and row["avatar_seed"] == 0
         assert row["adapt_minutes"] > 0
