@@ -94,12 +94,21 @@ def on_zero_gpu() -> bool:
 
 def default_preset() -> str:
     """``zerogpu`` on ZeroGPU (where CUDA looks available even outside GPU calls), ``gpu``
-    with CUDA, else ``cpu``."""
+    with CUDA, else ``fast`` (an avatar in about a quarter of the ``cpu`` schedule's time;
+    Refine continues it to ``cpu``)."""
     if on_zero_gpu():
         return ZERO_GPU_PRESET
     import torch
 
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if torch.cuda.is_available() else "fast"
+
+
+def refine_target(preset: str) -> str | None:
+    """The preset Refine continues an avatar of ``preset`` to (``core.adapt.REFINE_TO``),
+    None when it has nothing left to refine."""
+    from core.train.adapt import REFINE_TO
+
+    return REFINE_TO.get(preset)
 
 
 @dataclass
@@ -127,7 +136,10 @@ class AppConfig:
             ``INSTAG_MAX_WAITING``); more are refused at once with a message.
         max_avatars: avatars one session may hold at once.
         sweep_minutes: how often expired data is removed.
-        delete_wait_s: how long Delete waits for the avatar's running job to stop (s).
+        delete_wait_s: how long Delete waits for the avatar's running job to stop (s); also
+            how long a finished refine waits for running renders before it is put in place.
+        max_refines: refines running at once in the background (more are refused with a
+            message; env ``INSTAG_MAX_REFINES``).
         gpu_adapt_s, gpu_render_s, gpu_bench_s: GPU seconds requested per call on ZeroGPU
             for adaptation, one render (preview or Talk) and a quick benchmark, computed by
             :func:`gpu_durations` (from the device check's measurements where they exist);
@@ -157,6 +169,7 @@ class AppConfig:
     max_avatars: int = 5
     sweep_minutes: float = 10.0
     delete_wait_s: float = 60.0
+    max_refines: int = 1
     gpu_adapt_s: int = field(default_factory=lambda: gpu_durations()[0]["adapt"])
     gpu_render_s: int = field(default_factory=lambda: gpu_durations()[0]["render"])
     gpu_bench_s: int = field(default_factory=lambda: gpu_durations()[0]["bench"])
@@ -188,6 +201,7 @@ class AppConfig:
         kw["max_waiting"] = int(_env_float("INSTAG_MAX_WAITING", cls.max_waiting))
         if env.get("INSTAG_DEVICE"):
             kw["device"] = env["INSTAG_DEVICE"]
+        kw["max_refines"] = int(_env_float("INSTAG_MAX_REFINES", cls.max_refines))
         kw.update(overrides)
         cfg = cls(**kw)
         cfg.validate()

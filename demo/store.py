@@ -7,6 +7,10 @@ Layout under ``root``::
                                 clip sha256 and size
     avatars/<id>/clip.<ext>     the uploaded clip (kept for previews and benchmarks)
     avatars/<id>/avatar/        the core avatar folder (core.model.avatar)
+    avatars/<id>/clip/          the processed clip (kept for Refine)
+    avatars/<id>/refine/        a running refine's work: a copy of the avatar continued to
+                                the longer schedule, put in place of ``avatar/`` only when
+                                complete (:meth:`AvatarStore.replace_avatar`)
     avatars/<id>/preview.mp4    the preview render
     avatars/<id>/renders/       the Talk renders
     avatars/<id>/.incomplete    present while the avatar is being created
@@ -14,8 +18,8 @@ Layout under ``root``::
                                 served files in the web server's cache), removed with it
     jobs/<id>/                  outputs of one benchmark job (job.json: owner, expiry;
                                 consent.json for an uploaded clip; external.json)
-    audit.jsonl                 append-only log: consent, created, create_failed, deleted,
-                                expired, benchmark_consent
+    audit.jsonl                 append-only log: consent, created, create_failed, refined,
+                                deleted, expired, benchmark_consent
 
 Ids are 128-bit random (``secrets``). Owners are identified by a server-issued token
 (:mod:`demo.owners`) that the browser keeps; only its sha256 (the *owner key*) is written
@@ -205,6 +209,30 @@ class AvatarStore:
         self.audit("created", avatar=rec.id, owner=rec.owner, clip_sha256=rec.clip_sha256,
                    statement_version=STATEMENT_VERSION, expires=iso(rec.expires))
 
+    def replace_avatar(self, rec: AvatarRecord, new: Path, preset: str) -> AvatarRecord:
+        """Put the complete avatar folder ``new`` (inside the avatar's folder) in place of
+        ``avatar/`` and record its ``preset``. Two renames: the old folder is moved aside
+        first and put back if the second fails; :meth:`get` also puts it back after a crash
+        between them. The caller makes sure no job reads the avatar meanwhile
+        (:meth:`demo.jobs.AvatarLocks.swapping`)."""
+        d = self.folder(rec)
+        if new.parent.parent != d or not (new / "model.safetensors").is_file():
+            raise ValueError(f"{new} is not a complete avatar inside {d}")
+        with self._lock:
+            old = d / ".avatar.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(d / "avatar", old)
+            try:
+                os.replace(new, d / "avatar")
+            except BaseException:
+                os.replace(old, d / "avatar")
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            rec = AvatarRecord(**{**asdict(rec), "preset": preset})
+            write_json(d / "record.json", asdict(rec))
+        self.audit("refined", avatar=rec.id, owner=rec.owner, preset=preset)
+        return rec
+
     def abort(self, rec: AvatarRecord, reason: str) -> None:
         """Remove a failed avatar and everything copied for it."""
         self._remove(self.folder(rec))
@@ -318,6 +346,10 @@ class AvatarStore:
             raise NotFound("no such avatar")
         rec = self._read(aid)
         d = self.folder(aid)
+        if not (d / "avatar").exists() and (d / ".avatar.old").is_dir():
+            with self._lock:  # a crash between the two renames of replace_avatar
+                if not (d / "avatar").exists() and (d / ".avatar.old").is_dir():
+                    os.replace(d / ".avatar.old", d / "avatar")
         if (rec is None or rec.owner != self.owner_key(token) or rec.expires <= time.time()
                 or (d / _INCOMPLETE).exists()):
             raise NotFound("no such avatar")

@@ -3,8 +3,9 @@ evaluation harness and :mod:`demo.store`.
 
 API names (for ``gradio_client``): ``/list_avatars``, ``/create``, ``/talk``,
 ``/talk_text`` (avatar, text, voice name, speaking rate: an offline voice speaks the text,
-:mod:`core.data.speech`), ``/delete_avatar``, ``/benchmark``. Every endpoint takes the owner token as its last input
-and returns it first (:mod:`demo.owners`); call ``/list_avatars`` with ``None`` for one.
+:mod:`core.data.speech`), ``/delete_avatar``, ``/refine_avatar``, ``/benchmark``. Every
+endpoint takes the owner token as its last input and returns it first (:mod:`demo.owners`);
+call ``/list_avatars`` with ``None`` for one.
 
 Files: served copies are written straight into Gradio's cache folder (one random folder
 each), so Gradio serves them without another copy; they and the uploads a job used are
@@ -32,14 +33,15 @@ import gradio as gr
 from core.data import speech
 from core.errors import InputError
 from core.progress import format_seconds
-from demo.config import AppConfig, app_presets, on_zero_gpu
+from demo.config import AppConfig, app_presets, on_zero_gpu, refine_target
 from demo.errors import internal_error, user_error
 from demo.gpu import gpu_task
-from demo.jobs import AvatarLocks, Busy, Cancelled, cancellable, waiting_jobs
+from demo.jobs import AvatarLocks, Busy, Cancelled, Refused, cancellable, waiting_jobs
 from demo.owners import OwnerTokens
 from demo.store import (
     CONSENT_STATEMENT,
     STATEMENT_VERSION,
+    AvatarRecord,
     AvatarStore,
     NotFound,
     iso,
@@ -130,6 +132,16 @@ def adapt_gpu(processed: Path, out: Path, prior: Path | None, preset: str, work:
                  device=device)
 
 
+def refine_work(processed: Path, avatar: Path, prior: Path | None, preset: str, work: Path,
+                progress: Callable[[str, float], None]) -> Path:
+    """Continue the avatar folder ``avatar`` (a copy; see :meth:`App.refine`) to ``preset``'s
+    schedule (``core.adapt`` with ``resume``: each stage goes on from the step it reached)."""
+    from core.train.adapt import adapt
+
+    return adapt(processed, avatar, prior, app_presets()[preset], progress=progress,
+                 resume=True, work=work)
+
+
 def render_gpu(avatar_dir: Path, audio: Path, out: Path, max_seconds: float,
                duration: float | None, progress: Any, t0: float, lo: float, hi: float,
                label: str, stop: threading.Event | None, device: str = "auto",
@@ -182,6 +194,7 @@ class App:
     blocks: Any = None          # the gr.Blocks, for the fair-queue count
     token_block: Any = None     # its gr.BrowserState holding the owner token
     _received: dict[tuple[str, str], float] = field(default_factory=dict)
+    refines: dict[str, str] = field(default_factory=dict)  # avatar id -> refine state shown
 
     def __post_init__(self) -> None:
         # ZeroGPU wants its GPU functions decorated once, before launch
@@ -228,7 +241,8 @@ class App:
         out = []
         for r in self.store.list(token):
             left_h = max(0.0, (r.expires - time.time()) / 3600)
-            out.append((f"{r.name} (created {iso(r.created)[11:16]} UTC, expires in "
+            state = self.refines.get(r.id) or r.preset or "?"
+            out.append((f"{r.name} ({state}; created {iso(r.created)[11:16]} UTC, expires in "
                         f"{left_h:.1f} h)", r.id))
         return out
 
@@ -331,7 +345,7 @@ class App:
                 jp = JobProgress(progress)
                 a, b = stage_shares(self.cfg)
                 work = folder / "work"
-                processed = preprocess_work(self.cfg, folder / rec.clip_file, work / "clip",
+                processed = preprocess_work(self.cfg, folder / rec.clip_file, folder / "clip",
                                             jp.stage(0.0, a, "Preprocessing", stop))
                 avatar = self._adapt_gpu(processed, folder / "avatar", prior, self.cfg.preset,
                                          work / "adapt", progress, jp.t0, a, b,
@@ -361,6 +375,10 @@ class App:
         status = (f"**Avatar “{rec.name}” is ready.** It expires at {iso(rec.expires)} "
                   f"(or delete it in the Talk tab). The preview re-speaks the first "
                   f"{self.cfg.preview_s:g} s of your clip's audio.")
+        if refine_target(rec.preset):
+            status += (f" It was made with the short `{rec.preset}` schedule; **Refine** in the "
+                       f"Talk tab continues it to the full `{refine_target(rec.preset)}` "
+                       "schedule in the background while you use it.")
         return (token, status, preview, *self._pick_updates(token, rec.id))
 
     def talk(self, avatar_id: str | None, audio: str | None, token: Any,
@@ -506,6 +524,7 @@ class App:
             rec = self.store.get(token, avatar_id)
             with self.locks.exclusive(rec.id, self.cfg.delete_wait_s) as stopped:
                 rec = self.store.delete(token, avatar_id)
+                self.refines.pop(rec.id, None)
         except NotFound:
             raise gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False) from None
         except Busy:
@@ -516,6 +535,87 @@ class App:
         note = (f" {stopped} running job(s) on it were stopped first." if stopped else "")
         return (token, f"Deleted “{rec.name}” and all its files.{note}",
                 *self._pick_updates(token))
+
+    def refine(self, avatar_id: str | None, token: Any):
+        """Talk tab: continue the chosen avatar to the full schedule in the background
+        (:meth:`_refine_job`). Refused with a message when it already runs, is not
+        refinable, or the avatar is being deleted; returns at once."""
+        from contextlib import ExitStack
+
+        token = self.owner(token)
+        try:
+            rec = self.store.get(token, avatar_id)
+        except NotFound:
+            raise gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False) from None
+        target = refine_target(rec.preset)
+        if target is None:
+            raise gr.Error(f"“{rec.name}” was made with the `{rec.preset or 'unknown'}` "
+                           "schedule, which has nothing left to refine (Refine continues "
+                           "avatars made with a short schedule such as `fast`).",
+                           title="Nothing to refine", print_exception=False)
+        if self.zero_gpu:
+            raise gr.Error("Refine runs in the background on a CPU server; this server "
+                           "adapts on ZeroGPU.", title="Not available here",
+                           print_exception=False)
+        job = ExitStack()
+        try:
+            stop = job.enter_context(self.locks.use(rec.id))
+            job.enter_context(self.locks.refining(rec.id, self.cfg.max_refines))
+        except Busy:
+            job.close()
+            raise gr.Error(BEING_DELETED, title="Avatar being deleted",
+                           print_exception=False) from None
+        except Refused as e:
+            job.close()
+            raise gr.Error(str(e), title="Refine not started", print_exception=False) from None
+        self.refines[rec.id] = f"{rec.preset}, refining"
+        threading.Thread(target=self._refine_job, args=(rec, target, stop, job),
+                         name=f"instag-refine-{rec.id[:8]}", daemon=True).start()
+        status = (f"Refining “{rec.name}” to the `{target}` schedule in the background. It "
+                  "keeps working meanwhile (Talk uses the current version until the refined "
+                  "one is complete); Refresh the list to see how far it is.")
+        return (token, status, *self._pick_updates(token, rec.id))
+
+    def _refine_job(self, rec: AvatarRecord, target: str, stop: threading.Event,
+                    job: Any) -> None:
+        """The background part of :meth:`refine` (holds the avatar's use and refine slot
+        until it ends). The avatar is copied to ``refine/avatar``, continued there, and put
+        in place of ``avatar/`` only when complete, while no job reads it; a refine that is
+        stopped (Delete) or fails leaves the avatar as it was and removes its work."""
+        folder = self.store.folder(rec)
+        rdir = folder / "refine"
+        try:
+            shutil.rmtree(rdir, ignore_errors=True)
+            rdir.mkdir()
+
+            def progress(text: str, frac: float) -> None:
+                if stop.is_set():
+                    raise Cancelled("stopped: the avatar is being deleted")
+                self.refines[rec.id] = f"{rec.preset}, refining {100 * frac:.0f} %"
+
+            processed = folder / "clip"
+            if not (processed / "manifest.json").is_file():  # avatars made before it was kept
+                processed = preprocess_work(self.cfg, folder / rec.clip_file, rdir / "clip",
+                                            progress)
+            shutil.copytree(folder / "avatar", rdir / "avatar")
+            refine_work(processed, rdir / "avatar", resolve_prior(self.cfg), target,
+                        rdir / "work", progress)
+            with self.locks.swapping(rec.id, self.cfg.delete_wait_s):
+                self.store.replace_avatar(rec, rdir / "avatar", target)
+            self.refines.pop(rec.id, None)
+        except Cancelled:
+            self.refines.pop(rec.id, None)
+        except Busy:
+            self.refines[rec.id] = (f"{rec.preset}; refine not applied: the avatar stayed "
+                                    "busy, try again")
+        except InputError as e:
+            self.refines[rec.id] = f"{rec.preset}; refine failed: {e.problem}"
+        except Exception:
+            ref, _ = internal_error("refine", "")
+            self.refines[rec.id] = f"{rec.preset}; refine failed (reference {ref})"
+        finally:
+            shutil.rmtree(rdir, ignore_errors=True)
+            job.close()
 
     def benchmark(self, source: str, avatar_id: str | None, clip: str | None, consent: Any,
                   seconds: list, methods: list, token: Any, progress=gr.Progress()):
@@ -699,6 +799,8 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                             refresh_btn = gr.Button("Refresh list", size="sm")
                             delete_btn = gr.Button("Delete this avatar", variant="stop", size="sm",
                                                    elem_id="delete-btn")
+                            refine_btn = gr.Button("Refine (full schedule, in the background)",
+                                                   size="sm", elem_id="refine-btn")
                         talk_status = gr.Markdown(elem_id="talk-status")
                     with gr.Column():
                         talk_video = gr.Video(label="Result (AI-generated)", interactive=False,
@@ -766,6 +868,8 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                       api_name="talk_text", validator=app.admit_talk_text, **heavy)
         delete_btn.click(app.delete, [pick, token], [token, talk_status, *picks],
                          api_name="delete_avatar", queue=False)
+        refine_btn.click(app.refine, [pick, token], [token, talk_status, *picks],
+                         api_name="refine_avatar", queue=False)
         source.change(lambda src: (gr.update(visible=src == "created avatar"),
                                    gr.update(visible=src != "created avatar"),
                                    gr.update(visible=src != "created avatar")),

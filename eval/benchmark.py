@@ -280,12 +280,14 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"prior for 'instag' / 'mean-mouth': a file or a weights/manifest.json "
                         f"name (default: the shipped {DEFAULT_PRIOR}); 'none' skips them")
     p.add_argument("--out", default="runs/benchmark", help="output folder (resumable)")
-    p.add_argument("--preset", default="cpu", help="adaptation preset: cpu | gpu | tiny")
+    p.add_argument("--preset", default="cpu", help="adaptation preset: cpu | fast | gpu | tiny")
     p.add_argument("--quick", action="store_true", help="CI-sized run (tiny preset, 2 s test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-seconds", type=float, default=None, help="held-out span (12; quick 2)")
     p.add_argument("--curve-frames", type=int, default=25)
     p.add_argument("--curve-every", type=int, default=None, help="steps between curve points")
+    p.add_argument("--curve-aperture", action="store_true",
+                   help="score lip aperture r on the curve frames at every curve point")
     p.add_argument("--jobs", type=int, default=1, help="cells in parallel local processes")
     add_ray_arguments(p)
     p.add_argument("--rescore", action="store_true",
@@ -317,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     prior = None if str(a.prior).lower() == "none" else a.prior
     cfg = BenchmarkConfig(preset=a.preset, quick=a.quick, seed=a.seed,
                           test_seconds=a.test_seconds, curve_frames=a.curve_frames,
-                          curve_every=a.curve_every, videos=not a.no_videos, jobs=a.jobs,
+                          curve_every=a.curve_every, curve_aperture=a.curve_aperture,
+                          videos=not a.no_videos, jobs=a.jobs,
                           landmarks=not a.no_landmarks, syncnet=a.syncnet,
                           sync_expert=a.sync_expert, rescore=a.rescore,
                           adapt=not a.no_adapt, ray=ray_options(a), adapt_overrides=overrides,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from dataclasses import fields
 from pathlib import Path
 
@@ -87,6 +88,9 @@ def test_cells_run_and_outputs_are_written(bench: dict) -> None:
                                       read_render(render_path(out, f"may_5s_{m}_3s")))
         curve = row["curve"]  # tiny preset: every ckpt_every (20) steps and after the last
         assert [p["step"] for p in curve] == [20, 40, 60, 70]
+        secs = [p["seconds"] for p in curve]  # adaptation wall time, scoring left out
+        assert 0 < secs[0] and secs == sorted(secs)
+        assert secs[-1] - secs[0] <= row["adapt_minutes"] * 60  # inside the training loop
         assert curve[-1]["psnr_head"] == pytest.approx(row["psnr_head"], abs=1.5)
         assert row["adapt_steps"] == 70 and row["avatar_seed"] == 0
         assert row["adapt_minutes"] > 0
@@ -393,3 +397,20 @@ def test_progress_in_a_log_is_a_line_every_few_seconds_not_one_per_frame() -> No
         for i in range(5):
             bar(f"step {i}", i / 4)
     assert len(every.getvalue().splitlines()) == 5
+
+
+def test_prior_speed_times_to_95_percent() -> None:
+    """Known answers: the first curve point at 95 % of the final value (and of the rise
+    from the first point), NaN when never reached or not scored."""
+    from eval.studies.prior_speed import speed_row
+
+    pts = [(5.0, 10.0, 0.1), (10.0, 18.0, 0.30), (20.0, 19.2, 0.28), (30.0, 19.5, 0.40),
+           (40.0, 20.0, 0.38)]
+    curve = [{"step": 50 * (k + 1), "seconds": t, "psnr_head": p, "aperture_r": r}
+             for k, (t, p, r) in enumerate(pts)]
+    sp = speed_row({"curve": curve})
+    assert sp["t95_psnr"] == 20.0    # 0.95 * 20 = 19.0: first reached by 19.2 at 20 s
+    assert sp["t95_rise"] == 30.0    # 10 + 0.95 * (20 - 10) = 19.5 at 30 s
+    assert sp["t95_r"] == 30.0       # 0.95 * 0.38 = 0.361: 0.30 and 0.28 below, 0.40 at 30 s
+    curve[-1]["aperture_r"] = "n/a"  # not scored (no face found): no time
+    assert math.isnan(speed_row({"curve": curve})["t95_r"])

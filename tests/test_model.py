@@ -93,6 +93,61 @@ def test_resume_continues_from_the_saved_step(clips: dict[str, Path], prior: Pat
         assert torch.allclose(a[k], b[k], atol=1e-5), k  # same result as an uninterrupted run
 
 
+def test_refine_continues_a_short_avatar_and_keeps_it_until_done(clips: dict[str, Path],
+                                                                prior: Path, tmp_path: Path) -> None:
+    """``--preset tiny-fast`` then ``--resume --preset tiny`` (the tests' fast -> cpu): the
+    refine goes on from the steps the avatar reached, a stopped refine leaves the avatar
+    as it was and resumes from its own checkpoint, and a finished or mismatched one is
+    refused."""
+    from core.train.adapt import REFINE_TO, main
+
+    assert REFINE_TO["tiny-fast"] == "tiny" and REFINE_TO["fast"] == "cpu"
+    out = tmp_path / "av"
+    args = [str(clips["may_5s"]), "--prior", str(prior), "--out", str(out), "--seconds", "3"]
+    assert main(args + ["--preset", "tiny-fast"]) == 0
+    fast_bytes = (out / "model.safetensors").read_bytes()
+    fast = load_avatar(out)
+    assert fast.meta["steps"] == {"face": 16, "mouth": 8, "fuse": 4}
+
+    class Stop(Exception):
+        pass
+
+    seen: list[str] = []
+
+    def stop_at_25(text: str, frac: float) -> None:
+        seen.append(text)
+        if text.startswith("face 25/"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        adapt(clips["may_5s"], out, prior, TINY, progress=stop_at_25, resume=True)
+    assert seen[0].startswith("face 17/40")  # went on from the avatar's 16 face steps
+    assert (out / "model.safetensors").read_bytes() == fast_bytes  # the avatar is intact
+    seen.clear()
+    adapt(clips["may_5s"], out, prior, TINY, progress=lambda t, f: seen.append(t), resume=True)
+    assert seen[0].startswith("face 21/40")  # the refine's own step-20 checkpoint
+    assert any(t.startswith("mouth 9/20") for t in seen) and not any(
+        t.startswith("mouth 8/") for t in seen)
+    assert not (tmp_path / ".av.work").exists()
+    full = load_avatar(out)
+    assert full.meta["steps"] == {"face": 40, "mouth": 20, "fuse": 10}
+    assert full.meta["refined_from"]["steps"] == {"face": 16, "mouth": 8, "fuse": 4}
+    a, _ = checkpoint.load(out / "model.safetensors")
+    assert not torch.equal(full.ident.face.means, fast.ident.face.means)
+    drive = fast.drive.tensors()
+    assert any(k.startswith("drive.") for k in a)
+    for k in [k for k in a if k.startswith("drive.")]:  # the mouth drive is the avatar's own
+        assert torch.equal(a[k], drive[k]), k
+    # nothing left to do / another setting: refused, the avatar untouched
+    before = (out / "model.safetensors").read_bytes()
+    assert main(args + ["--preset", "tiny", "--resume"]) != 0  # already finished
+    with pytest.raises(InputError, match="already finished"):
+        adapt(clips["may_5s"], out, prior, TINY, resume=True)
+    with pytest.raises(InputError, match="other settings"):
+        adapt(clips["may_5s"], out, prior, replace(TINY, face_steps=80, res=64), resume=True)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
 def test_adapt_accepts_a_raw_video_with_monotonic_progress(clips_dir: Path, prior: Path,
                                                             tmp_path: Path) -> None:
     cfg = replace(TINY, face_steps=10, mouth_steps=5, fuse_steps=2)

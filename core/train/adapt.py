@@ -1,7 +1,8 @@
 """Adaptation: a new person's avatar from a few seconds of video and a pre-trained prior
 (METHOD.md §5).
 
-``python -m core.adapt CLIP --prior PRIOR --out AVATAR [--seconds 5] [--preset cpu|gpu]``
+``python -m core.adapt CLIP --prior PRIOR --out AVATAR [--seconds 5] [--preset cpu|fast|gpu]
+[--resume]``
 (CLIP: a raw video, preprocessed first, or a processed-clip folder; ``--prior none`` trains
 the same model from scratch: the TalkingGaussian baseline).
 
@@ -10,6 +11,12 @@ face frozen, supplying the hook), fuse (colours and face opacity only). One fram
 Checkpoints go to a work folder beside the output every ``ckpt_every`` steps and at each
 stage end; ``--resume`` continues from the last one; the avatar folder appears (atomically)
 only when all stages are done.
+
+Refining: ``--resume`` with a longer schedule on a finished avatar (``--preset fast``, then
+``--resume --preset cpu``) continues that avatar: each stage goes on from the step the
+avatar reached, under the longer schedule (:func:`refine_start`). The avatar stays as it was
+until the refined one replaces it in one rename; a refine that stops or fails leaves it
+intact (and can itself be resumed from its work folder).
 """
 from __future__ import annotations
 
@@ -62,7 +69,10 @@ class AdaptConfig:
         face_steps, mouth_steps, fuse_steps: steps per stage (paper 10k / 10k / 2k).
         umf_lr_grid, umf_lr_mlp: UMF AdamW rates for tri-plane grids / everything else.
         umf_warm_frac: with a prior, the UMF learns at 0.1x for this fraction of a stage
-            (paper: 3k of 10k), then at 0.5^(step / stage_steps).
+            (paper: 3k of 10k), then at ``umf_lr_end^(step / stage_steps)``.
+        umf_lr_end: the UMF rate factor reached at the end of a stage (paper 0.5).
+        gauss_lr_end: the Gaussians' rates in the face and mouth stages decay
+            geometrically from 1x to this factor over the stage (1 = constant, as before).
         weight_decay: AdamW weight decay of the UMF (0.01).
         aligner_start_frac: the aligner switches on after this fraction of a stage (1k/10k).
         aligner_lr: aligner AdamW rate (5e-5).
@@ -71,7 +81,9 @@ class AdaptConfig:
             the same again favouring blinks; uniform afterwards.
         min_mouth_px_512: mouth-stage frames need this many mouth pixels at 512² (scaled).
         densify_start_frac: densification starts at this fraction of a stage (500 / 10k
-            is 5%; at least 100 steps); interval 100 steps, until 90% of the stage.
+            is 5%; at least ``densify_min_start`` steps), every ``densify_interval`` steps,
+            until 90% of the stage.
+        densify_min_start, densify_interval: steps (100 and 100).
         ckpt_every: checkpoint every this many steps.
         seed: seeds initialisation, frame sampling, backgrounds and hooks.
         mouth_code: give the motion fields the mouth-code input (tracked codes while adapting,
@@ -106,6 +118,8 @@ class AdaptConfig:
     umf_lr_grid: float = 5e-3
     umf_lr_mlp: float = 5e-4
     umf_warm_frac: float = 0.3
+    umf_lr_end: float = 0.5
+    gauss_lr_end: float = 1.0
     weight_decay: float = 0.01
     aligner_start_frac: float = 0.1
     aligner_lr: float = 5e-5
@@ -113,6 +127,8 @@ class AdaptConfig:
     curriculum_frac: float = 0.3
     min_mouth_px_512: int = 20
     densify_start_frac: float = 0.05
+    densify_min_start: int = 100
+    densify_interval: int = 100
     ckpt_every: int = 250
     seed: int = 0
     mouth_code: bool = True
@@ -147,26 +163,91 @@ class AdaptConfig:
 
 #: ``gpu``: paper scale. ``zerogpu``: the ``gpu`` preset (512²) cut to about an eighth of its
 #: steps, so one adaptation fits one short ZeroGPU slot (step counts not yet set from a GPU
-#: measurement: docs/results/gpu.md). ``cpu``: 256², a budget that finishes a 5 s clip in
-#: about 5 min on two cores (see docs/ARCHITECTURE.md for the measured step times).
+#: measurement: docs/results/gpu.md). ``cpu``: 256², about 5 min for a 5 s clip on two idle
+#: cores (see docs/ARCHITECTURE.md for the measured step times). ``fast``: the ``cpu``
+#: schedule's shape (warm-up, decay, densification window as fractions of each stage) in
+#: 400 + 250 + 50 steps, about a quarter of its time; a schedule that annealed every
+#: Gaussian rate 10x over the short stages learned far slower and was dropped
+#: (docs/results/fast_preset.md); ``--resume --preset cpu`` refines a ``fast`` avatar.
 #: ``tiny``: tests.
 PRESETS: dict[str, AdaptConfig] = {
     "gpu": AdaptConfig(res=512, face_steps=10000, mouth_steps=10000, fuse_steps=2000, ckpt_every=1000),
     "zerogpu": AdaptConfig(res=512, face_steps=1500, mouth_steps=1000, fuse_steps=200,
                            ckpt_every=500),
     "cpu": AdaptConfig(),
+    "fast": AdaptConfig(face_steps=400, mouth_steps=250, fuse_steps=50, ckpt_every=100),
     "tiny": AdaptConfig(res=96, face_steps=40, mouth_steps=20, fuse_steps=10, ckpt_every=20,
                         person_steps=40),
 }
+#: ``tiny-fast``: the tests' counterpart of ``fast`` (refined to ``tiny``).
+PRESETS["tiny-fast"] = replace(PRESETS["tiny"], face_steps=16, mouth_steps=8, fuse_steps=4)
+
+#: The preset that Refine continues an avatar of each preset to (:func:`refine_start`).
+REFINE_TO: dict[str, str] = {"fast": "cpu", "tiny-fast": "tiny"}
 
 
 def umf_lr_factor(step: int, stage_steps: int, cfg: AdaptConfig, has_prior: bool) -> float:
     """Fine-tuning schedule: with a prior 0.1x for the first ``umf_warm_frac`` of the stage,
-    then ``0.5^(step / stage_steps)`` (paper: 0.5^(it/10k) over a 10k stage); from scratch
-    the decay only."""
+    then ``umf_lr_end^(step / stage_steps)`` (paper: 0.5^(it/10k) over a 10k stage); from
+    scratch the decay only."""
     if has_prior and step < cfg.umf_warm_frac * stage_steps:
         return 0.1
-    return 0.5 ** (step / max(1, stage_steps))
+    return cfg.umf_lr_end ** (step / max(1, stage_steps))
+
+
+def gauss_lr_factor(step: int, stage_steps: int, cfg: AdaptConfig) -> float:
+    """The Gaussians' rate factor at ``step`` of a face or mouth stage:
+    ``gauss_lr_end^(step / stage_steps)`` (1 throughout in the ``cpu`` preset)."""
+    return cfg.gauss_lr_end ** (step / max(1, stage_steps))
+
+
+#: Settings a refine may change (how long and how fast each stage trains); every other
+#: setting of the refined avatar must match the one it continues.
+SCHEDULE_FIELDS = ("face_steps", "mouth_steps", "fuse_steps", "umf_warm_frac", "umf_lr_end",
+                   "gauss_lr_end", "densify_start_frac", "densify_min_start",
+                   "densify_interval", "ckpt_every", "curriculum_frac", "aligner_start_frac")
+
+
+def _prior_name(prior: str | os.PathLike | None) -> str | None:
+    return None if prior is None else Path(str(prior)).stem
+
+
+def refine_start(avatar_meta: dict, cfg: AdaptConfig, prior: str | os.PathLike | None,
+                 clip_sha256: str, n_train: int) -> dict[str, int]:
+    """Where a refine of a finished avatar starts: ``{stage: steps already done}``.
+
+    The avatar (its metadata ``avatar_meta``) must come from the same clip, training
+    frames, prior and settings as ``cfg`` except :data:`SCHEDULE_FIELDS`, and have fewer
+    steps than ``cfg`` in some stage and more in none.
+
+    Raises:
+        InputError('wrong_weights'): the avatar cannot be continued with these settings.
+    """
+    run = avatar_meta.get("run") or {}
+    old = run.get("config") or {}
+    fix = "Pass the clip, prior and settings the avatar was made with, or start again without --resume."
+    if run.get("clip_sha256") != clip_sha256 or int(run.get("n_train", -1)) != n_train:
+        raise InputError("wrong_weights", "The avatar to refine was made from another clip "
+                         "or another number of training seconds.", fix)
+    if _prior_name(run.get("prior")) != _prior_name(prior):
+        raise InputError("wrong_weights", f"The avatar to refine was made with prior "
+                         f"{run.get('prior')!r}, not {prior!r}.", fix)
+    want = json.loads(json.dumps(asdict(cfg)))
+    diff = sorted(k for k in want if k not in SCHEDULE_FIELDS and k in old and old[k] != want[k])
+    if diff:
+        raise InputError("wrong_weights", "The avatar to refine was made with other settings "
+                         f"({', '.join(diff)}).", fix)
+    done = {st: int(old.get(f"{st}_steps", 0)) for st in STAGES}
+    target = {st: int(want[f"{st}_steps"]) for st in STAGES}
+    if any(done[st] > target[st] for st in STAGES):
+        raise InputError("wrong_weights", f"The avatar already has more steps ({done}) than "
+                         f"this schedule ({target}) in some stage.",
+                         "Refine with a longer preset (e.g. --preset cpu after fast).")
+    if done == target:
+        raise InputError("wrong_weights", f"The avatar has already finished this schedule "
+                         f"({done}): there is nothing to resume or refine.",
+                         "Refine with a longer preset, or start again without --resume.")
+    return done
 
 
 class Curriculum:
@@ -227,8 +308,8 @@ class AdaptState:
 
 def _densifier(base: DensifyConfig, stage_steps: int, cfg: AdaptConfig, n: int,
                device: torch.device | None = None) -> Densifier:
-    start = max(100, int(cfg.densify_start_frac * stage_steps))
-    return Densifier(replace(base, start_step=start), n, device)
+    start = max(cfg.densify_min_start, int(cfg.densify_start_frac * stage_steps))
+    return Densifier(replace(base, start_step=start, interval=cfg.densify_interval), n, device)
 
 
 @host_side
@@ -298,7 +379,9 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         prior: prior checkpoint (``weights/...``) or None to train from scratch.
         cfg: :class:`AdaptConfig` (default: the ``cpu`` preset).
         progress: ``progress(text, fraction)`` callback.
-        resume: continue from the work folder's checkpoint.
+        resume: continue from the work folder's checkpoint; when ``out`` already holds a
+            finished avatar with a shorter schedule than ``cfg``, refine it (each stage goes
+            on from the step it reached; :func:`refine_start`), replacing it only at the end.
         work: work folder (default: ``.<out name>.work`` beside ``out``); removed on success.
         log: receives one line per logged step (default: silent).
         observe: called as ``observe(steps_done, umf, ident)`` every ``observe_every``
@@ -352,15 +435,30 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
     spec = AudioFeatureSpec.from_dict(pclip.manifest["audio"])
     n_train = min(pclip.num_frames, int(round(cfg.seconds * 25)))
 
+    base = None  # refining a finished avatar: it, and the steps each stage has done
+    start_at = {st: 0 for st in STAGES}
+    if resume and (out / "model.safetensors").is_file():
+        from core.model.avatar import load_avatar
+
+        base = load_avatar(out)
+        start_at = refine_start(base.meta, cfg, prior, pclip.manifest["source"]["sha256"],
+                                n_train)
+        say(f"refining the avatar from {start_at} steps")
+
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     has_prior = prior is not None
-    if has_prior:
+    if base is not None:  # the avatar's own fields and drive, not the prior's
+        umf, prior_meta = base.umf, base.meta.get("prior_meta")
+        gen.manual_seed(cfg.seed + sum(start_at.values()))
+    elif has_prior:
         umf, prior_meta = load_prior(prior, spec, MOUTH_CODE_DIM if cfg.mouth_code else 0)
     else:
         umf, prior_meta = UMF(spec.dim, MOUTH_CODE_DIM if cfg.mouth_code else 0), None
     if not umf.code_dim:
         drive = None
+    elif base is not None:
+        drive = base.drive
     elif drive is not None:
         say(f"mouth code: the drive given (audio-video offset {drive.av_offset:+d} frames)")
     else:
@@ -373,16 +471,24 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         say(f"audio-video offset of the clip: {drive.av_offset:+d} frames ({where})")
     frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, fit_frames=n_train,
                                    drive=drive).to(dev)
-    ident = Identity(sh_degree=cfg.sh_degree, aligners=has_prior)
-    ident.init_gaussians(pclip.arrays["canonical"], gen)
+    if base is not None:
+        ident = base.ident
+        for prm in (*ident.parameters(), *umf.parameters()):
+            prm.requires_grad_(True)
+    else:
+        ident = Identity(sh_degree=cfg.sh_degree, aligners=has_prior)
+        ident.init_gaussians(pclip.arrays["canonical"], gen)
     umf.to(dev)
     ident.to(dev)
     dgen = device_generator(gen, dev, cfg.seed)
-    state = AdaptState(umf=umf, ident=ident)
+    state = AdaptState(umf=umf, ident=ident, step=start_at["face"],
+                       losses=dict(base.meta.get("losses", {})) if base is not None else {})
 
     ckpt = work / "adapt.safetensors"
     run_meta = {"config": asdict(cfg), "prior": str(prior) if prior else None,
                 "clip_sha256": pclip.manifest["source"]["sha256"], "n_train": n_train}
+    if base is not None:
+        run_meta["refined_from"] = start_at
     opt_state: dict[str, Tensor] = {}
     if resume and ckpt.is_file():
         t, meta = checkpoint.load(ckpt, kind="adapt-state")
@@ -421,11 +527,13 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         if STAGES.index(stage) < STAGES.index(state.stage):
             continue
         if state.stage != stage:
-            state.stage, state.step = stage, 0
+            state.stage, state.step = stage, start_at[stage]
         gs = ident.face if stage == "face" else ident.mouth
         opts: dict[str, torch.optim.Optimizer] = {}
         if stage in ("face", "mouth"):
             opts["gauss"] = gaussian_optimizer(gs)
+            for g in opts["gauss"].param_groups:
+                g["base_lr"] = g["lr"]
             opts["umf"] = field_optimizer(umf, cfg.umf_lr_grid, cfg.umf_lr_mlp, cfg.weight_decay)
             aligner = ident.face_aligner if stage == "face" else ident.mouth_aligner
             if aligner is not None:
@@ -461,6 +569,10 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             if "umf" in opts:
                 f = umf_lr_factor(s, steps, cfg, has_prior)
                 for g in opts["umf"].param_groups:
+                    g["lr"] = g["base_lr"] * f
+            if "gauss" in opts and cfg.gauss_lr_end != 1.0:
+                f = gauss_lr_factor(s, steps, cfg)
+                for g in opts["gauss"].param_groups:
                     g["lr"] = g["base_lr"] * f
             bg = torch.rand(3, generator=dgen, device=dev)
             tracked = drive is None or coin(gen, cfg.predicted_code_prob)
@@ -526,6 +638,8 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             "prior_meta": {k: prior_meta[k] for k in ("created", "identities", "steps")
                            if k in prior_meta} if prior_meta else None,
             "train_seconds": n_train / 25.0, "wall_s": round(time.perf_counter() - t_start, 1),
+            "refined_from": ({"steps": start_at, "wall_s": base.meta.get("wall_s")}
+                             if base is not None else None),
             "steps": {"face": cfg.face_steps, "mouth": cfg.mouth_steps, "fuse": cfg.fuse_steps},
             "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -549,12 +663,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="avatar folder to write")
     p.add_argument("--seconds", type=float, default=None, help="training seconds (default 5)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="gpu (paper scale; the default on a CUDA device) or cpu (the default "
-                        "on the CPU)")
+                   help="gpu (paper scale; the default on a CUDA device), cpu (the default on "
+                        "the CPU) or fast (about a quarter of cpu's steps; refine it later with "
+                        "--resume --preset cpu)")
     p.add_argument("--steps", type=int, nargs=3, metavar=("FACE", "MOUTH", "FUSE"), default=None)
     p.add_argument("--res", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its work folder; on a finished "
+                        "avatar with a shorter schedule, refine it to this preset's")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
     a = p.parse_args(argv)

@@ -71,8 +71,10 @@ class BenchmarkConfig:
         landmarks: compute the FaceMesh-based scores (aperture, LMD, AUE, sync).
         curve_frames: held-out frames scored per point of the PSNR-vs-steps curve (evenly
             spaced over the cell's test span, ``eval.bench.protocol.HeldoutCurve``).
-        curve_every: a curve point every this many steps (None = 100 for 'cpu', else the
-            preset's ckpt_every).
+        curve_every: a curve point every this many steps (None = 100 for 'cpu', 50 for
+            'fast', else the preset's ckpt_every).
+        curve_aperture: also score the curve frames' lip aperture r at every curve point
+            (FaceMesh on the renders; adds a few seconds per point).
         videos: write the side-by-side videos.
         jobs: cells run in this many local processes (1 = in this process).
         ray: an :class:`eval.bench.ray_executor.RayOptions`: run the cells as Ray tasks instead
@@ -99,6 +101,7 @@ class BenchmarkConfig:
     landmarks: bool = True
     curve_frames: int = 25
     curve_every: int | None = None
+    curve_aperture: bool = False
     videos: bool = True
     jobs: int = 1
     syncnet: str | None = None
@@ -206,43 +209,54 @@ def test_span(clip, train_seconds: tuple[float, ...] | list[float],
 
 # ============================================================================ adaptation
 class CurveRecorder:
-    """``adapt(observe=...)`` hook: held-out PSNR of ``curve_frames`` evenly spaced test
-    frames (:class:`eval.bench.protocol.HeldoutCurve`), persisted after every call to
-    ``curves/{cell}.json`` (``{"points": [[steps, psnr, psnr_face, psnr_head], ...],
-    "observe_s": ...}``) so a resumed adaptation keeps its earlier points; ``observe_s``
-    (time spent scoring) is excluded from ``adapt_minutes``. ``acfg``: the cell's
+    """``adapt(observe=...)`` hook: held-out PSNR (and, with ``aperture``, lip aperture r)
+    of ``curve_frames`` evenly spaced test frames (:class:`eval.bench.protocol.HeldoutCurve`),
+    persisted after every call to ``curves/{cell}.json`` (``{"points": [[steps, psnr,
+    psnr_face, psnr_head, aperture_r, seconds], ...], "observe_s": ...}``) so a resumed
+    adaptation keeps its earlier points. ``seconds``: adaptation wall time when the point
+    was taken, measured from the recorder's creation (just before adaptation starts) with
+    the time spent scoring left out (``observe_s``, also excluded from ``adapt_minutes``);
+    a resumed adaptation continues from its last point's seconds. ``acfg``: the cell's
     ``core.adapt.AdaptConfig`` (its mouth-code and drive settings; None: no mouth code)."""
 
     def __init__(self, clip, seconds: float, res: int, test_seconds: float, n_frames: int,
-                 path: Path, acfg=None) -> None:
+                 path: Path, acfg=None, aperture: bool = False) -> None:
         from eval.bench.protocol import HeldoutCurve
 
         self.curve = HeldoutCurve(clip, seconds, res, test_seconds, n_frames,
                                   bool(acfg and acfg.mouth_code), acfg and acfg.readout,
-                                  acfg and acfg.person, acfg.seed if acfg else 0)
+                                  acfg and acfg.person, acfg.seed if acfg else 0,
+                                  aperture=aperture)
         self.path = path
         old = json.loads(path.read_text()) if path.is_file() else {}
         self.points = [tuple(p) for p in old.get("points", [])]
         self.observe_s = float(old.get("observe_s", 0.0))
+        self.before_s = max([float(p[5]) for p in self.points if len(p) > 5] or [0.0])
+        self.t0 = time.perf_counter()
+        self.observed_here = 0.0
 
     def __call__(self, steps: int, umf, ident) -> None:
         t0 = time.perf_counter()
+        wall = self.before_s + (t0 - self.t0) - self.observed_here
         self.curve.points.clear()
         self.curve(steps, umf, ident)
-        self.points = [p for p in self.points if p[0] != steps] + list(self.curve.points)
+        got = [(*p, round(wall, 2)) for p in self.curve.points]
+        self.points = [p for p in self.points if p[0] != steps] + got
         self.points.sort(key=lambda p: p[0])
+        self.observed_here += time.perf_counter() - t0
         self.observe_s += time.perf_counter() - t0
         write_text(self.path, json.dumps({"points": self.points, "observe_s": self.observe_s}))
 
 
 def read_curve(out: Path, name: str) -> tuple[list[dict], float]:
-    """``([{'step', 'psnr', 'psnr_face'[, 'psnr_head']}], observe_seconds)`` from
-    ``curves/{name}.json`` (empty when the avatar was adapted without recording one)."""
+    """``([{'step', 'psnr', 'psnr_face'[, 'psnr_head', 'aperture_r', 'seconds']}],
+    observe_seconds)`` from ``curves/{name}.json`` (empty when the avatar was adapted
+    without recording one; older curves lack the last keys)."""
     p = out / "curves" / f"{name}.json"
     if not p.is_file():
         return [], 0.0
     d = json.loads(p.read_text())
-    keys = ("step", "psnr", "psnr_face", "psnr_head")
+    keys = ("step", "psnr", "psnr_face", "psnr_head", "aperture_r", "seconds")
     pts = [{k: (int(v) if k == "step" else float(v)) for k, v in zip(keys, q)}
            for q in d.get("points", [])]
     return sorted(pts, key=lambda x: x["step"]), float(d.get("observe_s", 0.0))
@@ -294,8 +308,8 @@ def ensure_avatar(clip_dir: Path, out: Path, stem: str, method: str, seconds: fl
         kw["device"] = cfg.device
     if "observe" in inspect.signature(adapt).parameters:
         rec = CurveRecorder(load_clip(clip_dir), seconds, acfg.res, cfg.test_seconds,
-                            cfg.curve_frames, curve, acfg)
-        every = cfg.curve_every or (100 if cfg.preset == "cpu" else acfg.ckpt_every)
+                            cfg.curve_frames, curve, acfg, aperture=cfg.curve_aperture)
+        every = cfg.curve_every or {"cpu": 100, "fast": 50}.get(cfg.preset, acfg.ckpt_every)
         kw.update(observe=rec, observe_every=every)
     try:
         adapt(clip_dir, av, use_prior, acfg, progress=hook, resume=True, work=work, **kw)

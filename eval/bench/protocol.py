@@ -109,15 +109,17 @@ def ground_truth(frames: TrainFrames) -> GroundTruth:
 
 class HeldoutCurve:
     """An ``adapt(observe=...)`` callback: full-frame, face-region and head-region PSNR of a
-    fixed subset of held-out frames along training. ``points``: list of
-    (steps, psnr, psnr_face, psnr_head). ``mouth_code``: the avatar's fields take the mouth
+    fixed subset of held-out frames along training, and (``aperture``) their lip aperture
+    r against the recording (FaceMesh on both; NaN when fewer than 3 frames show a face).
+    ``points``: list of (steps, psnr, psnr_face, psnr_head, aperture_r). ``mouth_code``: the avatar's fields take the mouth
     code, driven by the drive adaptation fits with ``readout`` / ``person`` / ``seed``
     (:func:`core.train.person_mouth.fit_drive`; None: the prior's prediction alone), its
     offset measured on the training frames."""
 
     def __init__(self, clip: ProcessedClip, train_seconds: float, res: int,
                  test_seconds: float | None = TEST_SECONDS, num_frames: int = 25,
-                 mouth_code: bool = False, readout=None, person=None, seed: int = 0) -> None:
+                 mouth_code: bool = False, readout=None, person=None, seed: int = 0,
+                 aperture: bool = False) -> None:
         idx = test_indices(clip, train_seconds, test_seconds)
         pick = torch.linspace(0, idx.numel() - 1, min(num_frames, idx.numel())).round().long()
         n_train = int(round(train_seconds * 25))
@@ -130,7 +132,12 @@ class HeldoutCurve:
                               a["valid"].numpy(), None, readout, person, seed)
         self.frames = frame_subset(heldout_frames(clip, idx, res, n_train, drive), pick)
         self.gt = ground_truth(self.frames)
-        self.points: list[tuple[int, float, float, float]] = []
+        self.gt_points = None
+        if aperture:
+            from eval.metrics import detect
+
+            self.gt_points = np.asarray(detect(self.gt.frames).points, np.float64)
+        self.points: list[tuple[int, float, float, float, float]] = []
 
     @torch.no_grad()
     def __call__(self, steps: int, umf, ident) -> None:
@@ -144,5 +151,14 @@ class HeldoutCurve:
         full = [psnr(p, t) for p, t in zip(pred, g.frames)]
         face = [psnr(p, t, m) for p, t, m in zip(pred, g.frames, g.face)]
         head = [psnr(p, t, m) for p, t, m in zip(pred, g.frames, g.head)]
+        r = float("nan")
+        if self.gt_points is not None:
+            from eval.metrics import aperture_scores, detect
+
+            try:
+                r = aperture_scores(np.asarray(detect(pred).points, np.float64),
+                                    self.gt_points).r
+            except ValueError:  # fewer than 3 frames with a face in both
+                pass
         self.points.append((int(steps), float(np.mean(full)), float(np.mean(face)),
-                            float(np.mean(head))))
+                            float(np.mean(head)), r))
