@@ -134,7 +134,7 @@ class HeldoutCurve:
         self.gt = ground_truth(self.frames)
         self.gt_points = None
         if aperture:
-            from eval.metrics import detect
+            from eval.metrics.frames import detect
 
             self.gt_points = np.asarray(detect(self.gt.frames).points, np.float64)
         self.points: list[tuple[int, float, float, float, float]] = []
@@ -153,7 +153,7 @@ class HeldoutCurve:
         head = [psnr(p, t, m) for p, t, m in zip(pred, g.frames, g.head)]
         r = float("nan")
         if self.gt_points is not None:
-            from eval.metrics import aperture_scores, detect
+            from eval.metrics.frames import aperture_scores, detect
 
             try:
                 r = aperture_scores(np.asarray(detect(pred).points, np.float64),
