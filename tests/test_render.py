@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.raster.parity import backend_parity
+from core.raster.parity import backend_parity, camera, random_scene
 from core.raster.render import RenderOutput, rasterize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,24 +22,12 @@ PARAM_NAMES = ("means", "quats", "scales", "opacities", "colors")
 
 def _camera(width: int, height: int, f: float, dist: float = 0.6, yaw: float = 0.0):
     """World-to-camera looking at the origin from distance ``dist`` (OpenCV axes)."""
-    c, s = math.cos(yaw), math.sin(yaw)
-    R = torch.tensor([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
-    V = torch.eye(4)
-    V[:3, :3] = R
-    V[2, 3] = dist
-    K = torch.tensor([[f, 0.0, width / 2], [0.0, f * 1.05, height / 2 + 1.3], [0.0, 0.0, 1.0]])
-    return V, K
+    return camera(width, height, f, dist, yaw)
 
 
 def _scene(n: int, seed: int, channels: int = 3, scale: float = 0.01, op_lo: float = 0.05,
            op_hi: float = 0.95, spread: float = 0.12):
-    g = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=g) * 2 - 1) * spread
-    quats = torch.randn(n, 4, generator=g)
-    scales = scale * torch.exp(torch.randn(n, 3, generator=g) * 0.6)
-    opac = op_lo + (op_hi - op_lo) * torch.rand(n, generator=g)
-    cols = torch.rand(n, channels, generator=g)
-    return [t.contiguous().requires_grad_() for t in (means, quats, scales, opac, cols)]
+    return random_scene(n, seed, channels, scale, op_lo, op_hi, spread)
 
 
 def _render_and_grads(params, V, K, W, H, backend, bg=None, sh_degree=None, seed=0):
