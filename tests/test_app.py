@@ -630,6 +630,31 @@ def test_delete_during_talk_stops_it(server, created, audio_dir: Path) -> None:
     assert events == ["consent", "created", "deleted"]
 
 
+def test_streamed_talk_plays_segments_and_a_closed_stream_frees_the_avatar(
+        server, created, audio_dir: Path, tmp_path: Path) -> None:
+    """The Talk button's streamed render: short segments come out while it renders; when
+    the page goes away (Gradio closes the generator) the render stops, the avatar is free
+    again and no render folder is left."""
+    import threading
+
+    demo, url, root = server
+    owner, (_, _, pick, _, _), *_ = created
+    app = demo.instag
+    aid = twin_avatar(demo, owner, pick["value"])
+    audio = tmp_path / "upload" / "en_eng.wav"  # an upload folder of its own (attached)
+    audio.parent.mkdir()
+    shutil.copy(audio_dir / "en_eng.wav", audio)
+    renders = root / "avatars" / aid / "renders"
+    talk = app.talk_stream(aid, str(audio), owner.token, None)
+    token, seg, _, _ = next(talk)
+    assert token == owner.token and seg.endswith("segment_00000.ts") and Path(seg).is_file()
+    assert app.locks.in_use(aid) and len(list(renders.iterdir())) == 1
+    talk.close()  # what Gradio does when the client disconnects
+    assert not app.locks.in_use(aid)
+    assert not [t for t in threading.enumerate() if t.name in ("synthesis", "encoder")]
+    assert not renders.exists() or not list(renders.iterdir())
+
+
 def test_delete_removes_every_file(server, created, audio_dir: Path) -> None:
     """After Delete, every URL tied to the avatar (uploaded clip, preview, uploaded audio,
     Talk render, benchmark outputs) is refused to a client with no session, and the
@@ -657,31 +682,6 @@ def test_delete_removes_every_file(server, created, audio_dir: Path) -> None:
     assert not (root / "avatars" / aid).exists() and not any(d.exists() for d in jobs)
     events = [e["event"] for e in audit(root) if e.get("avatar") == aid]
     assert events == ["consent", "created", "deleted"]
-
-
-def test_streamed_talk_plays_segments_and_a_closed_stream_frees_the_avatar(
-        server, created, audio_dir: Path, tmp_path: Path) -> None:
-    """The Talk button's streamed render: short segments come out while it renders; when
-    the page goes away (Gradio closes the generator) the render stops, the avatar is free
-    again and no render folder is left."""
-    import threading
-
-    demo, url, root = server
-    owner, (_, _, pick, _, _), *_ = created
-    app = demo.instag
-    aid = twin_avatar(demo, owner, pick["value"])
-    audio = tmp_path / "upload" / "en_eng.wav"  # an upload folder of its own (attached)
-    audio.parent.mkdir()
-    shutil.copy(audio_dir / "en_eng.wav", audio)
-    renders = root / "avatars" / aid / "renders"
-    talk = app.talk_stream(aid, str(audio), owner.token, None)
-    token, seg, _, _ = next(talk)
-    assert token == owner.token and seg.endswith("segment_00000.ts") and Path(seg).is_file()
-    assert app.locks.in_use(aid) and len(list(renders.iterdir())) == 1
-    talk.close()  # what Gradio does when the client disconnects
-    assert not app.locks.in_use(aid)
-    assert not [t for t in threading.enumerate() if t.name in ("synthesis", "encoder")]
-    assert not renders.exists() or not list(renders.iterdir())
 
 
 def test_owner_deletes_avatar(server, tmp_path: Path) -> None:
@@ -858,7 +858,8 @@ def test_zero_gpu_only_gpu_work_inside(tmp_path: Path, monkeypatch) -> None:
 
     demo = build_app(cfg, start_sweeper=False)
     assert demo.instag.zero_gpu
-    assert set(asked) == {"adapt_gpu", "render_gpu", "bench_gpu"}  # no tracking, no I/O
+    # no tracking, no I/O; a streamed render is a GPU call of its own
+    assert set(asked) == {"adapt_gpu", "render_gpu", "render_stream_gpu", "bench_gpu"}
     assert max(asked.values()) <= ZERO_GPU_MAX_S
     with pytest.raises(ValueError, match="refused by ZeroGPU"):
         AppConfig(data_root=tmp_path, preset="tiny", gpu_adapt_s=2320).validate()

@@ -148,6 +148,7 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
             page.click("#talk-btn")
             wait_for(page.locator("#talk-status", has_text="frames"), 300)
             page.locator("#talk-video video").wait_for()
+            src = page.locator("#talk-video video").get_attribute("src")
             shot("06_talk_done.png")
             # the whole mp4 to download: audio track, metadata statement, mark on every frame
             link = page.locator("#talk-file a").first
