@@ -167,10 +167,14 @@ def test_three_users_and_hostile_uploads(app_process, clips_dir: Path, audio_dir
 
     first_avatar: dict[str, tuple[Client, str, str]] = {}
     have_avatar = threading.Event()
+    creating = threading.Event()   # an honest create is running: the slots are busy
 
     def honest(i: int, clip: str) -> None:
         cl, tok = _new(url)
         job = cl.submit(video_arg(clips_dir / clip), True, f"user{i}", tok, api_name="/create")
+        while not job.done() and not job.status().progress_data and run.left() > 0:
+            time.sleep(0.1)
+        creating.set()
         out = job.result(timeout=run.left())
         aid = out[3]["value"]
         with run.lock:
@@ -186,6 +190,7 @@ def test_three_users_and_hostile_uploads(app_process, clips_dir: Path, audio_dir
 
     def attacker() -> None:
         cl, tok = _new(url)
+        assert creating.wait(run.left())
         # while the honest creates hold every slot, a flood from six clients holding the
         # attacker's token: at most max_waiting of its jobs wait, the rest are refused at once
         flooders = [Client(url, verbose=False, download_files=False) for _ in range(6)]
