@@ -169,6 +169,24 @@ def render_stream_gpu(avatar_dir: Path, audio: Path, out: Path, stream_dir: Path
                                 device=device)
 
 
+def render_error(e: Exception, where: str) -> Exception:
+    """What a Talk render's failure shows the visitor: the avatar gone or being deleted, a
+    refused input, a render stopped by Delete, or an internal error logged under ``where``
+    with a reference."""
+    if isinstance(e, NotFound):
+        return gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False)
+    if isinstance(e, Busy):
+        return gr.Error(BEING_DELETED, title="Avatar being deleted", print_exception=False)
+    if isinstance(e, InputError):
+        return user_error(e)
+    if isinstance(e, gr.Error):
+        return e
+    if isinstance(e, Cancelled):
+        return gr.Error("Rendering was stopped: the avatar was deleted.", title="Stopped",
+                        print_exception=False)
+    return internal_error(where, "Rendering failed unexpectedly (reference {ref}).")[1]
+
+
 def bench_gpu(clips: list[Path], train: list[float], methods: list[str], out: Path,
               prior: Path | None, progress: Any, stop: threading.Event | None,
               device: str = "auto"):
@@ -446,20 +464,8 @@ class App:
                     stream.close()  # a closed talk (client gone) stops the rendering here
                     if not done:  # failed or closed: no half-made render folder
                         shutil.rmtree(out.parent, ignore_errors=True)
-        except NotFound:
-            raise gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False) from None
-        except Busy:
-            raise gr.Error(BEING_DELETED, title="Avatar being deleted",
-                           print_exception=False) from None
-        except InputError as e:
-            raise user_error(e) from None
-        except gr.Error:
-            raise
-        except Cancelled:
-            raise gr.Error("Rendering was stopped: the avatar was deleted.", title="Stopped",
-                           print_exception=False) from None
-        except Exception:
-            raise internal_error("talk", "Rendering failed unexpectedly (reference {ref}).")[1] from None
+        except Exception as e:
+            raise render_error(e, "talk") from None
         status = (f"{res.frames} frames ({res.seconds:.1f} s of audio), rendered at "
                   f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated”; "
                   "so is the file's metadata.")
@@ -496,20 +502,8 @@ class App:
                 except BaseException:
                     shutil.rmtree(out.parent, ignore_errors=True)  # no half-made renders
                     raise
-        except NotFound:
-            raise gr.Error(NOT_FOUND, title="Avatar not found", print_exception=False) from None
-        except Busy:
-            raise gr.Error(BEING_DELETED, title="Avatar being deleted",
-                           print_exception=False) from None
-        except InputError as e:
-            raise user_error(e) from None
-        except gr.Error:
-            raise
-        except Cancelled:
-            raise gr.Error("Rendering was stopped: the avatar was deleted.", title="Stopped",
-                           print_exception=False) from None
-        except Exception:
-            raise internal_error("talk_text", "Rendering failed unexpectedly (reference {ref}).")[1] from None
+        except Exception as e:
+            raise render_error(e, "talk_text") from None
         status = (f"{res.frames} frames ({res.seconds:.1f} s of speech by the synthetic voice "
                   f"{said.voice.name}, {said.voice.language}), rendered at "
                   f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated, "
