@@ -275,8 +275,20 @@ def run_check(folder: Path, out_dir: Path, device: str = "auto", quick: bool = F
     os.environ[PHONE_CACHE_ENV] = str(folder / "phones")
     prior = DEFAULT_PRIOR if prior == "default" else prior
     dev = resolve_device(device)
+    threads = torch.get_num_threads()
     if quick:   # a tiny workload: one thread avoids intra-op waits on a shared CPU
         torch.set_num_threads(1)
+    try:
+        return _run_sections(folder, out_dir, dev, quick, prior)
+    finally:
+        torch.set_num_threads(threads)   # the caller's setting comes back (the suite runs it)
+
+
+def _run_sections(folder: Path, out_dir: Path, dev: torch.device, quick: bool,
+                  prior: str | None) -> dict[str, Any]:
+    """The four sections of :func:`run_check`, on ``dev``."""
+    from core.device import device_names
+
     result: dict[str, Any] = {
         "device": str(dev), "devices": device_names(), "quick": quick,
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
