@@ -221,19 +221,17 @@ def render_section(folder: Path, avatar_dir: Path, dev: torch.device, quick: boo
     drive once, then per frame fields + rasterizer + compositing, frames back on the CPU."""
     import torch.nn.functional as F
 
-    from core.data.audio import AudioFeatureSpec
-    from core.data.features import audio_features, feature_config
     from core.model.avatar import load_avatar
     from core.model.head import FrameCond, render_frame
     from core.model.motion_field import audio_windows
-    from core.synthesize import pingpong
+    from core.synthesize import field_audio, pingpong
 
     wav = np.load(folder / "audio.npy")
     av = load_avatar(avatar_dir)
     T = math.ceil(wav.shape[0] / 640)
     wav = np.concatenate([wav, np.zeros(T * 640 - wav.shape[0], np.float32)])
     t0 = time.perf_counter()
-    feats = audio_features(wav, T, feature_config(AudioFeatureSpec.from_dict(av.meta["audio"])))
+    feats = field_audio(av, wav, T)
     mouth = av.drive.predicted(wav, T) if av.drive is not None else None
     front_s = time.perf_counter() - t0
     av.to(dev)

@@ -50,8 +50,6 @@ def frames_of(path: Path) -> np.ndarray:
 
 def profile(av: Avatar, audio: Path, seconds: float | None) -> list[tuple[str, float]]:
     """CPU seconds per frame of each stage of the per-frame path (one thread)."""
-    from core.data.audio import AudioFeatureSpec
-    from core.data.features import audio_features, feature_config
     from core.data.media import read_audio, write_video
     from core.model.head import (FrameCond, composite, face_motion, hook_from_face,
                                  mouth_dilation, mouth_motion)
@@ -61,7 +59,7 @@ def profile(av: Avatar, audio: Path, seconds: float | None) -> list[tuple[str, f
     from core.raster.render import RenderOutput
     from core.raster.sh import sh_to_rgb
     from core.raster.tiles import bin_gaussians
-    from core.synthesize import draw_mark, pingpong
+    from core.synthesize import draw_mark, field_audio, pingpong
 
     clock = time.process_time
     acc: dict[str, float] = {}
@@ -76,7 +74,7 @@ def profile(av: Avatar, audio: Path, seconds: float | None) -> list[tuple[str, f
     T = math.ceil(wav.shape[0] / 640)
     wav = np.concatenate([wav, np.zeros(T * 640 - wav.shape[0], np.float32)])
     t = tick("audio read", t)
-    feats = audio_features(wav, T, feature_config(AudioFeatureSpec.from_dict(av.meta["audio"])))
+    feats = field_audio(av, wav, T)
     t = tick("audio features (field input)", t)
     mouth = av.drive.predicted(wav, T) if av.drive is not None else None
     t = tick("mouth drive (front end + predictors)", t)

@@ -6,7 +6,9 @@
 Any audio file (wav, mp3, m4a, flac, ogg) or the audio track of a video, any sample rate and
 length: it is resampled to 16 kHz, cut into ``T = ceil(seconds * 25)`` frames (zero-padded
 to ``640 T`` samples), turned into the avatar's audio feature type, and drives the motion
-fields. Poses, expression signals and torso/background plates come from the avatar's own
+fields; an avatar with a mouth drive gets its mouth code predicted from the audio and its
+fields' own audio input held at the features of silence
+(:func:`core.model.mouth_drive.silent_fields_audio`). Poses, expression signals and torso/background plates come from the avatar's own
 frames looped ping-pong (0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...: no jump). Each frame is the
 face and mouth rendering composited over the plate (mouth alpha dilated); the mp4 carries the
 audio, frame ``i`` starting at sample ``640 i``, a visible "AI-generated" mark on every frame
@@ -41,7 +43,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from core.data.audio import AudioFeatureSpec
+from core.data.audio import AudioFeatureConfig, AudioFeatureSpec
 from core.data.features import audio_features, feature_config, feature_spec
 from core.device import DEVICE_HELP, resolve_device
 from core.raster.render import RASTER_CHOICES, RASTER_HELP, raster_backend
@@ -299,6 +301,20 @@ class _Encoder:
         self.thread.join(timeout=30.0)
 
 
+def field_audio(av: Avatar, wav: np.ndarray, num_frames: int,
+                cfg: AudioFeatureConfig | None = None) -> torch.Tensor:
+    """(num_frames, window, D) the motion fields' audio input for ``wav`` (16 kHz, ``640 T``
+    samples): its features (``cfg``, default the avatar's kind) for an avatar without a mouth
+    drive; the features of silence for one with a drive, whose mouth follows the code
+    predicted from ``wav`` (:func:`core.model.mouth_drive.silent_fields_audio`)."""
+    from core.model.mouth_drive import silent_fields_audio
+
+    cfg = cfg or feature_config(AudioFeatureSpec.from_dict(av.meta["audio"]))
+    if av.drive is not None:
+        return silent_fields_audio(num_frames, cfg)
+    return audio_features(wav, num_frames, cfg)
+
+
 def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
                out: str | os.PathLike, progress: ProgressFn | None = None,
                max_seconds: float = 600.0, mark: bool = True,
@@ -353,7 +369,7 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     spec = AudioFeatureSpec.from_dict(av.meta["audio"])
     cfg = feature_config(spec, allow_download)
     feature_spec(cfg).check_matches(spec)
-    feats = audio_features(wav, T, cfg)
+    feats = field_audio(av, wav, T, cfg)
     mouth = av.drive.predicted(wav, T) if av.drive is not None else None
     av = av.to(dev)
     feats = feats.to(dev)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from core.data.audio import AudioFeatureSpec
-from core.data.features import audio_features, feature_config
+from core.data.features import feature_config
 from core.model.head import UMF
 from core.model.motion_field import audio_windows
 from core.train.stages import TrainFrames
@@ -55,9 +55,11 @@ def silent_audio(frames: TrainFrames, spec: AudioFeatureSpec, drive=None) -> Tra
     model with a mouth-code input (``drive``: its :class:`core.model.mouth_drive.MouthDrive`)
     the codes predicted from that silence."""
 
+    from core.model.mouth_drive import silent_fields_audio
+
     n = int(frames.audio.shape[0])
     silence = np.zeros(n * 640, np.float32)
-    feats = audio_features(silence, n, feature_config(spec))
+    feats = silent_fields_audio(n, feature_config(spec))
     out = replace(frames, audio=feats.to(frames.audio.dtype))
     if frames.mouth_pred is not None:
         if drive is None:

@@ -42,12 +42,23 @@ def heldout_frames(clip: ProcessedClip, idx: torch.Tensor, res: int,
     ``train_frames`` frames (the training part), audio featurised from the test span alone
     (like new audio driving the avatar). ``drive``: the avatar's
     :class:`core.model.mouth_drive.MouthDrive` when its fields take the mouth code: the
-    codes are predicted from the test span's audio (never the recorded lips)."""
+    codes are predicted from the test span's audio (never the recorded lips) and the
+    fields' own audio input is held at the features of silence, as when the avatar speaks
+    (:func:`core.synthesize.field_audio`)."""
     start, stop = int(idx[0]), int(idx[-1]) + 1
     if stop - start != idx.numel():
         raise ValueError("held-out frames must be one contiguous span")
-    return TrainFrames.from_clip(clip, idx, res, fit_frames=train_frames,
-                                 audio_span=(start, stop), drive=drive)
+    frames = TrainFrames.from_clip(clip, idx, res, fit_frames=train_frames,
+                                   audio_span=(start, stop), drive=drive)
+    if drive is None:
+        return frames
+    from core.data.audio import AudioFeatureSpec
+    from core.data.features import feature_config
+    from core.model.mouth_drive import silent_fields_audio
+
+    held = silent_fields_audio(stop - start, feature_config(AudioFeatureSpec.from_dict(
+        clip.manifest["audio"])))
+    return replace(frames, audio=held.to(frames.audio.dtype))
 
 
 def frame_subset(frames: TrainFrames, pick: torch.Tensor) -> TrainFrames:

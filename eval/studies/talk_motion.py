@@ -11,9 +11,11 @@ audio: the rendered aperture's standard deviation over the recording's (``motion
 moves as much as the person does), and the correlation of the rendered aperture with the
 audio's loudness per frame (:func:`core.data.phones.loudness_bands`, overall column), at
 lag 0 and as the best over lags 0-4 frames (the aperture ``k`` frames after the loudness:
-``r(gap[t + k], loud[t])``). ``--text`` adds typed text spoken by the default offline voice
-(:mod:`core.data.speech`), rendered like an uploaded recording (the wav is kept beside the
-videos).
+``r(gap[t + k], loud[t])``), beside the correlation that chance gives (:func:`chance_r`:
+the same aperture against its own audio's loudness moved by a second or more, which no
+longer belongs to it; on 10 s the 95th percentile of ``|r|`` is about 0.2). ``--text`` adds
+typed text spoken by the default offline voice (:mod:`core.data.speech`), rendered like an
+uploaded recording (the wav is kept beside the videos).
 
 Writes ``DIR/talk_motion.md`` (table) and ``DIR/talk_aperture.png`` (aperture and loudness
 against time, one panel per audio). The videos go to ``--videos DIR`` when given (e.g. for
@@ -60,6 +62,22 @@ def lagged_r(gap: np.ndarray, loud: np.ndarray, ok: np.ndarray,
     return out
 
 
+def chance_r(gap: np.ndarray, loud: np.ndarray, ok: np.ndarray, min_shift: int = 25,
+             quantile: float = 95.0) -> float:
+    """The ``quantile``-th percentile of ``|r(gap, roll(loud, s))|`` over every circular shift
+    ``s`` of at least ``min_shift`` frames (1 s) either way, over frames with a face: how large
+    an ``r`` an aperture reaches against a loudness it has nothing to do with, with the same
+    rhythm and length. An ``r`` inside it says nothing about lip sync. NaN when the
+    audio is shorter than ``2 min_shift + 1`` frames."""
+    n = len(gap)
+    rs = []
+    for s in range(min_shift, n - min_shift + 1):
+        lo = np.roll(loud, s)
+        if ok.sum() > 2 and np.std(gap[ok]) > 0 and np.std(lo[ok]) > 0:
+            rs.append(abs(float(np.corrcoef(gap[ok], lo[ok])[0, 1])))
+    return float(np.percentile(rs, quantile)) if rs else float("nan")
+
+
 def measure(avatar: Path, clip_dir: Path, audios: list[Path], videos: Path | None = None
             ) -> tuple[dict, list[dict]]:
     """The person's own aperture statistics and one row per audio (see module doc); the Talk
@@ -83,6 +101,7 @@ def measure(avatar: Path, clip_dir: Path, audios: list[Path], videos: Path | Non
             rows.append({"audio": a.name, "frames": int(len(gap)), "std": float(np.nanstd(gap)),
                          "ratio": float(np.nanstd(gap)) / max(ref["std"], 1e-9),
                          "r_loudness": lags[0], "r_lags": lags, "best_lag": best,
+                         "r_chance": chance_r(gap, loud, ok),
                          "gap": gap, "loud": loud})
     return ref, rows
 
@@ -97,12 +116,12 @@ def write(out: Path, ref: dict, rows: list[dict], avatar: Path) -> None:
     lines = [f"Avatar `{avatar.name}`; the person's own recording: aperture std {ref['std']:.4f} "
              f"(mean {ref['mean']:.3f}, inner-lip gap / eye-corner distance).", "",
              "| audio | frames | rendered aperture std | motion ratio (rendered / own) | "
-             "r with loudness | best r, lags 0-4 (lag) |",
-             "|---|---|---|---|---|---|"]
+             "r with loudness | best r, lags 0-4 (lag) | chance (95 % of \\|r\\|) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['audio']} | {r['frames']} | {r['std']:.4f} | {r['ratio']:.2f} | "
                      f"{r['r_loudness']:.2f} | {r['r_lags'][r['best_lag']]:.2f} "
-                     f"({r['best_lag']}) |")
+                     f"({r['best_lag']}) | {r['r_chance']:.2f} |")
     write_text(out / "talk_motion.md", "\n".join(lines) + "\n")
     fig, axes = plt.subplots(len(rows), 1, figsize=(9, 2.2 * len(rows)), squeeze=False)
     for ax, r in zip(axes[:, 0], rows):
@@ -152,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lags = " ".join(f"{k}:{v:.2f}" for k, v in r["r_lags"].items())
         print(f"{r['audio']}: {r['frames'] / 25:.1f} s, motion ratio {r['ratio']:.2f}, "
-              f"r(loudness) {r['r_loudness']:.2f}, by lag {lags}")
+              f"r(loudness) {r['r_loudness']:.2f}, by lag {lags}, chance {r['r_chance']:.2f}")
     return 0
 
 
