@@ -7,9 +7,9 @@ Any audio file (wav, mp3, m4a, flac, ogg) or the audio track of a video, any sam
 length: it is resampled to 16 kHz, cut into ``T = ceil(seconds * 25)`` frames (zero-padded
 to ``640 T`` samples), turned into the avatar's audio feature type, and drives the motion
 fields; an avatar with a mouth drive gets its mouth code predicted from the audio and its
-fields' own audio input held at the features of silence
-(:func:`core.model.mouth_drive.silent_fields_audio`). Poses, expression signals and torso/background plates come from the avatar's own
-frames looped ping-pong (0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...: no jump). Each frame is the
+fields' own audio input held at the features of silence (:func:`field_audio`). Poses,
+expression signals and torso/background plates come from the avatar's own frames looped
+ping-pong (0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...: no jump). Each frame is the
 face and mouth rendering composited over the plate (mouth alpha dilated); the mp4 carries the
 audio, frame ``i`` starting at sample ``640 i``, a visible "AI-generated" mark on every frame
 and the same statement in its metadata. Typed text is spoken first by an offline voice

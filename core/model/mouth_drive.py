@@ -358,7 +358,7 @@ def silent_fields_audio(num_frames: int, cfg: AudioFeatureConfig) -> Tensor:
 
     The fields still learn with the training recording's features beside the code; driven,
     their direct audio route added motion of its own that did not follow the sound. On
-    obama_20s's held-out 15 s (cpu-preset avatar) rendered aperture r rose from 0.45 to 0.50
+    obama_20s's held-out 12 s (cpu-preset avatar) rendered aperture r rose from 0.45 to 0.50
     without it; on a synthetic voice the rendered aperture followed the code at r 0.93
     instead of 0.78 (``docs/results/tts.md``)."""
     from core.data.features import audio_features
