@@ -1,7 +1,8 @@
 """The timing chain of a Talk render and the measure of its lips against loudness
 (:mod:`eval.studies.talk_motion`): the loudness sits on the video frame grid, the lag
-convention, the chance level of ``r``, and the mouth code predicted from new audio follows
-that audio frame for frame (the recording's offset re-times only the training recording).
+convention, the chance level of ``r``, the mouth code predicted from new audio follows
+that audio frame for frame (the recording's offset re-times only the training recording),
+and an avatar with a mouth drive gives its motion fields the features of silence.
 """
 from __future__ import annotations
 
