@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +36,46 @@ def short_dir(data_dir: Path) -> Path:
     return data_dir / "short"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker process gets one torch thread: the workers already use
+    every core, and more threads than cores makes torch's thread pools spin against each
+    other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 # ---------------------------------------------------------------- shared per test session
 # One small processed clip, one tiny prior and one tiny avatar per session, built on first
 # use and shared by the tests that only read them (a test that changes files works on its
 # own copy or in its own tmp_path; the session fails if one writes into them). Same settings
-# as the modules used before sharing them.
+# as the modules used before sharing them. With several xdist workers the first worker to
+# need one builds it and the others wait for it and read the same folder (_built_once).
+
+def _built_once(factory: pytest.TempPathFactory, name: str,
+                build: Callable[[Path], object]) -> Path:
+    """The folder ``name`` filled by ``build(folder)`` once per test run.
+
+    Without xdist: a fresh temporary folder. Under xdist: a folder in the run's temporary
+    root shared by all workers, built by the first worker under a file lock; a build that
+    failed half-way is started again by the next worker that needs it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    folder = factory.getbasetemp().parent / f"shared_{name}"
+    done = folder.with_name(folder.name + ".done")
+    with FileLock(str(folder) + ".lock"):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Relative path -> (size, mtime in ns) of every file under ``folder``."""
@@ -66,10 +103,11 @@ def tiny_clips(clips_dir: Path,
     """Processed-clip folders of may_5s and the prior's two people, 75 frames at 128²."""
     from core.data.preprocess import PreprocessConfig, preprocess
 
-    root = tmp_path_factory.mktemp("tiny_clips")
+    names = ("may_5s", *PRIOR_PEOPLE)
     cfg = PreprocessConfig(res=TINY_CLIP_RES, max_frames=TINY_CLIP_FRAMES)
-    clips = {name: preprocess(clips_dir / f"{name}.mp4", root / name, cfg)
-             for name in ("may_5s", *PRIOR_PEOPLE)}
+    root = _built_once(tmp_path_factory, "tiny_clips", lambda d: [
+        preprocess(clips_dir / f"{name}.mp4", d / name, cfg) for name in names])
+    clips = {name: root / name for name in names}
     with _read_only(root):
         yield clips
 
@@ -87,9 +125,10 @@ def tiny_prior(tiny_clips: dict[str, Path],
     in ``work/`` beside it)."""
     from core.train.pretrain import PRESETS, pretrain
 
-    root = tmp_path_factory.mktemp("tiny_prior")
-    prior = pretrain([tiny_clips[n] for n in PRIOR_PEOPLE], root / "prior.safetensors",
-                     PRESETS["tiny"], work=root / "work")
+    root = _built_once(tmp_path_factory, "tiny_prior", lambda d: pretrain(
+        [tiny_clips[n] for n in PRIOR_PEOPLE], d / "prior.safetensors", PRESETS["tiny"],
+        work=d / "work"))
+    prior = root / "prior.safetensors"
     with _read_only(root):
         yield prior
 
@@ -102,8 +141,9 @@ def tiny_avatar(may_clip: Path, tiny_prior: Path,
 
     from core.train.adapt import PRESETS, adapt
 
-    out = adapt(may_clip, tmp_path_factory.mktemp("tiny_avatar") / "may", tiny_prior,
-                replace(PRESETS["tiny"], seconds=3.0))
+    root = _built_once(tmp_path_factory, "tiny_avatar", lambda d: adapt(
+        may_clip, d / "may", tiny_prior, replace(PRESETS["tiny"], seconds=3.0)))
+    out = root / "may"
     with _read_only(out):
         yield out
 
@@ -124,10 +164,15 @@ def may_cli(clips_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     from core.preprocess import main
 
-    out = tmp_path_factory.mktemp("may_cli") / "may_5s"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main([str(clips_dir / "may_5s.mp4"), "--out", str(out), "--res", "256"])
-    assert code == 0
+    def build(folder: Path) -> None:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            code = main([str(clips_dir / "may_5s.mp4"), "--out", str(folder / "may_5s"),
+                         "--res", "256"])
+        assert code == 0
+        (folder / "printed.txt").write_text(buf.getvalue())
+
+    root = _built_once(tmp_path_factory, "may_cli", build)
+    out = root / "may_5s"
     with _read_only(out):
-        yield CliRun(out, buf.getvalue())
+        yield CliRun(out, (root / "printed.txt").read_text())
