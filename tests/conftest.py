@@ -66,9 +66,14 @@ def tiny_clips(clips_dir: Path,
     """Processed-clip folders of may_5s and the prior's two people, 75 frames at 128²."""
     from core.data.preprocess import PreprocessConfig, preprocess
 
+    from dataclasses import replace
+
     root = tmp_path_factory.mktemp("tiny_clips")
     cfg = PreprocessConfig(res=TINY_CLIP_RES, max_frames=TINY_CLIP_FRAMES)
-    clips = {name: preprocess(clips_dir / f"{name}.mp4", root / name, cfg)
+    # only may_5s keeps its recorded frames (its avatar renders full frames); the prior's
+    # people are pre-training data and skip that encode
+    clips = {name: preprocess(clips_dir / f"{name}.mp4", root / name,
+                              cfg if name == "may_5s" else replace(cfg, full_frame=False))
              for name in ("may_5s", *PRIOR_PEOPLE)}
     with _read_only(root):
         yield clips
