@@ -1,6 +1,6 @@
 """Driving an avatar with new audio (METHOD.md §7).
 
-``python -m core.synthesize AVATAR AUDIO --out video.mp4 [--stream DIR]``
+``python -m core.synthesize AVATAR AUDIO --out video.mp4 [--frame full|crop] [--blend lower-face|box] [--stream DIR]``
 ``python -m core.synthesize AVATAR --text "..." [--voice NAME | --lang CODE] [--rate R] --out video.mp4``
 
 Any audio file (wav, mp3, m4a, flac, ogg) or the audio track of a video, any sample rate and
@@ -13,6 +13,15 @@ audio, frame ``i`` starting at sample ``640 i``, a visible "AI-generated" mark o
 and the same statement in its metadata. Typed text is spoken first by an offline voice
 (:mod:`core.data.speech`); that audio drives the avatar like a recording, and the mark and
 the metadata then say that the voice is synthetic too.
+
+Full frame (``frame='full'``, the default): the video has the recording's own size and
+aspect (long side at most 1920 px, even sides). Each rendered crop is resized into the crop
+box of the avatar's recorded frame that its plate came from (the training span looped the
+same way, read a key-frame group at a time so memory stays bounded) and blended in with
+:func:`full_frame_alpha`: by default only the lower face (lips, jaw, cheeks: what the audio
+drives), from that frame's tracked landmarks, so eyes, hair, torso and background keep the
+recording's own pixels and sharpness; ``blend='box'`` puts the whole crop back with a
+feathered edge. Avatars made without the recorded frames render the crop, with a note.
 
 Speed (:class:`TalkConfig`): the motion fields' per-avatar constants are computed once and
 the audio-driven part runs for 16 frames per call; frames are rasterized on one thread per

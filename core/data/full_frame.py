@@ -182,9 +182,14 @@ def composite(frame: np.ndarray, head: np.ndarray, box: tuple[int, int, int, int
                          f"{frame.shape[0]} frame")
     a = alpha if alpha.shape[0] == side else cv2.resize(
         np.asarray(alpha, np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
-    h = resize(head, side).astype(np.float32)
+    a = np.clip(a, 0.0, 1.0)
     out = frame.copy()
-    region = out[y0:y1, x0:x1].astype(np.float32)
-    region += np.clip(a, 0.0, 1.0)[..., None] * (h - region)
-    out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    rows, cols = np.flatnonzero(a.max(1) > 0), np.flatnonzero(a.max(0) > 0)
+    if rows.size == 0:
+        return out
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # only where alpha > 0
+    h = resize(head, side)[r0:r1, c0:c1].astype(np.float32)
+    region = out[y0 + r0:y0 + r1, x0 + c0:x0 + c1].astype(np.float32)
+    region += a[r0:r1, c0:c1, None] * (h - region)
+    out[y0 + r0:y0 + r1, x0 + c0:x0 + c1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     return out

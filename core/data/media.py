@@ -588,7 +588,7 @@ class FrameLoop:
     """
 
     def __init__(self, path: str | os.PathLike, num_frames: int, chunk: int,
-                 fps: float = 25.0, keep: int = 2) -> None:
+                 fps: float = 25.0, keep: int = 1) -> None:
         self.path, self.num_frames, self.chunk = Path(path), int(num_frames), int(chunk)
         self.fps, self.keep = float(fps), max(1, int(keep))
         self._c = _open(self.path)

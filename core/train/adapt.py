@@ -643,8 +643,13 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             "steps": {"face": cfg.face_steps, "mouth": cfg.mouth_steps, "fuse": cfg.fuse_steps},
             "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    full = full_frame_frames(pclip, n_train)
+    if full is None:
+        say("note: the processed clip keeps no recorded frames (made before full-frame "
+            "output): the avatar renders the crop only; preprocess the clip again for "
+            "full-frame output")
     save_avatar(out, umf, ident, frames.viewmats, frames.K, frames.expr, plates, meta, drive=drive,
-                full=full_frame_frames(pclip, n_train))
+                full=full)
     shutil.rmtree(work, ignore_errors=True)
     report("done", 1.0)
     return out

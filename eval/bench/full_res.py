@@ -202,3 +202,37 @@ def write_full_res_csv(rows: list[dict], path: Path) -> Path:
     w.writerows(rows)
     write_text(path, buf.getvalue())
     return path
+
+
+def talk_sharpness(video: Path, avatar, every: int = 10) -> float:
+    """Mean sharpness ratio of a Talk video over the face: Sobel gradient energy inside the
+    face oval (the looped frame's landmarks) of the video's frame, over that of the
+    avatar's recorded frame it was made on (``pingpong(t, n)``; the training frames, never
+    held-out ones), every ``every``-th frame. A crop-mode video is resized into the crop box
+    first, as a player showing it at the source's size would."""
+    import cv2
+
+    from core.data.masks import FACE_OVAL
+    from core.data.media import iter_frames
+    from core.synthesize import pingpong
+
+    assert avatar.full is not None
+    x0, y0, x1, y1 = avatar.full.box
+    side = x1 - x0
+    ratios: list[float] = []
+    with avatar.source_frames() as src:
+        for t, frame in enumerate(iter_frames(video, fps=25.0)):
+            if t % every:
+                continue
+            i = pingpong(t, avatar.num_frames)
+            rec = src[i][y0:y1, x0:x1]
+            if frame.shape[:2] == (avatar.full.height, avatar.full.width):
+                got = frame[y0:y1, x0:x1]  # a full frame
+            else:  # the crop, shown at the box's size
+                got = cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC)
+            pts = avatar.landmarks[i].numpy()[list(FACE_OVAL)] * side
+            mask = np.zeros((side, side), np.uint8)
+            cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+            m = mask.astype(bool)
+            ratios.append(sobel_energy(got, m) / max(sobel_energy(rec, m), 1e-9))
+    return float(np.mean(ratios))
