@@ -275,15 +275,16 @@ def write_outputs(rows: list[dict], methods: list[str], train_seconds: list[floa
 
 
 def write_full_res(out: Path, clips: list[Path], methods: list[str],
-                   train_seconds: list[float], cfg: BenchmarkConfig) -> str:
-    """Score the stored renders at the source's size (:mod:`eval.bench.full_res`); writes
-    ``full_res.md`` / ``full_res.csv`` under ``out`` and returns the table."""
+                   train_seconds: list[float], cfg: BenchmarkConfig, stride: int = 1) -> str:
+    """Score the stored renders at the source's size (:mod:`eval.bench.full_res`, every
+    ``stride``-th held-out frame); writes ``full_res.md`` / ``full_res.csv`` under ``out`` and
+    returns the table."""
     from eval.bench.full_res import full_res_markdown, full_res_rows, write_full_res_csv
 
     dirs = {(c.name if c.is_dir() else c.stem): (c if c.is_dir() else out / "clips" / c.stem)
             for c in clips}
     rows = full_res_rows(out, dirs, methods, [float(s) for s in train_seconds],
-                         cfg.test_seconds)
+                         cfg.test_seconds, stride=stride)
     md = ("# Scores at the source's resolution\n\nEach held-out render put back into the "
           "recorded frame's crop box at the source's size (long side at most 1920 px); "
           "see eval/bench/full_res.py.\n\n" + full_res_markdown(rows))

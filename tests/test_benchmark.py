@@ -347,13 +347,13 @@ def test_full_res_scores_the_stored_renders_at_the_source_size(bench: dict) -> N
 
     cfg = BenchmarkConfig(quick=True)
     md = write_full_res(bench["out"], [bench["out"] / "clips" / "may_5s"], ["instag", "nope"],
-                        [TRAIN], cfg)
+                        [TRAIN], cfg, stride=10)
     assert (bench["out"] / "full_res.md").read_text() == md
     rows = list(csv.DictReader(io.StringIO((bench["out"] / "full_res.csv").read_text())))
     inst, missing = rows
     assert missing["note"] == "no stored render" and "512x512" in md
     assert (int(inst["width"]), int(inst["height"]), int(inst["res"])) == (512, 512, 96)
-    assert int(inst["frames"]) == 50
+    assert int(inst["frames"]) == 5  # every 10th of the 50 held-out frames
     assert float(inst["psnr_head"]) < float(inst["psnr_head_ceiling"])
     assert 0 < float(inst["sharpness"]) < 1 and 0 < float(inst["sharpness_ceiling"]) <= 1.01
     assert 0 < float(inst["ssim_head"]) < 1 and math.isfinite(float(inst["psnr_seam"]))

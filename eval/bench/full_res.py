@@ -106,10 +106,11 @@ def score_frame(render: np.ndarray, recorded: np.ndarray, head: np.ndarray,
 
 
 def score_frames(clip_dir: Path, renders: np.ndarray, test_idx: Sequence[int],
-                 cfg: FullResConfig = FullResConfig()) -> dict[str, float] | None:
+                 cfg: FullResConfig = FullResConfig(), stride: int = 1
+                 ) -> dict[str, float] | None:
     """Mean scores over the held-out frames ``test_idx`` (one contiguous span) of
-    ``renders`` (n, r, r, 3), or None for a processed clip without its recorded frames
-    (made before full-frame output)."""
+    ``renders`` (n, r, r, 3), every ``stride``-th of them, or None for a processed clip
+    without its recorded frames (made before full-frame output)."""
     from core.data.dataset import ProcessedClip
     from core.data.masks import head_mask
     from core.data.media import iter_frames
@@ -123,7 +124,7 @@ def score_frames(clip_dir: Path, renders: np.ndarray, test_idx: Sequence[int],
         raise ValueError(f"{len(idx)} held-out frames, {renders.shape[0]} renders")
     heads = head_mask(clip.labels[idx].numpy())
     rows: list[dict[str, float]] = []
-    want = {k: j for j, k in enumerate(idx)}
+    want = {k: j for j, k in enumerate(idx) if j % stride == 0}
     for k, recorded in enumerate(iter_frames(src, fps=25.0, max_frames=idx[-1] + 1)):
         if k in want:
             j = want[k]
@@ -141,10 +142,10 @@ COLUMNS = ("psnr_head", "ssim_head", "sharpness", "psnr_seam", "psnr_head_ceilin
 
 def full_res_rows(out: Path, clip_dirs: dict[str, Path], methods: Sequence[str],
                   train_seconds: Sequence[float], test_seconds: float,
-                  progress=None) -> list[dict]:
+                  progress=None, stride: int = 1) -> list[dict]:
     """One row per (clip, method, training seconds) whose render is stored under ``out``:
-    :func:`score_frames` of it, or a ``note`` when the clip kept no recorded frames or the
-    render is missing."""
+    :func:`score_frames` of it (every ``stride``-th held-out frame), or a ``note`` when the
+    clip kept no recorded frames or the render is missing."""
     from eval.bench.cells import cell_name, load_clip, read_render, render_path, test_span
 
     rows: list[dict] = []
@@ -159,7 +160,7 @@ def full_res_rows(out: Path, clip_dirs: dict[str, Path], methods: Sequence[str],
                 if not path.is_file():
                     rows.append({**row, "note": "no stored render"})
                     continue
-                scores = score_frames(d, read_render(path), idx.tolist())
+                scores = score_frames(d, read_render(path), idx.tolist(), stride=stride)
                 rows.append({**row, **scores} if scores is not None else
                             {**row, "note": "the processed clip keeps no recorded frames "
                              "(made before full-frame output): preprocess it again"})
