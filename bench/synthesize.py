@@ -1,9 +1,20 @@
 """Talk speed: an avatar driven by new audio, the per-frame path and the fast path side by
 side in one process (frames per second end to end, their ratio, and how far apart their
-frames are), and optionally where the per-frame path spends its time.
+frames are), and optionally where the per-frame path spends its time. With ``--frames crop
+full``: full-frame output against crop output instead (fast path), side by side in one
+run, each synthesis in a fresh process so its peak memory is its own.
 
     python -m bench.synthesize --avatar AVATAR [--audio ../shared/data/audio/en_radio31.wav]
                                [--threads 1 2] [--seconds S] [--profile]
+    python -m bench.synthesize --avatar AVATAR --frames crop full [full:box] [--threads 2] [--seconds S]
+                               [--audio-seconds 120]
+
+The per-frame / fast comparison renders the crop (``frame='crop'``), as before full-frame
+output existed. In the frame comparison, peak RSS is the child process's maximum resident
+set (``ru_maxrss``) and "growth" its rise during the synthesis over what the loaded avatar
+held, which stays flat with the audio's length when frames are streamed. "sharpness": Sobel
+gradient energy inside the face oval, the video over the recorded training frame it was made
+on (:func:`eval.bench.full_res.talk_sharpness`; the crop resized to the crop box first).
 
 End to end = audio read + features + mouth drive + every frame + the finished mp4 (the
 avatar is loaded once, before the clocks start). Wall-clock seconds and the process's CPU
@@ -14,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -36,10 +48,84 @@ def run(av: Avatar, audio: Path, out: Path, threads: int, talk: TalkConfig,
     torch.set_num_threads(threads)
     try:
         w0, c0 = time.perf_counter(), time.process_time()
-        r = synthesize(av, audio, out, duration=seconds, talk=replace(talk, workers=threads))
+        r = synthesize(av, audio, out, duration=seconds, talk=replace(talk, workers=threads),
+                       frame="crop")
         return time.perf_counter() - w0, time.process_time() - c0, r.frames
     finally:
         torch.set_num_threads(old)
+
+
+def _rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set of this process in MB (Linux)."""
+    import resource
+
+    cur = 0.0
+    with open("/proc/self/statm") as f:
+        cur = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    return cur, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _frame_child(avatar: str, audio: str, out: str, threads: int, frame: str, blend: str,
+                 seconds: float | None, q) -> None:
+    """One synthesis in a fresh process: puts (wall s, CPU s, frames, size, frame made, RSS
+    before MB, peak RSS MB, face sharpness ratio) on ``q``."""
+    from eval.bench.full_res import talk_sharpness
+
+    torch.set_num_threads(threads)
+    av = load_avatar(avatar)
+    before, _ = _rss_mb()
+    w0, c0 = time.perf_counter(), time.process_time()
+    r = synthesize(av, audio, out, duration=seconds, talk=TalkConfig(workers=threads),
+                   frame=frame, blend=blend)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    peak = _rss_mb()[1]
+    sharp = talk_sharpness(Path(out), av) if av.full is not None else float("nan")
+    q.put((wall, cpu, r.frames, r.size, r.frame, before, peak, sharp))
+
+
+def looped_audio(audio: Path, seconds: float, folder: Path) -> Path:
+    """``audio`` repeated to ``seconds`` (16 kHz mono 16-bit wav in ``folder``): a long
+    Talk from a short recording."""
+    import wave
+
+    from core.data.media import read_audio
+
+    wav = read_audio(audio, 16000)
+    n = int(round(seconds * 16000))
+    pcm = np.tile(wav, -(-n // wav.shape[0]))[:n]
+    out = folder / f"{audio.stem}_{seconds:g}s.wav"
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
+    return out
+
+
+def compare_frames(avatar: Path, audio: Path, frames: list[str], threads: list[int],
+                   seconds: float | None) -> None:
+    """Full-frame against crop output, each in a fresh process, printed as a table."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    print(f"\n{'threads':>7} {'frame':>17} {'size':>10} {'frames':>6} {'wall s':>7} "
+          f"{'FPS':>6} {'CPU s':>7} {'frames/CPU s':>12} {'RSS MB':>7} {'peak MB':>8} "
+          f"{'growth MB':>9} {'sharpness':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in threads:
+            for mode in frames:
+                frame, _, blend = mode.partition(":")
+                q = ctx.Queue()
+                proc = ctx.Process(target=_frame_child, args=(
+                    str(avatar), str(audio), str(Path(tmp) / f"{frame}_{blend}_{n}.mp4"), n,
+                    frame, blend or "lower-face", seconds, q))
+                proc.start()
+                wall, cpu, T, size, made, before, peak, sharp = q.get()
+                proc.join()
+                label = made if made == "crop" else f"{made}:{blend or 'lower-face'}"
+                print(f"{n:>7} {label:>17} {size[0]:>4}x{size[1]:<5} {T:>6} {wall:>7.1f} "
+                      f"{T / wall:>6.2f} {cpu:>7.1f} {T / cpu:>12.2f} {before:>7.0f} "
+                      f"{peak:>8.0f} {peak - before:>9.0f} {sharp:>9.2f}", flush=True)
 
 
 def frames_of(path: Path) -> np.ndarray:
@@ -128,7 +214,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--seconds", type=float, default=None, help="use the first S s of audio")
     p.add_argument("--profile", action="store_true", help="per-stage CPU time, one thread")
+    p.add_argument("--frames", nargs="+", choices=("crop", "full", "full:box"), default=None,
+                   help="compare these output frames (fast path) instead of the two paths "
+                   "(full = full:lower-face)")
+    p.add_argument("--audio-seconds", type=float, default=None,
+                   help="with --frames: the audio repeated to this length (a long Talk)")
     a = p.parse_args()
+    if a.frames:
+        with tempfile.TemporaryDirectory() as tmp:
+            audio = a.audio if a.audio_seconds is None else looped_audio(
+                a.audio, a.audio_seconds, Path(tmp))
+            print(f"avatar {a.avatar.name}; audio {audio.name}"
+                  f"{'' if a.seconds is None else f' (first {a.seconds:g} s)'}; "
+                  f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            compare_frames(a.avatar, audio, a.frames, a.threads, a.seconds)
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return
     av = load_avatar(a.avatar)
     print(f"avatar {a.avatar.name}: {av.res}², {av.ident.face.num} face + "
           f"{av.ident.mouth.num} mouth Gaussians; audio {a.audio.name}")

@@ -1,6 +1,6 @@
 """Driving an avatar with new audio (METHOD.md §7).
 
-``python -m core.synthesize AVATAR AUDIO --out video.mp4 [--stream DIR]``
+``python -m core.synthesize AVATAR AUDIO --out video.mp4 [--frame full|crop] [--blend lower-face|box] [--stream DIR]``
 ``python -m core.synthesize AVATAR --text "..." [--voice NAME | --lang CODE] [--rate R] --out video.mp4``
 
 Any audio file (wav, mp3, m4a, flac, ogg) or the audio track of a video, any sample rate and
@@ -15,6 +15,15 @@ audio, frame ``i`` starting at sample ``640 i``, a visible "AI-generated" mark o
 and the same statement in its metadata. Typed text is spoken first by an offline voice
 (:mod:`core.data.speech`); that audio drives the avatar like a recording, and the mark and
 the metadata then say that the voice is synthetic too.
+
+Full frame (``frame='full'``, the default): the video has the recording's own size and
+aspect (long side at most 1920 px, even sides). Each rendered crop is resized into the crop
+box of the avatar's recorded frame that its plate came from (the training span looped the
+same way, read a key-frame group at a time so memory stays bounded) and blended in with
+:func:`full_frame_alpha`: by default only the lower face (lips, jaw, cheeks: what the audio
+drives), from that frame's tracked landmarks, so eyes, hair, torso and background keep the
+recording's own pixels and sharpness; ``blend='box'`` puts the whole crop back with a
+feathered edge. Avatars made without the recorded frames render the crop, with a note.
 
 Speed (:class:`TalkConfig`): the motion fields' per-avatar constants are computed once and
 the audio-driven part runs for 16 frames per call; frames are rasterized on one thread per
@@ -80,6 +89,10 @@ class TalkConfig:
         than gsplat's 16).
     segment_frames: frames per stream segment (25 = 1 s); first_segment_frames: the
         first one (10 = 0.4 s), so playing starts sooner.
+    full_preset: x264 preset of full-frame output ("veryfast": a 1080p frame costs about
+        as much to encode as to render at 256² with "medium"); crop output keeps "medium".
+    full_queue: finished full frames waiting for the encoder at most (8: about 50 MB at
+        1080p; crop output allows 64 small ones).
     reference: render with the per-frame path (:func:`render_frames`) instead: one frame at
         a time, fields evaluated frame by frame, encoding on the same thread (the baseline
         the benchmark compares with).
@@ -91,19 +104,32 @@ class TalkConfig:
     segment_frames: int = 25
     first_segment_frames: int = 10
     reference: bool = False
+    full_preset: str = "veryfast"
+    full_queue: int = 8
+
+
+#: What ``frame=`` accepts: the source's own frame with the head put back, or the crop.
+FRAME_MODES = ("full", "crop")
+#: What ``blend=`` accepts in full-frame mode (see :func:`full_frame_alpha`).
+BLEND_MODES = ("lower-face", "box")
 
 
 @dataclass
 class SynthesisResult:
     """path: the mp4; frames: video frames written; seconds: audio length (s);
     render_fps: frames rendered per second of wall time (rendering only);
-    segments: stream segments written (empty without a stream folder)."""
+    segments: stream segments written (empty without a stream folder); frame: ``'full'``
+    or ``'crop'``, what was made; size: its (width, height); note: why a full frame was
+    asked for and the crop made (an avatar without the recorded frames), else None."""
 
     path: Path
     frames: int
     seconds: float
     render_fps: float
     segments: list[Path] = field(default_factory=list)
+    frame: str = "crop"
+    size: tuple[int, int] = (0, 0)
+    note: str | None = None
 
 
 def pingpong(t: int, n: int) -> int:
@@ -221,6 +247,52 @@ def render_frames_fast(av: Avatar, feats: torch.Tensor, mark: bool | str = True,
                 f.cancel()
 
 
+def full_frame_alpha(av: Avatar, i: int, blend: str = "lower-face",
+                     feather: float = 0.06) -> np.ndarray:
+    """(res, res) float32 weight of the rendered crop over looped frame ``i`` of the
+    recording in full-frame output.
+
+    ``'box'``: the whole rendered crop, fading out over the last ``feather`` x side of the
+    crop box (:func:`core.data.full_frame.box_feather`). ``'lower-face'`` (the default):
+    only the part the audio drives, :func:`core.data.full_frame.lower_face_mask` of frame
+    ``i``'s tracked landmarks (so it follows the head pose), times the box fade. Elsewhere
+    the recording's own pixels stay: in Talk the upper face, hair, torso and background are
+    the person's own training frames looped, at the source's resolution, where a 256²
+    render upscaled to a 1080p frame would only blur them.
+    """
+    from core.data.full_frame import box_feather, lower_face_mask
+
+    res = av.res
+    fade = box_feather(res, max(1.0, feather * res))
+    if blend == "box":
+        return fade
+    if blend != "lower-face":
+        raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    assert av.landmarks is not None
+    return lower_face_mask(av.landmarks[i].numpy() * res, res) * fade
+
+
+def full_frames(av: Avatar, crops: Iterator[np.ndarray], mark: bool | str = True,
+                blend: str = "lower-face") -> Iterator[np.ndarray]:
+    """The rendered crops ``crops`` (output frame t shows looped frame
+    ``pingpong(t, n)``) put back into the avatar's recorded frames: (H, W, 3) uint8 at
+    ``av.full``'s size, the mark stamped on the full frame. The recorded frames are read
+    through a :class:`core.data.media.FrameLoop` (a few decoded at a time) and each frame
+    is handed on before the next is made, so memory does not grow with the audio's length.
+    """
+    from core.data.full_frame import composite
+
+    assert av.full is not None
+    box = av.full.box
+    with av.source_frames() as src:
+        for t, head in enumerate(crops):
+            i = pingpong(t, av.num_frames)
+            frame = composite(src[i], head, box, full_frame_alpha(av, i, blend))
+            if mark:
+                frame = draw_mark(frame, mark if isinstance(mark, str) else MARK_TEXT)
+            yield frame
+
+
 class _Encoder:
     """Encodes frames on its own thread: the complete mp4 (:func:`write_video`) and, with a
     stream folder, its :class:`core.data.media.SegmentStream` segments; ``on_segment(path)``
@@ -230,10 +302,12 @@ class _Encoder:
 
     def __init__(self, out: str | os.PathLike, wav: np.ndarray, meta: dict[str, str],
                  stream_dir: str | os.PathLike | None, cfg: TalkConfig,
-                 on_segment: Callable[[Path], None] | None) -> None:
+                 on_segment: Callable[[Path], None] | None, preset: str = "medium",
+                 queue_frames: int = 64) -> None:
         from core.data.media import SegmentStream
 
-        self.q: queue.Queue = queue.Queue(maxsize=64)
+        self.q: queue.Queue = queue.Queue(maxsize=queue_frames)
+        self.preset = preset
         self.out, self.wav, self.meta = out, wav, meta
         self.stream = None if stream_dir is None else SegmentStream(
             stream_dir, 25.0, wav, 16000, cfg.segment_frames, cfg.first_segment_frames)
@@ -261,7 +335,7 @@ class _Encoder:
 
         try:
             self.path = write_video(self.out, self._frames(), fps=25.0, audio=self.wav,
-                                    sample_rate=16000, metadata=self.meta)
+                                    sample_rate=16000, metadata=self.meta, preset=self.preset)
             if self.stream is not None:
                 seg = self.stream.close()
                 if seg is not None and self.on_segment:
@@ -323,8 +397,15 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
                on_segment: Callable[[Path], None] | None = None,
                talk: TalkConfig = TalkConfig(),
                device: str | torch.device | None = "auto",
-               synthetic_voice: str | None = None) -> SynthesisResult:
+               synthetic_voice: str | None = None, frame: str = "full",
+               blend: str = "lower-face") -> SynthesisResult:
     """Render the avatar speaking ``audio`` into an mp4 with the audio muxed in.
+
+    ``frame``: ``'full'`` (default): the recording's own frame size and aspect (long side
+    at most 1920 px), the rendered head put back into the crop box over the avatar's
+    recorded frames looped (:func:`full_frames`, ``blend`` as :func:`full_frame_alpha`);
+    an avatar without the recorded frames renders the crop instead and the result's
+    ``note`` says why. ``'crop'``: the avatar's ``res x res`` square.
 
     ``device``: where the frames render (:func:`core.device.resolve_device`); the audio
     front end and the mouth drive run on the CPU once, their outputs move to the device once,
@@ -349,6 +430,10 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     """
     from core.data.media import DEFAULT_LIMITS, probe, read_audio, write_video
 
+    if frame not in FRAME_MODES:
+        raise ValueError(f"frame must be one of {FRAME_MODES}, got {frame!r}")
+    if blend not in BLEND_MODES:
+        raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
     dev = resolve_device(device)
     # limits first, from the headers (nothing decoded yet), then a decode capped at them
     limits = DEFAULT_LIMITS.with_seconds(max_seconds if duration is None else math.inf)
@@ -356,6 +441,10 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     wav = read_audio(audio, 16000, limits=DEFAULT_LIMITS.with_seconds(max_seconds),
                      duration=duration)
     av = avatar if isinstance(avatar, Avatar) else load_avatar(avatar)
+    note = None
+    if frame == "full" and av.full is None:
+        frame, note = "crop", av.full_note or "this avatar renders the crop only"
+    size = (av.full.width, av.full.height) if frame == "full" else (av.res, av.res)
     seconds = wav.shape[0] / 16000
     name = Path(audio).name
     if seconds < 0.2 or not np.any(np.abs(wav) > 1e-4):
@@ -377,6 +466,16 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     t0 = time.perf_counter()
     n_done = 0
     stamp = (VOICE_MARK_TEXT if synthetic_voice else MARK_TEXT) if mark else False
+    full = frame == "full"
+    crop_stamp = False if full else stamp
+
+    def framed(crops: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        return full_frames(av, crops, stamp, blend) if full else crops
+
+    def result(path: str | os.PathLike, segs: list[Path] | None = None) -> SynthesisResult:
+        return SynthesisResult(path=Path(path), frames=n_done, seconds=seconds,
+                               render_fps=n_done / max(time.perf_counter() - t0, 1e-9),
+                               segments=segs or [], frame=frame, size=size, note=note)
     statement = ai_statement(synthetic_voice)
     meta = {"title": "AI-generated talking head" + (" with a synthetic voice" if synthetic_voice
                                                      else ""),
@@ -384,13 +483,13 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     if talk.reference and stream_dir is None:
         def frames() -> Iterator[np.ndarray]:
             nonlocal n_done
-            for f in render_frames(av, feats, stamp, progress, mouth):
+            for f in framed(render_frames(av, feats, crop_stamp, progress, mouth)):
                 n_done += 1
                 yield f
 
-        path = write_video(out, frames(), fps=25.0, audio=wav, sample_rate=16000, metadata=meta)
-        return SynthesisResult(path=Path(path), frames=n_done, seconds=seconds,
-                               render_fps=n_done / max(time.perf_counter() - t0, 1e-9))
+        path = write_video(out, frames(), fps=25.0, audio=wav, sample_rate=16000, metadata=meta,
+                           preset=talk.full_preset if full else "medium")
+        return result(path)
     segments: list[Path] = []
 
     def segment_done(p: Path) -> None:
@@ -398,9 +497,12 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
         if on_segment:
             on_segment(p)
 
-    enc = _Encoder(out, wav, meta, stream_dir, talk, segment_done)
-    gen = (render_frames(av, feats, stamp, progress, mouth) if talk.reference or dev.type != "cpu"
-           else render_frames_fast(av, feats, stamp, progress, mouth, talk))
+    enc = _Encoder(out, wav, meta, stream_dir, talk, segment_done,
+                   preset=talk.full_preset if full else "medium",
+                   queue_frames=talk.full_queue if full else 64)
+    gen = framed(render_frames(av, feats, crop_stamp, progress, mouth)
+                 if talk.reference or dev.type != "cpu"
+                 else render_frames_fast(av, feats, crop_stamp, progress, mouth, talk))
     try:
         for f in gen:
             enc.put(f)
@@ -410,9 +512,7 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
         enc.abort()
         raise
     path = enc.finish()
-    return SynthesisResult(path=Path(path), frames=n_done, seconds=seconds,
-                           render_fps=n_done / max(time.perf_counter() - t0, 1e-9),
-                           segments=segments)
+    return result(path, segments)
 
 
 class Stopped(Exception):
@@ -502,6 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", metavar="DIR", default=None,
                    help="also write the video into DIR while rendering: 1 s MPEG-TS segments "
                    "and an HLS playlist (playlist.m3u8); a stopped run leaves a playable prefix")
+    p.add_argument("--frame", choices=FRAME_MODES, default="full",
+                   help="full (default): the recording's own frame size and aspect (long side "
+                   "at most 1920 px) with the head put back; crop: the avatar's square crop")
+    p.add_argument("--blend", choices=BLEND_MODES, default="lower-face",
+                   help="full frame only: lower-face (default) renders only what the audio "
+                   "drives and keeps the recording's sharper pixels elsewhere; box: the whole "
+                   "rendered crop with a feathered edge")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
     if "--list-voices" in (sys.argv[1:] if argv is None else argv):  # needs no avatar
@@ -516,16 +623,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--voice, --lang and --rate go with --text")
     if a.text is None:
         job = lambda bar: synthesize(a.avatar, a.audio, a.out, bar, a.max_seconds,  # noqa: E731
-                                     mark=not a.no_mark, stream_dir=a.stream, device=a.device)
+                                     mark=not a.no_mark, stream_dir=a.stream, device=a.device,
+                                     frame=a.frame, blend=a.blend)
     else:
         job = lambda bar: synthesize_text(a.avatar, a.text, a.out, a.voice, a.lang,  # noqa: E731
                                           a.rate, bar, a.max_seconds, mark=not a.no_mark,
-                                          stream_dir=a.stream, device=a.device)
+                                          stream_dir=a.stream, device=a.device,
+                                          frame=a.frame, blend=a.blend)
     with raster_backend(a.raster):
         r, code = run_cli_job(job)
     if code:
         return code
-    print(f"{r.path}: {r.frames} frames ({r.seconds:.2f} s of audio), rendering {r.render_fps:.1f} FPS")
+    if r.note:
+        print(f"note: {r.note}")
+    print(f"{r.path}: {r.frames} frames of {r.size[0]}x{r.size[1]} ({r.frame} frame, "
+          f"{r.seconds:.2f} s of audio), rendering {r.render_fps:.1f} FPS")
     return 0
 
 

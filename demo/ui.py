@@ -169,6 +169,16 @@ def render_stream_gpu(avatar_dir: Path, audio: Path, out: Path, stream_dir: Path
                                 device=device)
 
 
+def frame_words(res: Any) -> str:
+    """What a render's frames are, for the status line: ``1920x1080 (your full frame)`` or
+    the crop, with the reason when a full frame could not be made."""
+    w, h = res.size
+    if res.frame == "full":
+        return f"{w}x{h} (your full frame)"
+    why = f"; {res.note}" if res.note else ""
+    return f"{w}x{h} (the face crop{why})"
+
+
 def render_error(e: Exception, where: str) -> Exception:
     """What a Talk render's failure shows the visitor: the avatar gone or being deleted, a
     refused input, a render stopped by Delete, or an internal error logged under ``where``
@@ -466,9 +476,9 @@ class App:
                         shutil.rmtree(out.parent, ignore_errors=True)
         except Exception as e:
             raise render_error(e, "talk") from None
-        status = (f"{res.frames} frames ({res.seconds:.1f} s of audio), rendered at "
-                  f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated”; "
-                  "so is the file's metadata.")
+        status = (f"{res.frames} frames of {frame_words(res)} ({res.seconds:.1f} s of audio), "
+                  f"rendered at {res.render_fps:.1f} frames/s. Every frame is marked "
+                  "“AI-generated”; so is the file's metadata.")
         yield token, served, status
 
     def talk_text(self, avatar_id: str | None, text: Any, voice: Any, rate: Any, token: Any,
@@ -504,7 +514,8 @@ class App:
                     raise
         except Exception as e:
             raise render_error(e, "talk_text") from None
-        status = (f"{res.frames} frames ({res.seconds:.1f} s of speech by the synthetic voice "
+        status = (f"{res.frames} frames of {frame_words(res)} ({res.seconds:.1f} s of speech "
+                  "by the synthetic voice "
                   f"{said.voice.name}, {said.voice.language}), rendered at "
                   f"{res.render_fps:.1f} frames/s. Every frame is marked “AI-generated, "
                   "synthetic voice”; so is the file's metadata.")

@@ -3,7 +3,11 @@ controls, on the held-out protocol of METHOD.md section 8.
 
 ``python -m eval.benchmark --clips CLIP... [--train-seconds 5 10] [--methods ...]
 [--prior NAME|PATH|none] [--jobs N | --ray [ADDRESS]] [--out runs/benchmark] [--rescore] [--quick]
-[--adapt-set KEY=VALUE ...]``
+[--adapt-set KEY=VALUE ...] [--full-res]``
+
+``--full-res``: also score every stored render put back into frames of the source's size
+(:mod:`eval.bench.full_res`: head PSNR / SSIM, sharpness ratio, seam-band PSNR), written to
+``full_res.md`` and ``full_res.csv``.
 
 One *cell* = (clip, method, training seconds), computed by :func:`eval.bench.cells.run_cell`
 (layout of ``--out`` in :mod:`eval.bench.cells`); methods and controls in :mod:`eval.bench.methods`;
@@ -270,6 +274,25 @@ def write_outputs(rows: list[dict], methods: list[str], train_seconds: list[floa
     return BenchmarkResult(table_md=md, csv_path=csv_path, plots=plots, rows=rows)
 
 
+def write_full_res(out: Path, clips: list[Path], methods: list[str],
+                   train_seconds: list[float], cfg: BenchmarkConfig, stride: int = 1) -> str:
+    """Score the stored renders at the source's size (:mod:`eval.bench.full_res`, every
+    ``stride``-th held-out frame); writes ``full_res.md`` / ``full_res.csv`` under ``out`` and
+    returns the table."""
+    from eval.bench.full_res import full_res_markdown, full_res_rows, write_full_res_csv
+
+    dirs = {(c.name if c.is_dir() else c.stem): (c if c.is_dir() else out / "clips" / c.stem)
+            for c in clips}
+    rows = full_res_rows(out, dirs, methods, [float(s) for s in train_seconds],
+                         cfg.test_seconds, stride=stride)
+    md = ("# Scores at the source's resolution\n\nEach held-out render put back into the "
+          "recorded frame's crop box at the source's size (long side at most 1920 px); "
+          "see eval/bench/full_res.py.\n\n" + full_res_markdown(rows))
+    write_text(out / "full_res.md", md)
+    write_full_res_csv(rows, out / "full_res.csv")
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.benchmark",
                                 description=__doc__.split("\n")[0])
@@ -303,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapt-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="adaptation settings on top of the preset, for ablations "
                         "(e.g. mouth_code=false); use a separate --out per variant")
+    p.add_argument("--full-res", action="store_true",
+                   help="also score the renders at the source's size (full_res.md / .csv)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
     a = p.parse_args(argv)
@@ -340,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
                           preset=a.preset, seed=a.seed, config=cfg)
     print(r.table_md)
     print(f"results: {r.csv_path}; plots: {', '.join(map(str, r.plots))}")
+    if a.full_res:
+        print(write_full_res(Path(a.out), [Path(c) for c in a.clips], a.methods,
+                             a.train_seconds, cfg))
     bad = [row for row in r.rows if row.get("status") != "ok"]
     for row in bad:
         print(f"\n{row['clip']} {row['method']} {float(row['train_seconds']):g} s: "

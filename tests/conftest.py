@@ -103,10 +103,16 @@ def tiny_clips(clips_dir: Path,
     """Processed-clip folders of may_5s and the prior's two people, 75 frames at 128²."""
     from core.data.preprocess import PreprocessConfig, preprocess
 
+    from dataclasses import replace
+
     names = ("may_5s", *PRIOR_PEOPLE)
     cfg = PreprocessConfig(res=TINY_CLIP_RES, max_frames=TINY_CLIP_FRAMES)
+    # only may_5s keeps its recorded frames (its avatar renders full frames); the prior's
+    # people are pre-training data and skip that encode
     root = _built_once(tmp_path_factory, "tiny_clips", lambda d: [
-        preprocess(clips_dir / f"{name}.mp4", d / name, cfg) for name in names])
+        preprocess(clips_dir / f"{name}.mp4", d / name,
+                   cfg if name == "may_5s" else replace(cfg, full_frame=False))
+        for name in names])
     clips = {name: root / name for name in names}
     with _read_only(root):
         yield clips

@@ -75,7 +75,7 @@ def _make_prior(tmp_factory, clips_dir: Path) -> str:
     from core.train.pretrain import PRESETS, pretrain
 
     dirs = [preprocess(clips_dir / name, root / Path(name).stem,
-                       PreprocessConfig(res=128, max_frames=75))
+                       PreprocessConfig(res=128, max_frames=75, full_frame=False))
             for name in ("man_suit_5s.mp4", "woman_desk_5s.mp4")]
     return str(pretrain(dirs, root / "tiny_prior.safetensors", PRESETS["tiny"]))
 

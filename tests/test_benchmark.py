@@ -4,6 +4,7 @@ model sees while adapting."""
 from __future__ import annotations
 
 import copy
+import csv
 import io
 import math
 from dataclasses import fields
@@ -336,6 +337,26 @@ def test_instag_without_prior_is_skipped_and_the_cli_says_so(bench: dict, tmp_pa
     err = capsys.readouterr().err
     assert code == 1 and "may_5s instag 3 s: skipped" in err
     assert "1 of 2 requested cells were not computed" in err
+
+
+def test_full_res_scores_the_stored_renders_at_the_source_size(bench: dict) -> None:
+    """``--full-res`` on the finished quick run: the renders put back into may_5s's 512²
+    frames; the tiny avatar is further from the recording than the recorded crop itself,
+    and blurrier than the recording (its 96² render upscaled)."""
+    from eval.benchmark import write_full_res
+
+    cfg = BenchmarkConfig(quick=True)
+    md = write_full_res(bench["out"], [bench["out"] / "clips" / "may_5s"], ["instag", "nope"],
+                        [TRAIN], cfg, stride=10)
+    assert (bench["out"] / "full_res.md").read_text() == md
+    rows = list(csv.DictReader(io.StringIO((bench["out"] / "full_res.csv").read_text())))
+    inst, missing = rows
+    assert missing["note"] == "no stored render" and "512x512" in md
+    assert (int(inst["width"]), int(inst["height"]), int(inst["res"])) == (512, 512, 96)
+    assert int(inst["frames"]) == 5  # every 10th of the 50 held-out frames
+    assert float(inst["psnr_head"]) < float(inst["psnr_head_ceiling"])
+    assert 0 < float(inst["sharpness"]) < 1 and 0 < float(inst["sharpness_ceiling"]) <= 1.01
+    assert 0 < float(inst["ssim_head"]) < 1 and math.isfinite(float(inst["psnr_seam"]))
 
 
 def test_config_and_methods_are_checked(tmp_path: Path) -> None:

@@ -158,6 +158,11 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
             mp4 = tmp_path / "talk.mp4"
             mp4.write_bytes(body)
             assert_marked_mp4(mp4)
+            from core.data.media import probe as probe_mp4
+
+            talk_info = probe_mp4(mp4)  # the visitor's own frame (512² may_5s), not the crop
+            assert (talk_info.width, talk_info.height) == (512, 512)
+            assert "512x512 (your full frame)" in page.locator("#talk-status").inner_text()
 
             # Talk from typed text: the default voice says it; the video has the speech as
             # its audio track and lasts as long as the speech shown beside it

@@ -125,7 +125,7 @@ def test_avatars_are_device_free_and_render_where_asked(prepared: Path, tmp_path
                                             if k not in ("code_dim", "drive", "kind",
                                                          "num_frames", "audio_dim",
                                                          "format_version")},
-                        drive=av.drive)
+                        drive=av.drive, full=av.full_frame_frames())
     with safe_open(str(av_dir / "model.safetensors"), "pt") as a, \
             safe_open(str(again / "model.safetensors"), "pt") as b:
         assert set(a.keys()) == set(b.keys())

@@ -32,7 +32,8 @@ def processed(clips_dir: Path, tmp_path_factory) -> dict[str, ProcessedClip]:
     root = tmp_path_factory.mktemp("lips")
     out = {}
     for name in ("obama_20s", "may_5s"):
-        d = preprocess(clips_dir / f"{name}.mp4", root / name, PreprocessConfig(res=128))
+        d = preprocess(clips_dir / f"{name}.mp4", root / name,
+                       PreprocessConfig(res=128, full_frame=False))
         out[name] = ProcessedClip.load(d)
     return out
 
@@ -134,7 +135,7 @@ def test_readout_learns_a_speaker_the_prior_does_not_know(processed, clips_dir: 
 
     root = tmp_path_factory.mktemp("readout")
     man = ProcessedClip.load(preprocess(clips_dir / "man_256_26s_30fps.mp4", root / "man",
-                                        PreprocessConfig(res=64)))
+                                        PreprocessConfig(res=64, full_frame=False)))
     prior_r, _ = _heldout_aperture_r(man, None)
     own_r, drive = _heldout_aperture_r(man, ReadoutConfig())
     assert prior_r < 0.15 and own_r > 0.35 and own_r > prior_r + 0.25

@@ -18,7 +18,7 @@ from core.train.stages import TrainFrames
 
 QUICK = PreprocessConfig(res=128, max_frames=50)  # first 2 s, small frames
 #: Every clip of clips/: the first second (the crop, pose and focal checks hold there too).
-EVERY = PreprocessConfig(res=128, max_frames=25)
+EVERY = PreprocessConfig(res=128, max_frames=25, full_frame=False)
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,14 @@ def test_non_25fps_non_square_become_25fps_square(clips_dir: Path, tmp_path: Pat
     assert tuple(c.frames.shape[1:]) == (128, 128, 3)
     assert c.arrays["audio"].shape[0] == 640 * c.num_frames
     assert c.arrays["audio_steps"].shape[0] == 2 * c.num_frames
+    assert (c.full_frame.width, c.full_frame.height) == (200, 278)  # its own non-square frame
 
 
 def test_processed_folder_format_and_loader(may: Path, clips_dir: Path) -> None:
     m = json.loads((may / "manifest.json").read_text())
     assert sorted(p.name for p in may.iterdir()) == [
-        "arrays.safetensors", "frames.mp4", "labels.npz", "manifest.json"]
+        "arrays.safetensors", "frames.mp4", "labels.npz", "manifest.json", "source.mp4"]
+    assert m["format_version"] == 2 and m["full_frame"]["box"] == m["crop"]
     assert m["audio"]["kind"] == "mel" and m["audio"]["dim"] == 80
     assert m["num_frames"] == 125 and m["res"] == 256
     assert len(m["source"]["sha256"]) == 64
@@ -164,6 +166,11 @@ def test_small_face_is_tracked_by_crop_and_redetect(short_dir: Path, tmp_path: P
     x0, y0, x1, y1 = m["crop"]
     assert x1 - x0 < 400  # a real crop of the 720x1080 frame, not the whole frame
     assert m["tracking"]["found_fraction"] >= 0.8
+    # the recorded frames are kept upright at their own portrait size, crop box inside
+    ff = m["full_frame"]
+    assert (ff["width"], ff["height"]) == (720, 1080) and ff["box"] == m["crop"]
+    info = probe(out / "source.mp4")
+    assert (info.width, info.height, info.num_video_frames) == (720, 1080, 50)
 
 
 def test_too_long_and_unreadable(clips_dir: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import InputError
-from core.data.preprocess import FORMAT_VERSION, FPS, sha256_file
+from core.data.preprocess import FPS, READABLE_VERSIONS, SOURCE_FILE, sha256_file
 
 _FILES = ("frames.mp4", "arrays.safetensors", "labels.npz")
 
@@ -67,11 +67,11 @@ class ProcessedClip:
                              f"missing or unreadable manifest.json).",
                              "Run `python -m core.preprocess CLIP --out DIR` again.") from e
         if manifest.get("format") != "instag-processed-clip" or \
-                manifest.get("format_version") != FORMAT_VERSION:
+                manifest.get("format_version") not in READABLE_VERSIONS:
             raise InputError("corrupt", f"{root}: unknown processed-clip format "
                              f"{manifest.get('format')!r} v{manifest.get('format_version')}.",
                              "Preprocess the clip again with this version of the code.")
-        for name in _FILES:
+        for name in (*_FILES, *((SOURCE_FILE,) if "full_frame" in manifest else ())):
             p = root / name
             if not p.is_file():
                 raise InputError("corrupt", f"{root}: {name} is missing.",
@@ -105,6 +105,21 @@ class ProcessedClip:
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
+
+    @property
+    def full_frame(self):
+        """The :class:`core.data.full_frame.FullFrame` of the recorded frames kept in
+        ``source.mp4``; None for folders made without them (format version 1, or
+        ``PreprocessConfig.full_frame`` off)."""
+        from core.data.full_frame import FullFrame
+
+        entry = self.manifest.get("full_frame")
+        return None if entry is None else FullFrame.from_dict(entry)
+
+    @property
+    def source_path(self) -> Path | None:
+        """``source.mp4``, the recorded frames at :attr:`full_frame`'s size (None without)."""
+        return None if "full_frame" not in self.manifest else self.root / SOURCE_FILE
 
     @property
     def av_offset(self) -> int | None:

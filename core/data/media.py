@@ -573,6 +573,82 @@ def _iter_frames(p: Path, fps: float, tsize: tuple[int, int] | None, crop: Crop,
         c.close()
 
 
+class FrameLoop:
+    """Random access to the frames of a short video written by :func:`write_video` with
+    ``keyint=chunk`` (constant ``fps``, a key frame every ``chunk`` frames), in bounded
+    memory: a frame is decoded with the rest of its ``chunk``-frame group, and only the
+    last ``keep`` groups stay decoded. Reading the frames forwards or backwards (a
+    ping-pong loop) decodes each group once per pass.
+
+    ``loop[i]`` -> (H, W, 3) uint8 RGB of frame ``i`` (0 <= i < ``num_frames``). Not for
+    several threads at once. Close it (or use it as a context manager) to free the file.
+
+    Raises:
+        InputError('corrupt'): the file lacks frames it should hold.
+    """
+
+    def __init__(self, path: str | os.PathLike, num_frames: int, chunk: int,
+                 fps: float = 25.0, keep: int = 1) -> None:
+        self.path, self.num_frames, self.chunk = Path(path), int(num_frames), int(chunk)
+        self.fps, self.keep = float(fps), max(1, int(keep))
+        self._c = _open(self.path)
+        self._vs = self._c.streams.video[0]
+        self._vs.thread_type = "AUTO"
+        self._tb = float(self._vs.time_base)
+        self._t0 = _time_origin(self._c)
+        self._groups: dict[int, list[np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.num_frames:
+            raise IndexError(f"frame {i} outside 0..{self.num_frames - 1}")
+        g = i // self.chunk
+        if g not in self._groups:
+            if len(self._groups) >= self.keep:
+                self._groups.pop(next(iter(self._groups)))
+            self._groups[g] = self._decode(g)
+        else:  # most recently used last
+            self._groups[g] = self._groups.pop(g)
+        return self._groups[g][i - g * self.chunk]
+
+    def _decode(self, g: int) -> list[np.ndarray]:
+        first, want = g * self.chunk, min(self.chunk, self.num_frames - g * self.chunk)
+        self._c.seek(max(0, int((first / self.fps + self._t0) / self._tb)), stream=self._vs,
+                     backward=True, any_frame=False)
+        out: list[np.ndarray] = []
+        try:
+            for frame in self._c.decode(self._vs):
+                if frame.pts is None:
+                    continue
+                idx = round((frame.pts * self._tb - self._t0) * self.fps)
+                if idx < first + len(out):
+                    continue
+                if idx > first + len(out):
+                    break
+                out.append(_convert(frame, 0, None, None))
+                if len(out) == want:
+                    break
+        except av.FFmpegError as exc:
+            raise InputError("corrupt", f"{self.path.name}: decoding failed ({exc}).",
+                             "Create the avatar again.") from exc
+        if len(out) != want:
+            raise InputError("corrupt", f"{self.path.name}: frames {first}..{first + want - 1} "
+                             f"expected, {len(out)} decoded.", "Create the avatar again.")
+        return out
+
+    def close(self) -> None:
+        self._groups.clear()
+        self._c.close()
+
+    def __enter__(self) -> "FrameLoop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # ----------------------------------------------------------------------------- audio
 def _decode_audio(c: av.container.InputContainer, name: str, sample_rate: int, t0: float,
                   align: bool, lim: MediaLimits, duration: float | None = None) -> np.ndarray:
@@ -775,7 +851,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
                 audio: np.ndarray | None = None, sample_rate: int = 16000,
                 metadata: dict[str, str] | None = None, crf: int = 18,
                 pix_fmt: str = "yuv420p", preset: str = "medium",
-                audio_bitrate: int = 96_000) -> Path:
+                audio_bitrate: int = 96_000, keyint: int | None = None) -> Path:
     """Write an mp4 (H.264 + AAC) atomically: a temp file in the same folder, then rename.
 
     Args:
@@ -795,6 +871,8 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
             lossless RGB with ``crf=0``).
         preset: x264 speed preset.
         audio_bitrate: AAC bit rate (bit/s).
+        keyint: a key frame every ``keyint`` frames exactly (libx264; None = x264's
+            default), so :class:`FrameLoop` decodes any frame from at most ``keyint``.
 
     Returns:
         The final path. On any error the temp file is removed and nothing is left.
@@ -809,14 +887,14 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
             raise ValueError(f"sample_rate/fps must be an integer, got {sample_rate}/{fps}")
     with atomic_file(out, suffix=".tmp.mp4") as tmp:
         _write_mp4(tmp, frames, fps, audio, sample_rate, metadata, codec, crf, pix_fmt, preset,
-                   audio_bitrate)
+                   audio_bitrate, keyint=keyint)
     return out
 
 
 def _write_mp4(tmp: Path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None,
                sample_rate: int, metadata: dict[str, str] | None, codec: str, crf: int,
                pix_fmt: str, preset: str, audio_bitrate: int, fmt: str = "mp4",
-               start: int = 0, tune: str | None = None) -> None:
+               start: int = 0, tune: str | None = None, keyint: int | None = None) -> None:
     """Encode into ``tmp`` (closing the container even on failure). ``fmt``: ``'mp4'`` or
     ``'mpegts'``; ``start``: index of the first frame (its timestamp, and the audio sample
     ``start * sample_rate / fps`` it starts with)."""
@@ -844,7 +922,9 @@ def _write_mp4(tmp: Path, frames: Iterable[np.ndarray], fps: float, audio: np.nd
                 vs.pix_fmt = "yuv420p" if codec == "libopenh264" else pix_fmt
                 if codec.startswith("libx264"):
                     vs.options = {"crf": str(int(crf)), "preset": preset,
-                                  **({"tune": tune} if tune else {})}
+                                  **({"tune": tune} if tune else {}),
+                                  **({"x264-params": f"keyint={int(keyint)}:min-keyint="
+                                      f"{int(keyint)}:scenecut=0"} if keyint else {})}
                 elif codec == "mpeg4":
                     vs.codec_context.qscale = max(1, min(31, 1 + crf // 3))
                 else:

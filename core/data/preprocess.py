@@ -42,6 +42,15 @@ leaves a half-written folder and an existing folder is replaced only by a comple
     int32; ``bg`` (res, res, 3) uint8 background plate.
 ``labels.npz``
     ``labels`` (T, res, res) uint8, see :class:`core.data.masks.Label` (compressed).
+``source.mp4`` (format version 2; absent when ``PreprocessConfig.full_frame`` is off)
+    the recorded frames themselves on the same 25 fps timeline, scaled so the long side is
+    at most 1920 px with even sides (:func:`core.data.full_frame.output_size`), H.264 4:2:0
+    at crf :attr:`PreprocessConfig.full_frame_crf` (18; measured on the 7.5 s 1920x1080
+    clip: see docs/results/full_frame.md), no audio; the manifest's ``full_frame`` entry
+    holds the sizes and the crop box in its pixels (:class:`core.data.full_frame.FullFrame`).
+    Full-frame output (``core.synthesize --frame full``) needs it.
+
+Version 1 folders (no ``source.mp4``) still load; their avatars render in crop mode.
 """
 from __future__ import annotations
 
@@ -62,7 +71,11 @@ from core.atomic import atomic_folder
 from core.errors import InputError
 from core.progress import ProgressFn
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions :class:`core.data.dataset.ProcessedClip` reads (1: no source frames).
+READABLE_VERSIONS = (1, 2)
+#: Name of the source frames' file in a processed clip and an avatar folder.
+SOURCE_FILE = "source.mp4"
 FPS = 25.0
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = 640
@@ -82,6 +95,10 @@ class PreprocessConfig:
         min_seconds: shortest accepted clip (s); the paper adapts on 5 s.
         max_seconds: longest accepted clip (s); default 5 minutes.
         max_frames: keep only the first N frames (None = all); for quick runs.
+        full_frame: also keep the recorded frames (``source.mp4``, long side at most
+            ``full_frame_max_side``) for full-frame output.
+        full_frame_max_side: longest side of the kept frames in pixels (1920).
+        full_frame_crf: their x264 constant rate factor (18: visually lossless).
     """
 
     res: int = 256
@@ -91,6 +108,9 @@ class PreprocessConfig:
     min_seconds: float = 4.0
     max_seconds: float = 300.0
     max_frames: int | None = None
+    full_frame: bool = True
+    full_frame_max_side: int = 1920
+    full_frame_crf: int = 18
 
 
 #: ``annotate(arrays) -> manifest entries``: measurements the data layer does not make itself
@@ -244,6 +264,17 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
     with atomic_folder(out) as tmp:
         write_video(tmp / "frames.mp4", iter(frames), fps=FPS, audio=audio,
                     sample_rate=SAMPLE_RATE, crf=0, pix_fmt="yuv444p", preset="veryfast")
+        full_entry: dict = {}
+        if cfg.full_frame:
+            from core.data.full_frame import FullFrame
+
+            ff = FullFrame.from_source(info.width, info.height, vt.crop, cfg.full_frame_max_side)
+            write_video(tmp / SOURCE_FILE,
+                        iter_frames(clip, fps=FPS, size=(ff.width, ff.height), max_frames=T),
+                        fps=FPS, crf=cfg.full_frame_crf, preset="veryfast")
+            full_entry = {"full_frame": {**ff.to_dict(), "file": SOURCE_FILE,
+                                         "crf": cfg.full_frame_crf, "pix_fmt": "yuv420p"}}
+            t = lap("source_frames", t)
         arrays = {
             "audio": torch.from_numpy(np.ascontiguousarray(audio, np.float32)),
             "audio_steps": steps.float().contiguous(),
@@ -284,11 +315,13 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
                 "jitter_deg_median": float(np.median(jitter)),
                 "camera_distance_m_median": float(np.median(dist)),
             },
+            **full_entry,
             **notes,
             "timings_s": {**timings, "total": round(time.perf_counter() - t_start, 3)},
             "versions": _versions(),
             "files": {name: sha256_file(tmp / name)
-                      for name in ("frames.mp4", "arrays.safetensors", "labels.npz")},
+                      for name in ("frames.mp4", "arrays.safetensors", "labels.npz",
+                                   *((SOURCE_FILE,) if full_entry else ()))},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     report("done", 1.0)

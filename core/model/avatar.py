@@ -13,12 +13,22 @@
 ``plates.mp4``
     the n torso/background plates (the recorded frames with the head replaced by the
     background plate), 25 fps, H.264 4:4:4.
+``source.mp4`` (avatars made from a clip that kept its recorded frames)
+    the n recorded frames at the output size (:class:`core.data.full_frame.FullFrame`: the
+    source's size, long side at most 1920 px, even sides), 25 fps, H.264 4:2:0 at crf
+    :data:`SOURCE_CRF` with a key frame every :data:`SOURCE_KEYINT` frames (random access in
+    bounded memory, :class:`core.data.media.FrameLoop`), no audio. With it the metadata
+    holds ``full_frame`` (sizes, the crop box in output pixels, version) and the checkpoint
+    ``full.landmarks`` (n, 478, 2) float32: the frames' tracked FaceMesh landmarks as
+    fractions of the crop's side (the lower-face mask of full-frame output). Avatars
+    without them render in crop mode.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -27,11 +37,29 @@ from torch import Tensor
 
 from core.model import checkpoint
 from core.atomic import atomic_folder
+from core.data.full_frame import FullFrame
 from core.errors import InputError
 from core.model.head import Identity, UMF
 from core.model.mouth_drive import MouthDrive
 
 KIND = "avatar"
+#: The recorded frames' file in the avatar folder, its x264 crf and key-frame interval.
+SOURCE_FILE, SOURCE_CRF, SOURCE_KEYINT = "source.mp4", 20, 10
+
+
+@dataclass
+class FullFrameFrames:
+    """What :func:`save_avatar` keeps for full-frame output.
+
+    full: the :class:`core.data.full_frame.FullFrame` of the frames.
+    frames: the avatar's n recorded frames, (full.height, full.width, 3) uint8 each
+        (streamed; a generator is fine).
+    landmarks: (n, 478, 2) float32 tracked FaceMesh landmarks, fractions of the crop side.
+    """
+
+    full: FullFrame
+    frames: Iterable[np.ndarray]
+    landmarks: Tensor
 
 
 @dataclass
@@ -47,6 +75,30 @@ class Avatar:
     plates: Tensor
     meta: dict[str, Any]
     drive: MouthDrive | None = None
+    full: FullFrame | None = None
+    landmarks: Tensor | None = None
+    root: Path | None = None
+    full_note: str | None = None
+
+    def source_frames(self):
+        """The recorded frames as a :class:`core.data.media.FrameLoop` (random access,
+        bounded memory); close it after use. Only with :attr:`full`."""
+        from core.data.media import FrameLoop
+
+        if self.full is None or self.root is None:
+            raise ValueError("this avatar keeps no recorded frames")
+        return FrameLoop(self.root / SOURCE_FILE, self.num_frames, SOURCE_KEYINT)
+
+    def full_frame_frames(self) -> "FullFrameFrames | None":
+        """What :func:`save_avatar` needs to keep this avatar's recorded frames (streamed
+        from its folder), or None for an avatar without them."""
+        from core.data.media import iter_frames
+
+        if self.full is None or self.root is None or self.landmarks is None:
+            return None
+        return FullFrameFrames(full=self.full, frames=iter_frames(
+            self.root / SOURCE_FILE, fps=25.0, max_frames=self.num_frames),
+            landmarks=self.landmarks.cpu())
 
     @property
     def res(self) -> int:
@@ -97,14 +149,18 @@ def ident_from_tensors(t: dict[str, Tensor]) -> Identity:
 
 def save_avatar(out: str | os.PathLike, umf: UMF, ident: Identity, viewmats: Tensor, K: Tensor,
                 expr: Tensor, plates: np.ndarray, meta: dict[str, Any],
-                overwrite: bool = True, drive: MouthDrive | None = None) -> Path:
+                overwrite: bool = True, drive: MouthDrive | None = None,
+                full: FullFrameFrames | None = None) -> Path:
     """Write the avatar folder atomically (temporary sibling folder, then rename).
-    ``drive``: the mouth drive of a model with a mouth-code input (stored as ``drive.*``)."""
+    ``drive``: the mouth drive of a model with a mouth-code input (stored as ``drive.*``).
+    ``full``: the recorded frames for full-frame output (``source.mp4``, ``full_frame``,
+    ``full.landmarks``); without it the avatar renders in crop mode only."""
     from core.data.media import write_video
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(out)
+    meta = {k: v for k, v in meta.items() if k != "full_frame"}  # set from ``full`` only
     with atomic_folder(out) as tmp:
         tensors = {**ident_tensors(ident), **checkpoint.module_tensors(umf, "umf."),
                    "viewmats": viewmats, "K": K, "expr": expr}
@@ -112,6 +168,26 @@ def save_avatar(out: str | os.PathLike, umf: UMF, ident: Identity, viewmats: Ten
         if drive is not None:
             tensors.update(drive.tensors())
             extra["drive"] = drive.meta()
+        if full is not None:
+            n = int(viewmats.shape[0])
+            if tuple(full.landmarks.shape) != (n, 478, 2):
+                raise ValueError(f"full.landmarks must be ({n}, 478, 2), got "
+                                 f"{tuple(full.landmarks.shape)}")
+            tensors["full.landmarks"] = full.landmarks.float().contiguous()
+            extra["full_frame"] = {**full.full.to_dict(), "file": SOURCE_FILE,
+                                   "crf": SOURCE_CRF, "keyint": SOURCE_KEYINT}
+            count = 0
+
+            def counted() -> Iterable[np.ndarray]:
+                nonlocal count
+                for f in full.frames:
+                    count += 1
+                    yield f
+
+            write_video(tmp / SOURCE_FILE, counted(), fps=25.0, crf=SOURCE_CRF,
+                        preset="veryfast", keyint=SOURCE_KEYINT)
+            if count != n:
+                raise ValueError(f"full.frames gave {count} frames, the avatar has {n}")
         checkpoint.save(tmp / "model.safetensors", tensors,
                         {**meta, **extra, "kind": KIND, "num_frames": int(viewmats.shape[0]),
                          "audio_dim": umf.audio_dim})
@@ -144,5 +220,17 @@ def load_avatar(folder: str | os.PathLike) -> Avatar:
                          f"{n}.", "Re-create the avatar.")
     umf.eval()
     ident.eval()
+    full, landmarks, note = None, None, None
+    if "full_frame" not in meta:
+        note = ("this avatar was made without the recorded frames (before full-frame output, "
+                "or from a clip preprocessed without them): it renders the crop only")
+    elif not (root / SOURCE_FILE).is_file():
+        note = f"{SOURCE_FILE} is missing from the avatar folder: it renders the crop only"
+    else:
+        try:
+            full, landmarks = FullFrame.from_dict(meta["full_frame"]), t["full.landmarks"]
+        except (ValueError, KeyError) as e:
+            note = f"the avatar's full-frame entry cannot be read ({e}): it renders the crop only"
     return Avatar(umf=umf, ident=ident, viewmats=t["viewmats"], K=t["K"], expr=t["expr"],
-                  plates=torch.from_numpy(plates), meta=meta, drive=drive)
+                  plates=torch.from_numpy(plates), meta=meta, drive=drive, full=full,
+                  landmarks=landmarks, root=root, full_note=note)

@@ -38,7 +38,7 @@ from core.device import DEVICE_HELP, gpu_memory_error, host_side, resolve_device
 from core.raster.render import RASTER_CHOICES, RASTER_HELP, raster_backend
 from core.model import checkpoint
 from core.data.audio import AudioFeatureSpec
-from core.model.avatar import ident_from_tensors, ident_tensors, save_avatar
+from core.model.avatar import FullFrameFrames, ident_from_tensors, ident_tensors, save_avatar
 from core.data.dataset import ProcessedClip
 from core.errors import InputError
 from core.data.mouth_code import MOUTH_CODE_DIM
@@ -643,10 +643,29 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             "steps": {"face": cfg.face_steps, "mouth": cfg.mouth_steps, "fuse": cfg.fuse_steps},
             "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    save_avatar(out, umf, ident, frames.viewmats, frames.K, frames.expr, plates, meta, drive=drive)
+    full = full_frame_frames(pclip, n_train)
+    if full is None:
+        say("note: the processed clip keeps no recorded frames (made before full-frame "
+            "output): the avatar renders the crop only; preprocess the clip again for "
+            "full-frame output")
+    save_avatar(out, umf, ident, frames.viewmats, frames.K, frames.expr, plates, meta, drive=drive,
+                full=full)
     shutil.rmtree(work, ignore_errors=True)
     report("done", 1.0)
     return out
+
+
+def full_frame_frames(pclip: ProcessedClip, n: int) -> FullFrameFrames | None:
+    """The first ``n`` recorded frames of a processed clip and their landmarks, for the
+    avatar's full-frame output; None (crop mode only) for a clip that did not keep them."""
+    from core.data.media import iter_frames
+
+    full, path = pclip.full_frame, pclip.source_path
+    if full is None or path is None:
+        return None
+    landmarks = pclip.arrays["points2d"][:n].float() / float(pclip.res)
+    return FullFrameFrames(full=full, frames=iter_frames(path, fps=25.0, max_frames=n),
+                           landmarks=landmarks)
 
 
 def _steps_done(state: AdaptState, cfg: AdaptConfig) -> int:

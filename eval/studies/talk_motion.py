@@ -93,7 +93,7 @@ def measure(avatar: Path, clip_dir: Path, audios: list[Path], videos: Path | Non
         folder.mkdir(parents=True, exist_ok=True)
         for a in audios:
             out = folder / f"{a.stem}.mp4"
-            synthesize(avatar, a, out, mark=False)
+            synthesize(avatar, a, out, mark=False, frame="crop")  # the crop, as its own frames
             gap, ok = aperture(np.stack(list(iter_frames(out, fps=25.0))))
             loud = frame_loudness(read_audio(a), len(gap))
             lags = lagged_r(gap, loud, ok)
