@@ -46,6 +46,7 @@ from demo.store import (
     NotFound,
     iso,
 )
+from demo.streaming import SegmentVideo
 from demo.weights import resolve_prior
 
 log = logging.getLogger("instag.app")
@@ -420,18 +421,19 @@ class App:
 
     def talk_stream(self, avatar_id: str | None, audio: str | None, token: Any,
                     progress=gr.Progress()):
-        """The same render, streamed: each short segment as it is written (for a streaming
-        player), the whole mp4 last (download). A client that goes away closes this
-        generator, which stops the rendering and frees the avatar. Not wired to the Talk
-        tab yet: Gradio's streamed player did not show these segments in a browser test."""
+        """Talk tab's Render button: the same render, streamed. Yields (token, segment for
+        the streaming player :class:`demo.streaming.SegmentVideo`, whole-mp4 player,
+        download, status): each short segment as it is written, the whole mp4 last (player
+        and download). A client that goes away closes this generator, which stops the
+        rendering and frees the avatar."""
         # Gradio ends the player's stream on the pass after the last yield
         with contextlib.closing(self._talk(avatar_id, audio, token, progress)) as items:
             for item in items:
                 if isinstance(item, Path):
-                    yield token, str(item), gr.update(), gr.update()
+                    yield token, str(item), gr.update(), gr.update(), gr.update()
                 else:
                     token, served, status = item
-                    yield token, gr.update(), served, status
+                    yield token, gr.update(), served, served, status
 
     def _talk(self, avatar_id: str | None, audio: str | None, token: Any, progress: Any,
               streamed: bool = True):
@@ -808,8 +810,17 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
                                                    size="sm", elem_id="refine-btn")
                         talk_status = gr.Markdown(elem_id="talk-status")
                     with gr.Column():
+                        # Render: plays the segments while the rest renders (the whole mp4
+                        # goes to the download box)
+                        talk_live = SegmentVideo(label="Result, playing while it renders "
+                                                 "(AI-generated)", interactive=False,
+                                                 streaming=True, autoplay=True,
+                                                 show_download_button=False,
+                                                 elem_id="talk-live")
+                        # the whole mp4 (Render once it is done, Render from text, /talk)
                         talk_video = gr.Video(label="Result (AI-generated)", interactive=False,
                                               elem_id="talk-video")
+                        talk_api = gr.Button(visible=False)  # /talk for API clients
                         talk_file = gr.File(label="Download mp4", interactive=False,
                                             elem_id="talk-file")
                         talk_speech = gr.Audio(label="Synthesized voice (AI-generated)",
@@ -864,9 +875,11 @@ def build_app(cfg: AppConfig | None = None, start_sweeper: bool = True) -> gr.Bl
         create_btn.click(app.create, [video, consent, name, token],
                          [token, status, preview, *picks], api_name="create",
                          validator=app.admit_create, **heavy)
-        # the whole mp4 once it is written: the streamed player (talk_stream) does not yet
-        # show its segments in a browser
-        talk_btn.click(app.talk, [pick, audio, token], [token, talk_video, talk_file, talk_status],
+        # the button streams; /talk (API) returns the whole mp4 once it is written
+        talk_btn.click(app.talk_stream, [pick, audio, token],
+                       [token, talk_live, talk_video, talk_file, talk_status], api_name=False,
+                       validator=app.admit_talk, **heavy)
+        talk_api.click(app.talk, [pick, audio, token], [token, talk_video, talk_file, talk_status],
                        api_name="talk", validator=app.admit_talk, **heavy)
         say_btn.click(app.talk_text, [pick, text, voice, rate, token],
                       [token, talk_video, talk_file, talk_speech, talk_status],

@@ -646,7 +646,7 @@ def test_streamed_talk_plays_segments_and_a_closed_stream_frees_the_avatar(
     shutil.copy(audio_dir / "en_eng.wav", audio)
     renders = root / "avatars" / aid / "renders"
     talk = app.talk_stream(aid, str(audio), owner.token, None)
-    token, seg, _, _ = next(talk)
+    token, seg, *_ = next(talk)
     assert token == owner.token and seg.endswith("segment_00000.ts") and Path(seg).is_file()
     assert app.locks.in_use(aid) and len(list(renders.iterdir())) == 1
     talk.close()  # what Gradio does when the client disconnects

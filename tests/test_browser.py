@@ -145,8 +145,19 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
             page.set_input_files("#talk-audio input[type=file]", str(audio_dir / "en_kim.mp3"))
             # the player appears once the upload reached the server
             page.locator('#talk-audio [data-testid="waveform-controls"]').wait_for(timeout=60_000)
+            t_click = time.perf_counter()
             page.click("#talk-btn")
+            # the streamed player shows the first segment (a frame to show: readyState >= 2)
+            # while the rest renders; the time from the click is printed
+            page.wait_for_function(
+                "() => { const v = document.querySelector('#talk-live video');"
+                " return !!v && v.readyState >= 2; }", timeout=300_000, polling=50)
+            first_frame = time.perf_counter() - t_click
+            rendering = not page.locator("#talk-status", has_text="frames").count()
+            print(f"talk: first frame on screen {first_frame:.2f} s after Render "
+                  f"(en_kim.mp3, 7.4 s of audio; still rendering then: {rendering})")
             wait_for(page.locator("#talk-status", has_text="frames"), 300)
+            # then the whole mp4 in the other player (and the download box)
             page.locator("#talk-video video").wait_for()
             src = page.locator("#talk-video video").get_attribute("src")
             shot("06_talk_done.png")
