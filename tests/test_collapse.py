@@ -1,4 +1,5 @@
-"""The collapsed-Gaussian prune (core.train.collapse) on a synthetic scene with a known answer:
+"""The collapsed- and unseen-Gaussian prunes (core.train.collapse, core.train.unseen) on a
+synthetic scene with a known answer:
 a flat grey surface of splats (one of them small by itself), three opaque red splats in front of it that the deformation
 shrinks to a point in every frame, and one surface splat that shrinks in one frame only."""
 from __future__ import annotations
@@ -88,3 +89,24 @@ def test_min_keep_spares_the_largest():
     shrink[0][:5] = -10.0                               # these five a little less
     mask = collapsed_mask(gs, shrink, 1e-3, 1.0, min_keep=5)
     assert int((~mask).sum()) == 5 and not mask[:5].any()
+
+
+def test_unseen_removes_exactly_the_hidden_and_out_of_frame_splats():
+    """Behind the opaque surface (one splat) and above the frame's top edge (one splat) no
+    view shows them: exactly those two go; a splat in front of the surface stays."""
+    from core.model.head import FrameCond
+    from core.train.unseen import unseen_mask, view_weights
+
+    gs = _scene()
+    with torch.no_grad():
+        gs.scales_raw[:225] = inverse_softplus(torch.tensor(0.012))  # closed, opaque surface
+        gs.opacity_logits[:225] = 10.0
+        gs.means[STRAYS[0]] = gs.means[112] + torch.tensor([0.0, 0.0, 0.02])  # behind it
+        gs.scales_raw[STRAYS[0]] = inverse_softplus(torch.tensor(5e-4))
+        gs.means[STRAYS[1], 1] = -0.3                              # above the top edge
+    K = torch.tensor([[F, 0, RES / 2], [0, F, RES / 2], [0, 0, 1.0]])
+    cond = FrameCond(torch.eye(4), K, RES, RES, torch.zeros(8, 16, 1), torch.zeros(6))
+    w = view_weights(gs, [(None, cond)])
+    assert float(w[STRAYS[2]]) > 0.5 and float(w[:225].median()) > 1.0
+    mask = unseen_mask(w, 1e-3)
+    assert sorted(torch.nonzero(mask)[:, 0].tolist()) == STRAYS[:2]

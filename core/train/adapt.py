@@ -49,6 +49,7 @@ from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
 from core.train.collapse import COLLAPSE_RATIO, COLLAPSE_SCALE, prune_collapsed
+from core.train.unseen import UNSEEN_WEIGHT, prune_unseen
 from core.train.person_mouth import PersonMouthConfig, fit_drive
 from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
                          mouth_step)
@@ -115,6 +116,10 @@ class AdaptConfig:
             undeformed size in every training frame are removed (:mod:`core.train.collapse`):
             opaque point-like splats that show as stray dots on new speech
             (docs/results/speckle.md). ``collapse_scale`` 0 = keep them.
+        unseen_weight: when the face stage ends (after the collapse prune), face Gaussians
+            whose compositing weight summed over all pixels of all training frames is below
+            this (1e-3 of a pixel) are removed (:mod:`core.train.unseen`): no training frame
+            shows them, so nothing corrected them. 0 = keep them.
     """
 
     res: int = 256
@@ -148,6 +153,7 @@ class AdaptConfig:
     edge_weight: float = 0.0
     collapse_scale: float = COLLAPSE_SCALE
     collapse_ratio: float = COLLAPSE_RATIO
+    unseen_weight: float = UNSEEN_WEIGHT
 
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
@@ -644,6 +650,10 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
                                    FACE_DENSIFY.min_keep)
             say(f"removed {gone} collapsed face Gaussians (below {cfg.collapse_scale * 1e3:g} mm "
                 f"in every training frame); {ident.face.num} left")
+        if stage == "face" and cfg.unseen_weight > 0:
+            gone = prune_unseen(umf, ident, (frames.cond(j, tracked=True) for j in range(frames.n)),
+                                cfg.unseen_weight, opts["gauss"], FACE_DENSIFY.min_keep)
+            say(f"removed {gone} face Gaussians no training frame shows; {ident.face.num} left")
         save_ckpt(opts, None)
 
     for p in ident.parameters():
