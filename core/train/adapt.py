@@ -644,12 +644,11 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             if due_ckpt:
                 save_ckpt(opts, d)
         if stage == "face" and cfg.collapse_scale > 0:
-            n_tr = frames.n
-            gone = prune_collapsed(umf, ident, (frames.cond(j, tracked=True) for j in range(n_tr)),
+            gone = prune_collapsed(umf, ident, (frames.cond(j, tracked=True) for j in range(frames.n)),
                                    cfg.collapse_scale, cfg.collapse_ratio, opts["gauss"],
                                    FACE_DENSIFY.min_keep)
             say(f"removed {gone} collapsed face Gaussians (below {cfg.collapse_scale * 1e3:g} mm "
-                f"in every training frame); {ident.face.num} left")
+                f"and {cfg.collapse_ratio:g} of their size in every training frame); {ident.face.num} left")
         if stage == "face" and cfg.unseen_weight > 0:
             gone = prune_unseen(umf, ident, (frames.cond(j, tracked=True) for j in range(frames.n)),
                                 cfg.unseen_weight, opts["gauss"], FACE_DENSIFY.min_keep)
