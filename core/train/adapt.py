@@ -48,6 +48,8 @@ from core.model.mouth_drive import MouthDrive, ReadoutConfig
 from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
+from core.train.collapse import COLLAPSE_RATIO, COLLAPSE_SCALE, prune_collapsed
+from core.train.unseen import UNSEEN_WEIGHT, prune_unseen
 from core.train.person_mouth import PersonMouthConfig, fit_drive
 from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
                          mouth_step)
@@ -108,6 +110,16 @@ class AdaptConfig:
         edge_weight: weight of the L1 term over the head's edge band (4 px either side of
             the recorded boundary at 256 px) in the face and fuse stages, where halos and
             hair-edge errors show.
+        collapse_scale, collapse_ratio: when the face stage ends, face Gaussians whose
+            largest axis, as the face motion field deforms it, stays below
+            ``collapse_scale`` metres (1 mm) and below ``collapse_ratio`` (0.1) of its own
+            undeformed size in every training frame are removed (:mod:`core.train.collapse`):
+            opaque point-like splats that show as stray dots on new speech
+            (docs/results/speckle.md). ``collapse_scale`` 0 = keep them.
+        unseen_weight: when the face stage ends (after the collapse prune), face Gaussians
+            whose compositing weight summed over all pixels of all training frames is below
+            this (1e-3 of a pixel) are removed (:mod:`core.train.unseen`): no training frame
+            shows them, so nothing corrected them. 0 = keep them.
     """
 
     res: int = 256
@@ -139,6 +151,9 @@ class AdaptConfig:
     person_weight: float = 0.5
     person_steps: int = 300
     edge_weight: float = 0.0
+    collapse_scale: float = COLLAPSE_SCALE
+    collapse_ratio: float = COLLAPSE_RATIO
+    unseen_weight: float = UNSEEN_WEIGHT
 
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
@@ -628,6 +643,16 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
                     observe(done, umf, ident)
             if due_ckpt:
                 save_ckpt(opts, d)
+        if stage == "face" and cfg.collapse_scale > 0:
+            gone = prune_collapsed(umf, ident, (frames.cond(j, tracked=True) for j in range(frames.n)),
+                                   cfg.collapse_scale, cfg.collapse_ratio, opts["gauss"],
+                                   FACE_DENSIFY.min_keep)
+            say(f"removed {gone} collapsed face Gaussians (below {cfg.collapse_scale * 1e3:g} mm "
+                f"and {cfg.collapse_ratio:g} of their size in every training frame); {ident.face.num} left")
+        if stage == "face" and cfg.unseen_weight > 0:
+            gone = prune_unseen(umf, ident, (frames.cond(j, tracked=True) for j in range(frames.n)),
+                                cfg.unseen_weight, opts["gauss"], FACE_DENSIFY.min_keep)
+            say(f"removed {gone} face Gaussians no training frame shows; {ident.face.num} left")
         save_ckpt(opts, None)
 
     for p in ident.parameters():

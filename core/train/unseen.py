@@ -1,0 +1,67 @@
+"""Unseen Gaussians: face splats that no training frame shows.
+
+A face Gaussian that lies outside every training view (above the frame's top edge, say) or
+behind the head in all of them gets no gradient in adaptation, so nothing corrects or prunes
+it; on new speech and poses the motion field can bring it into view as a stray dot (a dark
+splat over the background above the hair: docs/results/speckle.md). Its weight in a training
+render is ``sum over pixels of alpha_i T_i`` (what it adds to the composited image), read
+as the gradient of an all-ones feature channel; adaptation removes the Gaussians whose
+weight summed over all training frames is below ``min_weight`` once the face stage is over.
+Removing them leaves every training render as it was, up to that weight.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from core.model.gaussians import GaussianSet, prune_gaussians
+from core.model.head import Identity, UMF, face_motion, render_branch
+
+#: default ``min_weight``: summed over all training frames, a thousandth of one pixel
+UNSEEN_WEIGHT = 1e-3
+
+
+def view_weights(gs: GaussianSet, views: Iterable[tuple]) -> Tensor:
+    """(N,) each Gaussian's compositing weight summed over all pixels of all ``views``:
+    ``(motion, cond)`` pairs (:class:`core.model.motion_field.Motion` or None,
+    :class:`core.model.head.FrameCond`)."""
+    total = torch.zeros(gs.num, device=gs.means.device)
+    for motion, cond in views:
+        ones = torch.ones(gs.num, 1, device=gs.means.device, requires_grad=True)
+        with torch.enable_grad():
+            out = render_branch(gs, motion, cond, extra=ones)
+            (g,) = torch.autograd.grad(out.image[..., 3].sum(), ones)
+        total += g[:, 0].detach()
+    return total
+
+
+def unseen_mask(weights: Tensor, min_weight: float, min_keep: int = 64) -> Tensor:
+    """(N,) bool: ``weights`` below ``min_weight``, sparing the most-seen ones so that at
+    least ``min_keep`` remain."""
+    if min_weight <= 0:
+        raise ValueError(f"min_weight must be > 0, got {min_weight}")
+    out = weights < min_weight
+    spare = min(weights.numel(), min_keep) - int((~out).sum())
+    if spare > 0:
+        out[torch.topk(torch.where(out, weights, torch.full_like(weights, -1.0)), spare).indices] = False
+    return out
+
+
+def prune_unseen(umf: UMF, ident: Identity, conds: Iterable, min_weight: float = UNSEEN_WEIGHT,
+                 optimizer: torch.optim.Optimizer | None = None, min_keep: int = 64) -> int:
+    """Remove the face Gaussians that the frames ``conds`` (:class:`core.model.head.FrameCond`,
+    the training frames) do not show (:func:`unseen_mask`), deformed as at inference.
+    ``optimizer``: the face Gaussians' optimizer, kept aligned. Returns the number removed."""
+    def views():
+        for c in conds:
+            with torch.no_grad():
+                m = face_motion(umf, ident, c)
+            yield m, c
+
+    remove = unseen_mask(view_weights(ident.face, views()), min_weight, min_keep)
+    n = int(remove.sum())
+    if n:
+        prune_gaussians(ident.face, ~remove, optimizer)
+    return n
