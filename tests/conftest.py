@@ -36,10 +36,18 @@ def short_dir(data_dir: Path) -> Path:
     return data_dir / "short"
 
 
+#: Under pytest-xdist the workers already use every core: each worker, and every process it
+#: starts (the app in its own process, benchmark cells, Ray workers), gets one thread per
+#: thread pool. More threads than cores make OpenMP's pools spin-wait against each other,
+#: which cost more CPU time than the parallel workers saved.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[_var] = "1"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist each worker process gets one torch thread: the workers already use
-    every core, and more threads than cores makes torch's thread pools spin against each
-    other."""
+    """One torch thread in each xdist worker (see above), also when torch was imported
+    before this file set the environment."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
