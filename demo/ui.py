@@ -180,6 +180,13 @@ def frame_words(res: Any) -> str:
     return f"{w}x{h} (the face crop{why})"
 
 
+def need_avatar(avatar_id: str | None) -> None:
+    """Refuse a Talk request that names no avatar, with what to do instead."""
+    if not avatar_id:
+        raise gr.Error("Choose one of your avatars (make one in the Create avatar tab).",
+                       title="No avatar chosen", print_exception=False)
+
+
 def render_error(e: Exception, where: str) -> Exception:
     """What a Talk render's failure shows the visitor: the avatar gone or being deleted, a
     refused input, a render stopped by Delete, or an internal error logged under ``where``
@@ -443,9 +450,7 @@ class App:
         if not audio:
             raise gr.Error("Upload or record some audio first.", title="No audio",
                            print_exception=False)
-        if not avatar_id:
-            raise gr.Error("Choose one of your avatars (make one in the Create avatar tab).",
-                           title="No avatar chosen", print_exception=False)
+        need_avatar(avatar_id)
         try:
             rec = self.store.get(token, avatar_id)
             with self.locks.use(rec.id) as stop:
@@ -495,9 +500,7 @@ class App:
                                 else 1.0)
         except InputError as e:
             raise user_error(e) from None
-        if not avatar_id:
-            raise gr.Error("Choose one of your avatars (make one in the Create avatar tab).",
-                           title="No avatar chosen", print_exception=False)
+        need_avatar(avatar_id)
         try:
             rec = self.store.get(token, avatar_id)
             with self.locks.use(rec.id) as stop:
