@@ -387,8 +387,9 @@ class InferenceHead:
     @torch.no_grad()
     def render(self, motions: FrameMotions, b: int, viewmat: Tensor, K: Tensor, plate: Tensor,
                dilate: int | None = None, tile: int = 8) -> Tensor:
-        """Frame ``b`` of ``motions`` over the (H, W, 3) uint8 ``plate``: the (H, W, 3) uint8
-        frame, equal to ``round(255 * render_frame(...))`` with the plate in [0, 1].
+        """Frame ``b`` of ``motions`` over the (H, W, 3) ``plate`` (uint8, or float in
+        [0, 1] as :func:`render_frame` takes it): the (H, W, 3) uint8 frame, equal to
+        ``round(255 * render_frame(...))`` with the plate in [0, 1].
 
         Only the box that the face and the (dilated) mouth cover is composited; the rest of
         the frame is the plate itself (where both alphas are 0 the formula gives the plate).
@@ -404,14 +405,15 @@ class InferenceHead:
                                   tile=tile))
         k = mouth_dilation(W) if dilate is None else dilate
         box = _union(_nonzero_box(outs[0].alpha, 0), _nonzero_box(outs[1].alpha, k // 2))
-        frame = plate.clone()
+        unit = plate.is_floating_point()
+        frame = (plate.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8) if unit else plate.clone()
         if box is None:
             return frame
         y0, y1, x0, x1 = box
         face, mouth = (RenderOutput(image=o.image[y0:y1, x0:x1], alpha=o.alpha[y0:y1, x0:x1],
                                     depth=o.depth, means2d=o.means2d, radii=o.radii,
                                     visible=o.visible) for o in outs)
-        crop = plate[y0:y1, x0:x1].float() / 255.0
+        crop = plate[y0:y1, x0:x1].float() if unit else plate[y0:y1, x0:x1].float() / 255.0
         img = composite(face, mouth, crop, k).clamp(0.0, 1.0)
         frame[y0:y1, x0:x1] = (img * 255.0).round().to(torch.uint8)
         return frame

@@ -49,7 +49,7 @@ from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
 from core.train.collapse import COLLAPSE_RATIO, COLLAPSE_SCALE, prune_collapsed
-from core.train.unseen import UNSEEN_WEIGHT, prune_unseen
+from core.train.unseen import UNSEEN_WEIGHT, prune_unseen, spaced_views
 from core.train.person_mouth import PersonMouthConfig, fit_drive
 from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
                          mouth_step)
@@ -120,6 +120,10 @@ class AdaptConfig:
             whose compositing weight summed over all pixels of all training frames is below
             this (1e-3 of a pixel) are removed (:mod:`core.train.unseen`): no training frame
             shows them, so nothing corrected them. 0 = keep them.
+        unseen_views: the unseen test sums over at most this many training frames spread
+            evenly over the span (:func:`core.train.unseen.spaced_views`), its threshold
+            scaled by the fraction used: each frame costs about a training step. 0 = every
+            training frame.
     """
 
     res: int = 256
@@ -154,6 +158,7 @@ class AdaptConfig:
     collapse_scale: float = COLLAPSE_SCALE
     collapse_ratio: float = COLLAPSE_RATIO
     unseen_weight: float = UNSEEN_WEIGHT
+    unseen_views: int = 32
 
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
@@ -650,8 +655,10 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             say(f"removed {gone} collapsed face Gaussians (below {cfg.collapse_scale * 1e3:g} mm "
                 f"and {cfg.collapse_ratio:g} of their size in every training frame); {ident.face.num} left")
         if stage == "face" and cfg.unseen_weight > 0:
-            gone = prune_unseen(umf, ident, (frames.cond(j, tracked=True) for j in range(frames.n)),
-                                cfg.unseen_weight, opts["gauss"], FACE_DENSIFY.min_keep)
+            views = spaced_views(frames.n, cfg.unseen_views)
+            gone = prune_unseen(umf, ident, (frames.cond(j, tracked=True) for j in views),
+                                cfg.unseen_weight * len(views) / frames.n, opts["gauss"],
+                                FACE_DENSIFY.min_keep)
             say(f"removed {gone} face Gaussians no training frame shows; {ident.face.num} left")
         save_ckpt(opts, None)
 

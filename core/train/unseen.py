@@ -8,6 +8,12 @@ render is ``sum over pixels of alpha_i T_i`` (what it adds to the composited ima
 as the gradient of an all-ones feature channel; adaptation removes the Gaussians whose
 weight summed over all training frames is below ``min_weight`` once the face stage is over.
 Removing them leaves every training render as it was, up to that weight.
+
+Each view costs a render and its backward pass (about as much as a training step), so
+adaptation sums over at most ``AdaptConfig.unseen_views`` training frames spread evenly over
+the span (:func:`spaced_views`) and scales the threshold by the fraction of frames it used;
+at 25 fps neighbouring frames show nearly the same Gaussians (measured in
+``bench/unseen.py``).
 """
 from __future__ import annotations
 
@@ -35,6 +41,18 @@ def view_weights(gs: GaussianSet, views: Iterable[tuple]) -> Tensor:
             (g,) = torch.autograd.grad(out.image[..., 3].sum(), ones)
         total += g[:, 0].detach()
     return total
+
+
+def spaced_views(n: int, most: int) -> list[int]:
+    """At most ``most`` indices of ``range(n)`` spread evenly, first and last included
+    (all ``n`` when ``most`` is 0 or at least ``n``)."""
+    if n <= 0:
+        return []
+    if most <= 0 or most >= n:
+        return list(range(n))
+    if most == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
 
 
 def unseen_mask(weights: Tensor, min_weight: float, min_keep: int = 64) -> Tensor:

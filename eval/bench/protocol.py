@@ -19,7 +19,9 @@ import torch
 
 from core.model.avatar import Avatar, load_avatar
 from core.data.dataset import ProcessedClip
-from core.model.head import render_frame
+from core.device import host_values
+from core.model.head import DrivenFrames, InferenceHead, render_frame
+from core.model.motion_field import audio_windows
 from core.train.stages import TrainFrames
 
 TEST_SECONDS = 12.0
@@ -80,17 +82,40 @@ def render_heldout(avatar: Avatar | str | Path, frames: TrainFrames) -> np.ndarr
     return render_frames(av.umf, av.ident, frames)
 
 
+#: Held-out frames whose motion fields are evaluated in one call (memory: about
+#: ``RENDER_BATCH`` x Gaussians x 10 floats).
+RENDER_BATCH = 8
+
+
 @torch.no_grad()
-def render_frames(umf, ident, frames: TrainFrames) -> np.ndarray:
+def render_frames(umf, ident, frames: TrainFrames, batch: int = RENDER_BATCH) -> np.ndarray:
     """(n, res, res, 3) uint8 renders of ``umf`` + ``ident`` for every frame of ``frames``,
-    on the models' device (the frames move there once; each render comes back to the CPU)."""
+    on the models' device (the frames move there once; each render comes back to the CPU).
+
+    The renderer Talk uses (:class:`core.model.head.InferenceHead`: the fields' per-avatar
+    constants computed once, ``batch`` frames per field evaluation, only the head's box
+    composited), so the benchmark scores the pixels a user gets; identities it does not
+    support (personalised fields) go frame by frame through :func:`render_frame`. The two
+    agree to one grey level (``tests/test_benchmark.py``)."""
     dev = next(umf.parameters()).device
     if frames.device != dev:
         frames = frames.to(dev)
     out = np.empty((frames.n, frames.res, frames.res, 3), np.uint8)
-    for j in range(frames.n):
-        img = render_frame(umf, ident, frames.cond(j), frames.plates[j])
-        out[j] = (img * 255.0).round().to(torch.uint8).cpu().numpy()
+    if not InferenceHead.supports(ident):
+        for j in range(frames.n):
+            img = render_frame(umf, ident, frames.cond(j), frames.plates[j])
+            out[j] = (img * 255.0).round().to(torch.uint8).cpu().numpy()
+        return out
+    head = InferenceHead(umf, ident)
+    for s in range(0, frames.n, batch):
+        e = min(s + batch, frames.n)
+        motions = head.motions(DrivenFrames(
+            audio_win=audio_windows(frames.audio, host_values(frames.index[s:e])),
+            expr=frames.expr[s:e],
+            mouth=None if frames.mouth_pred is None else frames.mouth_pred[s:e]))
+        for b, j in enumerate(range(s, e)):
+            out[j] = head.render(motions, b, frames.viewmats[j], frames.K,
+                                 frames.plates[j]).cpu().numpy()
     return out
 
 
