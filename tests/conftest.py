@@ -45,6 +45,25 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ[_var] = "1"
 
 
+#: The slowest test modules, slowest first (their measured time in the suite with two
+#: workers: docs/ARCHITECTURE.md, "Tests"). xdist hands each worker a whole module at a
+#: time in collection order (``--dist loadscope --no-loadscope-reorder`` in pytest.ini), so
+#: these start first and the many short modules fill in at the end, instead of one worker
+#: starting the slowest module when the other has nothing left to do. The rest keep their
+#: alphabetical order.
+SLOWEST_FIRST = ("test_benchmark", "test_lips", "test_browser", "test_app", "test_ray",
+                 "test_model", "test_app_refine", "test_load", "test_preprocess",
+                 "test_device", "test_full_frame", "test_seams")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Run the slowest modules first (:data:`SLOWEST_FIRST`); a stable sort keeps the
+    order of the tests inside each module."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread in each xdist worker (see above), also when torch was imported
     before this file set the environment."""

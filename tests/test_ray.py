@@ -25,6 +25,7 @@ from eval.bench.methods import LABELS
 from eval.bench.ray_executor import (
     RayOptions,
     _collect,
+    init_ray,
     _write_back,
     add_ray_arguments,
     pack_path,
@@ -101,13 +102,25 @@ def test_killed_worker_is_retried_and_rerun_completes_only_the_missing_cell(
         local: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     out, marks = tmp_path / "out", tmp_path / "marks"
     marks.mkdir()
-    loop, retr = cell_name("may_5s", "loop", 3.0), cell_name("may_5s", "retrieval", 3.0)
     opts = RayOptions(local_cpus=2, max_retries=1)
     cfg = BenchmarkConfig(quick=True, seed=0, videos=False, ray=opts)
+    # one local instance for both runs, started here (a running instance is used as it is;
+    # the other tests cover a run that starts and stops its own)
+    assert init_ray(opts)
+    try:
+        _killed_then_rerun(local, out, marks, cfg, monkeypatch, capsys)
+    finally:
+        ray.shutdown()
+
+
+def _killed_then_rerun(local: dict, out: Path, marks: Path, cfg: BenchmarkConfig,
+                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    loop, retr = cell_name("may_5s", "loop", 3.0), cell_name("may_5s", "retrieval", 3.0)
     # loop: killed once, then fine; retrieval: killed on both attempts
     monkeypatch.setattr(bm, "run_cell", KillCell({loop: 1, retr: 2}, marks))
     r = run_benchmark([local["clip"]], TRAIN, ["retrieval", "loop"], out, None, config=cfg)
     monkeypatch.undo()
+    assert ray.is_initialized()  # the instance the test started stays up for the re-run
     log = capsys.readouterr().err
     rows = {x["method"]: x for x in r.rows}
     assert rows["loop"]["status"] == "ok"
