@@ -534,6 +534,22 @@ def test_truncated_mp4(tmp_path: Path) -> None:
         assert "complete file" in e.fix
 
 
+def test_audio_decoder_failing_at_the_cut_says_cut_short(tmp_path: Path) -> None:
+    """An 8 s clip cut in half: its audio decoder fails part way (invalid data where the
+    file ends) rather than running out; that too is a file cut short, not an unreadable
+    one, and preprocessing says so before looking for a face, even when it keeps only the
+    first second of video (which lies before the cut)."""
+    from core.data.preprocess import PreprocessConfig, preprocess
+
+    p = make_truncated_mp4(tmp_path / "cut.mp4", make_tone_clip(tmp_path / "whole_8s.mp4", 8.0))
+    e = _error(read_audio, p)
+    assert e.code == "truncated" and "header says 8.0 s" in e.problem, e
+    with pytest.raises(InputError) as got:
+        preprocess(p, tmp_path / "out", PreprocessConfig(res=64, max_frames=25))
+    assert got.value.code == "truncated"  # the tone clip has no face: tracking never ran
+    assert not (tmp_path / "out").exists()
+
+
 def test_truncated_mp4_index_at_the_end(tmp_path: Path, clips_dir: Path) -> None:
     """A phone-style mp4 (index written last) cut in half: the index is gone."""
     p = make_truncated_mp4(tmp_path / "cut.mp4", clips_dir / "woman_desk_5s.mp4")

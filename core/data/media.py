@@ -721,6 +721,10 @@ def _decode_audio(c: av.container.InputContainer, name: str, sample_rate: int, t
                     and src_t - t0 < declared_end - lim.truncation_tolerance_s):
                 raise _truncated(name, "audio", src_t - t0, declared_end)
     except av.FFmpegError as exc:
+        # a decoder that fails part way, before the declared end: the file was cut there
+        if (src_t is not None and declared_end is not None
+                and src_t - t0 < declared_end - lim.truncation_tolerance_s):
+            raise _truncated(name, "audio", src_t - t0, declared_end) from exc
         raise InputError("unreadable", f"{name}: the audio track cannot be decoded ({exc}).",
                          _UNREADABLE_FIX) from exc
     audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else \

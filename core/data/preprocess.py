@@ -215,6 +215,10 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
     audio_cfg = AudioFeatureConfig(kind=cfg.audio, hubert_model=cfg.hubert_model,
                                    allow_download=cfg.allow_download)
     spec = feature_spec(audio_cfg)  # fails early (clear message) if HuBERT weights are absent
+    # the whole audio track first (seconds, even for minutes of audio): a file cut short is
+    # refused as such before any face tracking, also when only its first seconds of video
+    # are kept (max_frames) and the video decoder never reaches the cut
+    whole_audio = read_audio(clip, SAMPLE_RATE)
     t = lap("probe", t_start)
 
     report("finding the face", 0.05)
@@ -230,7 +234,7 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
     if n != T:
         raise InputError("unreadable", f"{clip.name}: frames ended early ({n} of {T}).",
                          "Re-export the video (e.g. as mp4) and try again.")
-    audio = fit_length(read_audio(clip, SAMPLE_RATE), T * SAMPLES_PER_FRAME)
+    audio = fit_length(whole_audio, T * SAMPLES_PER_FRAME)
     t = lap("decode", t)
 
     report("solving head pose", 0.55)
