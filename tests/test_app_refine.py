@@ -84,8 +84,12 @@ def gate(monkeypatch):
 
 
 def test_refine_runs_in_the_background_while_the_avatar_talks(server, created, gate,
-                                                              audio_dir: Path) -> None:
+                                                              audio_dir: Path,
+                                                              tmp_path: Path) -> None:
     from core.model import checkpoint
+    from tests.test_media import make_short_speech
+
+    speech = make_short_speech(audio_dir, tmp_path / "speech_2s5.wav")  # real speech, 2.5 s
 
     demo, url, root = server
     owner, aid, _ = created
@@ -100,7 +104,7 @@ def test_refine_runs_in_the_background_while_the_avatar_talks(server, created, g
     with pytest.raises(AppError, match="already being refined"):
         owner.predict(aid, api_name="/refine_avatar")
     # the avatar renders (its short version) while the refine runs
-    _, _, talk_status = owner.predict(aid, handle_file(str(audio_dir / "en_kim.mp3")),
+    _, _, talk_status = owner.predict(aid, handle_file(str(speech)),
                                       api_name="/talk")
     assert "frames" in talk_status
     assert model.read_bytes() == short and (root / "avatars" / aid / "refine").is_dir()
@@ -115,7 +119,7 @@ def test_refine_runs_in_the_background_while_the_avatar_talks(server, created, g
     assert [e["event"] for e in audit(root) if e.get("avatar") == aid] == [
         "consent", "created", "refined"]
     # refined avatars talk, and have nothing left to refine
-    _, _, talk_status = owner.predict(aid, handle_file(str(audio_dir / "en_kim.mp3")),
+    _, _, talk_status = owner.predict(aid, handle_file(str(speech)),
                                       api_name="/talk")
     assert "frames" in talk_status
     with pytest.raises(AppError, match="nothing left to refine"):

@@ -24,9 +24,9 @@ from gradio_client.exceptions import AppError, ValidationError
 
 from tests.test_app import app_prior, free_port, video_arg
 from tests.test_media import (
-    encode_into,
     make_hour_of_silence,
     make_huge_frames,
+    make_short_speech,
     make_timestamp_bomb,
     make_truncated_mp4,
     make_zip_as_mp4,
@@ -52,24 +52,6 @@ def _status_kb(pid: int, field: str) -> int:
 
 def _kind(message: str) -> str:
     return next((k for frag, k in KINDS.items() if frag in message), "other")
-
-
-def _short_speech(audio_dir: Path, out: Path, seconds: float = 2.5) -> Path:
-    """The first seconds of a real recording as a wav (kept in the test's temp folder)."""
-    import av
-    import numpy as np
-
-    from core.data.media import read_audio
-
-    pcm = (np.clip(read_audio(audio_dir / "en_kim.mp3", duration=seconds), -1, 1)
-           * 32767).astype(np.int16)
-    with av.open(str(out), "w", format="wav") as c:
-        st = c.add_stream("pcm_s16le", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(pcm[None], format="s16", layout="mono")
-        frame.sample_rate = 16000
-        encode_into(c, st, frame)
-        encode_into(c, st)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +126,7 @@ def test_three_users_and_hostile_uploads(app_process, clips_dir: Path, audio_dir
                                          tmp_path: Path) -> None:
     url, pid, data = app_process
     run = Run()
-    speech = _short_speech(audio_dir, tmp_path / "speech_2s5.wav")
+    speech = make_short_speech(audio_dir, tmp_path / "speech_2s5.wav")
     hostile = {
         "bomb": make_timestamp_bomb(tmp_path / "bomb.mkv"),
         "hour": make_hour_of_silence(tmp_path / "hour.flac"),

@@ -412,6 +412,19 @@ def make_truncated_mp4(path: Path, source: Path | None = None, keep: float = 0.5
     return path
 
 
+def make_short_speech(audio_dir: Path, out: Path, seconds: float = 2.5) -> Path:
+    """The first seconds of a real recording as a wav (kept in the test's temp folder)."""
+    pcm = (np.clip(read_audio(audio_dir / "en_kim.mp3", duration=seconds), -1, 1)
+           * 32767).astype(np.int16)
+    with av.open(str(out), "w", format="wav") as c:
+        st = c.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm[None], format="s16", layout="mono")
+        frame.sample_rate = 16000
+        encode_into(c, st, frame)
+        encode_into(c, st)
+    return out
+
+
 def make_zip_as_mp4(path: Path) -> Path:
     """A ZIP archive renamed to .mp4."""
     import zipfile
