@@ -456,3 +456,37 @@ def test_prior_speed_times_to_95_percent() -> None:
     assert sp["t95_r"] == 30.0       # 0.95 * 0.38 = 0.361: 0.30 and 0.28 below, 0.40 at 30 s
     curve[-1]["aperture_r"] = "n/a"  # not scored (no face found): no time
     assert math.isnan(speed_row({"curve": curve})["t95_r"])
+
+
+def test_prior_speed_reads_the_full_run_csv_as_numbers(tmp_path: Path) -> None:
+    """The full run's results.csv compares with the short run's cells: its numbers are read
+    as numbers (a CSV holds text), its unfinished rows left out."""
+    from eval.studies.prior_speed import read_csv, tables
+
+    path = tmp_path / "results.csv"
+    path.write_text("clip,method,train_seconds,status,psnr_head,aperture_r,adapt_minutes\n"
+                    "obama_20s,instag,5.0,ok,29.0,0.45,6.0\n"
+                    "obama_20s,scratch,5.0,failed: x,28.0,n/a,5.0\n")
+    full = read_csv(path)
+    assert full == [{"clip": "obama_20s", "method": "instag", "train_seconds": 5.0,
+                     "status": "ok", "psnr_head": 29.0, "aperture_r": 0.45,
+                     "adapt_minutes": 6.0}]
+    fast = [{"clip": "obama_20s", "method": "instag", "psnr_head": 27.5, "aperture_r": 0.5,
+             "adapt_minutes": 1.5, "curve": []}]
+    row = next(x for x in tables(fast, full).splitlines() if x.startswith("| obama_20s |"))
+    assert "| 27.50 | 29.00 | -1.50 | 0.500 | 0.450 | +0.050 | 1.50 | 6.00 |" in row
+
+
+def test_prior_speed_rescales_a_run_to_a_measured_wall_time() -> None:
+    """Known answer: an adaptation recorded as 10 min with curve points at 150 and 600 s,
+    put at 80 s: the points move to 20 and 80 s; a row without a time is kept as it is."""
+    from eval.studies.prior_speed import rescale
+
+    rows = [{"adapt_minutes": 10.0, "curve": [{"seconds": 150.0, "psnr_head": 20.0},
+                                              {"seconds": 600.0, "psnr_head": 25.0}]},
+            {"adapt_minutes": "n/a"}]
+    got = rescale(rows, 80.0)
+    assert got[0]["adapt_minutes"] == pytest.approx(80.0 / 60)
+    assert [p["seconds"] for p in got[0]["curve"]] == pytest.approx([20.0, 80.0])
+    assert [p["psnr_head"] for p in got[0]["curve"]] == [20.0, 25.0]
+    assert got[1] == rows[1] and rows[0]["curve"][0]["seconds"] == 150.0  # copies

@@ -39,9 +39,39 @@ def read_cells(run: Path) -> list[dict]:
     return [r for r in rows if r.get("status") == "ok"]
 
 
+def _value(text: str) -> float | str:
+    """A CSV cell as a number where it is one ('n/a' and other text stay text)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def read_csv(path: Path) -> list[dict]:
+    """The finished rows of a benchmark ``results.csv``, numeric cells as numbers (the same
+    types as the cell files :func:`read_cells` reads)."""
     with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("status") == "ok"]
+        return [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)
+                if r.get("status") == "ok"]
+
+
+def rescale(rows: list[dict], wall_s: float) -> list[dict]:
+    """Copies of ``rows`` (cells or CSV rows) as if each adaptation had taken ``wall_s``
+    seconds: ``adapt_minutes`` set to it and every curve point's seconds scaled by the same
+    factor. For runs whose clocks a loaded machine stretched (each cell by its own factor):
+    the shape of each curve over its own adaptation is kept, the seconds become those of one
+    adaptation measured alone (``python -m bench.adapt``)."""
+    out = []
+    for r in rows:
+        mins = num(r.get("adapt_minutes"))
+        if mins is None or mins <= 0:
+            out.append(r)
+            continue
+        k = wall_s / (mins * 60.0)
+        curve = [{**p, "seconds": p["seconds"] * k} if num(p.get("seconds")) is not None
+                 else p for p in r.get("curve") or []]
+        out.append({**r, "adapt_minutes": wall_s / 60.0, "curve": curve})
+    return out
 
 
 def first_reach(curve: list[dict], key: str, level: float) -> float:
@@ -125,7 +155,8 @@ def tables(fast: list[dict], full: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(fast: list[dict], full: list[dict], path: Path) -> Path:
+def plot(fast: list[dict], full: list[dict], path: Path,
+         xlabel: str = "adaptation wall time (s), one thread on a shared 2-core machine") -> Path:
     """Two panels against adaptation wall seconds: held-out head PSNR and aperture r of
     the short run's curves (prior solid, scratch dashed, one colour per clip), with the
     full schedule's final values as markers at its adaptation time."""
@@ -160,7 +191,7 @@ def plot(fast: list[dict], full: list[dict], path: Path) -> Path:
     axes[0].set_ylabel("held-out head PSNR (dB), 25 test frames")
     axes[1].set_ylabel("held-out aperture r, same 25 frames (clips with speech)")
     for ax in axes:
-        ax.set_xlabel("adaptation wall time (s), one thread on a shared 2-core machine")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6)
     fig.suptitle("fast preset curves (prior solid, scratch dashed); markers: the cpu preset's "
@@ -178,11 +209,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", type=Path, required=True, help="benchmark folder of the short run")
     p.add_argument("--full", type=Path, required=True, help="results.csv of the full run")
     p.add_argument("--plot", type=Path, default=None, help="PNG to write")
+    p.add_argument("--fast-wall", type=float, default=None, metavar="S",
+                   help="put each short-run adaptation at S seconds (one measured alone, "
+                        "e.g. by python -m bench.adapt), its curve scaled to match")
+    p.add_argument("--full-wall", type=float, default=None, metavar="S",
+                   help="the same for the full run's adaptation times")
     a = p.parse_args(argv)
     fast, full = read_cells(a.fast), read_csv(a.full)
+    label = "adaptation wall time (s), one thread on a shared 2-core machine"
+    if a.fast_wall:
+        fast = rescale(fast, a.fast_wall)
+    if a.full_wall:
+        full = rescale(full, a.full_wall)
+    if a.fast_wall or a.full_wall:
+        label = ("adaptation wall time (s), each run scaled to one adaptation measured "
+                 "alone on 2 idle cores")
     print(tables(fast, full))
     if a.plot:
-        print(f"plot: {plot(fast, full, a.plot)}")
+        print(f"plot: {plot(fast, full, a.plot, label)}")
     return 0
 
 
