@@ -7,9 +7,9 @@ Run from the project root::
 For each avatar (a finished one; the prune's test is the one adaptation runs when its face
 stage ends) it builds the training frames from its processed clip (the first
 ``train_seconds`` of the avatar, tracked mouth codes, as adaptation does), sums every face
-Gaussian's compositing weight over all of them (:func:`core.train.unseen.view_weights`) and
-over ``--views`` frames spread evenly (:func:`core.train.unseen.spaced_views`, threshold
-scaled by the fraction used, as ``AdaptConfig.unseen_views`` does), and prints, side by side:
+Gaussian's compositing weight over all of them and over ``--views`` frames spread evenly
+(:func:`core.train.unseen.face_view_weights`, threshold scaled by the fraction used, as
+``AdaptConfig.unseen_views`` does), and prints, side by side:
 the seconds each took, how many Gaussians each would remove, and how many of them differ
 (removed by one and kept by the other) and the largest weight over all frames among those
 (in pixels, summed over all frames: what removing it takes out of the training renders).
@@ -30,27 +30,24 @@ def measure(avatar: Path, clip_dir: Path, views: list[int], min_weight: float) -
     """One row per view count (0 = every training frame) for ``avatar``."""
     from core.data.dataset import ProcessedClip
     from core.model.avatar import load_avatar
-    from core.model.head import face_motion
     from core.train.stages import TrainFrames
-    from core.train.unseen import spaced_views, unseen_mask, view_weights
+    from core.train.unseen import face_view_weights, unseen_mask
 
     av = load_avatar(avatar)
     clip = ProcessedClip.load(clip_dir)
     n = av.num_frames
     frames = TrainFrames.from_clip(clip, torch.arange(n), av.res, fit_frames=n, drive=av.drive)
+    conds = [frames.cond(j, tracked=True) for j in range(frames.n)]
     rows, ref = [], None
     for k in [0, *views]:
-        pick = spaced_views(frames.n, k)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            conds = [frames.cond(j, tracked=True) for j in pick]
-            w = view_weights(av.ident.face, ((face_motion(av.umf, av.ident, c), c) for c in conds))
+        w, used = face_view_weights(av.umf, av.ident, conds, k)
         secs = time.perf_counter() - t0
-        mask = unseen_mask(w, min_weight * len(pick) / frames.n)
+        mask = unseen_mask(w, min_weight * used / len(conds))
         if ref is None:
             ref, full = mask, w
         differ = mask ^ ref
-        rows.append({"avatar": avatar.name, "frames": len(pick), "seconds": secs,
+        rows.append({"avatar": avatar.name, "frames": used, "seconds": secs,
                      "gaussians": av.ident.face.num, "removed": int(mask.sum()),
                      "differ": int(differ.sum()),
                      "differ_weight": float(full[differ].max()) if differ.any() else 0.0})

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import InputError
-from core.data.preprocess import FPS, READABLE_VERSIONS, SOURCE_FILE, sha256_file
+from core.data.full_frame import SOURCE_FILE
+from core.data.preprocess import FPS, READABLE_VERSIONS, sha256_file
 
 _FILES = ("frames.mp4", "arrays.safetensors", "labels.npz")
 

@@ -31,6 +31,8 @@ import numpy as np
 
 #: Longest output side in pixels (a 4K source is scaled down to 1920 on its long side).
 MAX_SIDE = 1920
+#: Name of the recorded frames' file, in a processed clip's folder and in an avatar's.
+SOURCE_FILE = "source.mp4"
 #: Format version of the ``full_frame`` entry (manifest and avatar metadata).
 VERSION = 1
 #: The lower-face polygon: the face oval from the subject's left cheek at nose height (323)

@@ -672,6 +672,11 @@ def _decode_audio(c: av.container.InputContainer, name: str, sample_rate: int, t
     total = 0                  # output samples kept (after the alignment shift)
     src_t: float | None = None  # source time (s) where the next decoded frame should start
 
+    def stopped_early() -> bool:
+        """The decoded audio ends before the declared end (beyond the tolerance)."""
+        return (src_t is not None and declared_end is not None
+                and src_t - t0 < declared_end - lim.truncation_tolerance_s)
+
     def keep(block: np.ndarray) -> bool:
         """Append; False once ``duration`` is reached."""
         nonlocal total
@@ -717,13 +722,10 @@ def _decode_audio(c: av.container.InputContainer, name: str, sample_rate: int, t
         else:
             for out in resampler.resample(None):
                 keep(out.to_ndarray().mean(axis=0))
-            if (declared_end is not None and want is None and src_t is not None
-                    and src_t - t0 < declared_end - lim.truncation_tolerance_s):
+            if want is None and stopped_early():
                 raise _truncated(name, "audio", src_t - t0, declared_end)
     except av.FFmpegError as exc:
-        # a decoder that fails part way, before the declared end: the file was cut there
-        if (src_t is not None and declared_end is not None
-                and src_t - t0 < declared_end - lim.truncation_tolerance_s):
+        if stopped_early():  # the decoder failed part way: the file was cut there
             raise _truncated(name, "audio", src_t - t0, declared_end) from exc
         raise InputError("unreadable", f"{name}: the audio track cannot be decoded ({exc}).",
                          _UNREADABLE_FIX) from exc

@@ -68,14 +68,13 @@ import torch
 from safetensors.torch import save_file
 
 from core.atomic import atomic_folder
+from core.data.full_frame import SOURCE_FILE, FullFrame
 from core.errors import InputError
 from core.progress import ProgressFn
 
 FORMAT_VERSION = 2
 #: Format versions :class:`core.data.dataset.ProcessedClip` reads (1: no source frames).
 READABLE_VERSIONS = (1, 2)
-#: Name of the source frames' file in a processed clip and an avatar folder.
-SOURCE_FILE = "source.mp4"
 FPS = 25.0
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = 640
@@ -270,8 +269,6 @@ def preprocess(clip: str | os.PathLike, out_dir: str | os.PathLike,
                     sample_rate=SAMPLE_RATE, crf=0, pix_fmt="yuv444p", preset="veryfast")
         full_entry: dict = {}
         if cfg.full_frame:
-            from core.data.full_frame import FullFrame
-
             ff = FullFrame.from_source(info.width, info.height, vt.crop, cfg.full_frame_max_side)
             write_video(tmp / SOURCE_FILE,
                         iter_frames(clip, fps=FPS, size=(ff.width, ff.height), max_frames=T),

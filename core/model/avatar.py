@@ -37,14 +37,15 @@ from torch import Tensor
 
 from core.model import checkpoint
 from core.atomic import atomic_folder
-from core.data.full_frame import FullFrame
+from core.data.full_frame import SOURCE_FILE, FullFrame
 from core.errors import InputError
 from core.model.head import Identity, UMF
 from core.model.mouth_drive import MouthDrive
 
 KIND = "avatar"
-#: The recorded frames' file in the avatar folder, its x264 crf and key-frame interval.
-SOURCE_FILE, SOURCE_CRF, SOURCE_KEYINT = "source.mp4", 20, 10
+#: The recorded frames' x264 crf and key-frame interval in the avatar folder (the file:
+#: :data:`core.data.full_frame.SOURCE_FILE`).
+SOURCE_CRF, SOURCE_KEYINT = 20, 10
 
 
 @dataclass

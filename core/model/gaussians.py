@@ -440,6 +440,17 @@ def prune_gaussians(gaussians: GaussianSet, keep: Tensor,
                     lambda v: v[keep])
 
 
+def spare_to_keep(remove: Tensor, score: Tensor, min_keep: int) -> Tensor:
+    """``remove`` (N,) bool with its highest-``score`` marked Gaussians unmarked, as few as
+    needed for at least ``min_keep`` (at most N) to remain. Changes ``remove`` in place and
+    returns it."""
+    spare = min(remove.numel(), min_keep) - int((~remove).sum())
+    if spare > 0:
+        remove[torch.topk(torch.where(remove, score, torch.full_like(score, -1.0)),
+                          spare).indices] = False
+    return remove
+
+
 @torch.no_grad()
 def replace_gaussian_param(gaussians: GaussianSet, name: str, value: Tensor,
                            optimizer: torch.optim.Optimizer | None = None,

@@ -49,7 +49,7 @@ from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
 from core.train.collapse import COLLAPSE_RATIO, COLLAPSE_SCALE, prune_collapsed
-from core.train.unseen import UNSEEN_WEIGHT, prune_unseen, spaced_views
+from core.train.unseen import UNSEEN_WEIGHT, prune_unseen
 from core.train.person_mouth import PersonMouthConfig, fit_drive
 from core.train.stages import (TrainFrames, face_step, field_optimizer, fuse_step, gaussian_optimizer,
                          mouth_step)
@@ -655,10 +655,9 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             say(f"removed {gone} collapsed face Gaussians (below {cfg.collapse_scale * 1e3:g} mm "
                 f"and {cfg.collapse_ratio:g} of their size in every training frame); {ident.face.num} left")
         if stage == "face" and cfg.unseen_weight > 0:
-            views = spaced_views(frames.n, cfg.unseen_views)
-            gone = prune_unseen(umf, ident, (frames.cond(j, tracked=True) for j in views),
-                                cfg.unseen_weight * len(views) / frames.n, opts["gauss"],
-                                FACE_DENSIFY.min_keep)
+            gone = prune_unseen(umf, ident, [frames.cond(j, tracked=True) for j in range(frames.n)],
+                                cfg.unseen_weight, opts["gauss"], FACE_DENSIFY.min_keep,
+                                most_views=cfg.unseen_views)
             say(f"removed {gone} face Gaussians no training frame shows; {ident.face.num} left")
         save_ckpt(opts, None)
 

@@ -18,7 +18,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from core.model.gaussians import GaussianSet, prune_gaussians
+from core.model.gaussians import GaussianSet, prune_gaussians, spare_to_keep
 from core.model.head import Identity, UMF, face_motion
 
 #: default ``min_scale`` (metres): 1 mm, about a third of a pixel at 256² for a head filling
@@ -50,11 +50,7 @@ def collapsed_mask(gs: GaussianSet, d_scales: Iterable[Tensor | None], min_scale
         raise ValueError(f"min_scale must be > 0 metres, got {min_scale}")
     s = deformed_max_scale(gs, d_scales)
     own = gs.scales.detach().amax(-1)
-    out = (s < min_scale) & (s < max_ratio * own)
-    spare = min(gs.num, min_keep) - int((~out).sum())
-    if spare > 0:
-        out[torch.topk(torch.where(out, s, torch.full_like(s, -1.0)), spare).indices] = False
-    return out
+    return spare_to_keep((s < min_scale) & (s < max_ratio * own), s, min_keep)
 
 
 @torch.no_grad()

@@ -17,12 +17,12 @@ at 25 fps neighbouring frames show nearly the same Gaussians (measured in
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
-from core.model.gaussians import GaussianSet, prune_gaussians
+from core.model.gaussians import GaussianSet, prune_gaussians, spare_to_keep
 from core.model.head import Identity, UMF, face_motion, render_branch
 
 #: default ``min_weight``: summed over all training frames, a thousandth of one pixel
@@ -60,25 +60,36 @@ def unseen_mask(weights: Tensor, min_weight: float, min_keep: int = 64) -> Tenso
     least ``min_keep`` remain."""
     if min_weight <= 0:
         raise ValueError(f"min_weight must be > 0, got {min_weight}")
-    out = weights < min_weight
-    spare = min(weights.numel(), min_keep) - int((~out).sum())
-    if spare > 0:
-        out[torch.topk(torch.where(out, weights, torch.full_like(weights, -1.0)), spare).indices] = False
-    return out
+    return spare_to_keep(weights < min_weight, weights, min_keep)
 
 
-def prune_unseen(umf: UMF, ident: Identity, conds: Iterable, min_weight: float = UNSEEN_WEIGHT,
-                 optimizer: torch.optim.Optimizer | None = None, min_keep: int = 64) -> int:
-    """Remove the face Gaussians that the frames ``conds`` (:class:`core.model.head.FrameCond`,
-    the training frames) do not show (:func:`unseen_mask`), deformed as at inference.
-    ``optimizer``: the face Gaussians' optimizer, kept aligned. Returns the number removed."""
+def face_view_weights(umf: UMF, ident: Identity, conds: Sequence,
+                      most: int = 0) -> tuple[Tensor, int]:
+    """``(weights, used)``: the face Gaussians' :func:`view_weights` over at most ``most``
+    of the frames ``conds`` (:class:`core.model.head.FrameCond`) spread evenly
+    (:func:`spaced_views`; 0 = all), deformed as at inference, and how many frames were
+    used (a threshold meant for all of ``conds`` scales by ``used / len(conds)``)."""
+    pick = spaced_views(len(conds), most)
+
     def views():
-        for c in conds:
+        for j in pick:
             with torch.no_grad():
-                m = face_motion(umf, ident, c)
-            yield m, c
+                m = face_motion(umf, ident, conds[j])
+            yield m, conds[j]
 
-    remove = unseen_mask(view_weights(ident.face, views()), min_weight, min_keep)
+    return view_weights(ident.face, views()), len(pick)
+
+
+def prune_unseen(umf: UMF, ident: Identity, conds: Sequence, min_weight: float = UNSEEN_WEIGHT,
+                 optimizer: torch.optim.Optimizer | None = None, min_keep: int = 64,
+                 most_views: int = 0) -> int:
+    """Remove the face Gaussians that the frames ``conds`` (:class:`core.model.head.FrameCond`,
+    the training frames) do not show (:func:`unseen_mask`), deformed as at inference, summed
+    over at most ``most_views`` of them spread evenly (0 = all) with ``min_weight`` scaled
+    by the fraction used (:func:`face_view_weights`). ``optimizer``: the face Gaussians'
+    optimizer, kept aligned. Returns the number removed."""
+    weights, used = face_view_weights(umf, ident, conds, most_views)
+    remove = unseen_mask(weights, min_weight * used / len(conds), min_keep)
     n = int(remove.sum())
     if n:
         prune_gaussians(ident.face, ~remove, optimizer)
