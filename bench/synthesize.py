@@ -8,6 +8,8 @@ run, each synthesis in a fresh process so its peak memory is its own.
                                [--threads 1 2] [--seconds S] [--profile]
     python -m bench.synthesize --avatar AVATAR --frames crop full [full:box] [--threads 2] [--seconds S]
                                [--audio-seconds 120]
+    python -m bench.synthesize --avatar AVATAR --first-segment 7.4 30 120 [--threads 2]
+                               [--frame crop|full] [--repeats 3]
 
 The per-frame / fast comparison renders the crop (``frame='crop'``), as before full-frame
 output existed. In the frame comparison, peak RSS is the child process's maximum resident
@@ -207,6 +209,48 @@ def profile(av: Avatar, audio: Path, seconds: float | None) -> list[tuple[str, f
     return [(k, v / T) for k, v in acc.items()]
 
 
+def first_segment(avatar: Path, audio: Path, lengths: list[float], threads: int,
+                  frame: str, repeats: int) -> None:
+    """A streamed Talk (``stream_dir``) of ``audio`` looped to each length: seconds from the
+    call to the first segment written, with the lead (the first frames driven from the
+    phones of the audio's first seconds, :class:`core.model.lead_codes.LeadCodes`) and
+    without it (the whole file's front end first), alternating, ``repeats`` times each;
+    the render stops once the first segment is out."""
+    from core.model.lead_codes import LeadConfig
+
+    class Done(Exception):
+        pass
+
+    av = load_avatar(avatar)
+    modes = {"whole file first": TalkConfig(lead=LeadConfig(seconds=math.inf)),
+             "lead": TalkConfig()}
+    print(f"\n{'audio s':>7} {'front end':>17} {'first segment s (median)':>25} {'min':>6} "
+          f"{'max':>6}")
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        for seconds in lengths:
+            wav = looped_audio(audio, seconds, Path(tmp))
+            times: dict[str, list[float]] = {m: [] for m in modes}
+            for r in range(repeats):
+                for name, talk in modes.items():
+                    d = Path(tmp) / f"{name[:4]}_{seconds:g}_{r}"
+                    t0 = time.perf_counter()
+
+                    def segment(_: Path) -> None:
+                        times[name].append(time.perf_counter() - t0)
+                        raise Done
+
+                    try:
+                        synthesize(av, wav, d / "o.mp4", stream_dir=d / "s", on_segment=segment,
+                                   talk=talk, frame=frame)
+                    except Done:
+                        pass
+            for name, ts in times.items():
+                ts.sort()
+                print(f"{seconds:7.1f} {name:>17} {ts[len(ts) // 2]:25.2f} {ts[0]:6.2f} "
+                      f"{ts[-1]:6.2f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--avatar", type=Path, required=True)
@@ -219,7 +263,19 @@ def main() -> None:
                    "(full = full:lower-face)")
     p.add_argument("--audio-seconds", type=float, default=None,
                    help="with --frames: the audio repeated to this length (a long Talk)")
+    p.add_argument("--first-segment", type=float, nargs="+", default=None, metavar="S",
+                   help="time to a streamed Talk's first segment for the audio looped to "
+                   "these lengths, with and without the lead (first of --threads)")
+    p.add_argument("--frame", choices=("crop", "full"), default="crop",
+                   help="with --first-segment: the output frame")
+    p.add_argument("--repeats", type=int, default=3, help="with --first-segment")
     a = p.parse_args()
+    if a.first_segment:
+        print(f"avatar {a.avatar.name}; audio {a.audio.name}; {a.frame} frame; "
+              f"{a.threads[0]} thread(s); load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        first_segment(a.avatar, a.audio, a.first_segment, a.threads[0], a.frame, a.repeats)
+        return
     if a.frames:
         with tempfile.TemporaryDirectory() as tmp:
             audio = a.audio if a.audio_seconds is None else looped_audio(

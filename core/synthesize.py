@@ -59,6 +59,7 @@ from core.raster.render import RASTER_CHOICES, RASTER_HELP, raster_backend
 from core.model.avatar import Avatar, load_avatar
 from core.errors import InputError
 from core.model.head import DrivenFrames, FrameCond, InferenceHead, render_frame
+from core.model.lead_codes import LeadCodes, LeadConfig
 from core.model.motion_field import audio_windows
 from core.progress import ProgressFn, run_cli_job
 
@@ -89,6 +90,10 @@ class TalkConfig:
         than gsplat's 16).
     segment_frames: frames per stream segment (25 = 1 s); first_segment_frames: the
         first one (10 = 0.4 s), so playing starts sooner.
+    lead: a streamed Talk of long audio drives its first frames from the audio's first
+        seconds while the whole file's front end runs beside the render
+        (:class:`core.model.lead_codes.LeadCodes`), so the first segment does not wait for
+        it; without a stream folder the whole file is read first.
     full_preset: x264 preset of full-frame output ("veryfast": a 1080p frame costs about
         as much to encode as to render at 256² with "medium"); crop output keeps "medium".
     full_queue: finished full frames waiting for the encoder at most (8: about 50 MB at
@@ -103,6 +108,7 @@ class TalkConfig:
     tile: int = 8
     segment_frames: int = 25
     first_segment_frames: int = 10
+    lead: LeadConfig = LeadConfig()
     reference: bool = False
     full_preset: str = "veryfast"
     full_queue: int = 8
@@ -159,7 +165,7 @@ def draw_mark(frame: np.ndarray, text: str = MARK_TEXT) -> np.ndarray:
 
 def render_frames(av: Avatar, feats: torch.Tensor, mark: bool | str = True,
                   progress: ProgressFn | None = None,
-                  mouth: torch.Tensor | None = None) -> Iterator[np.ndarray]:
+                  mouth: torch.Tensor | LeadCodes | None = None) -> Iterator[np.ndarray]:
     """Yield the (res, res, 3) uint8 frames driven by per-frame audio windows (T, 16, D)
     and, for a model with a mouth-code input, the mouth codes (T, 4) predicted from the
     same audio (:meth:`core.model.mouth_drive.MouthDrive.predicted`). ``mark``: True
@@ -196,7 +202,8 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def render_frames_fast(av: Avatar, feats: torch.Tensor, mark: bool | str = True,
-                       progress: ProgressFn | None = None, mouth: torch.Tensor | None = None,
+                       progress: ProgressFn | None = None,
+                       mouth: torch.Tensor | LeadCodes | None = None,
                        cfg: TalkConfig = TalkConfig()) -> Iterator[np.ndarray]:
     """:func:`render_frames`, faster: the per-avatar constants of the fields computed once
     (:class:`core.model.head.InferenceHead`), the fields evaluated for ``cfg.batch`` frames
@@ -416,8 +423,10 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     ``duration``: use only the first this many seconds of the audio (e.g. a preview).
     ``stream_dir``: also write the video there as it is rendered, in short MPEG-TS segments
     with an HLS playlist (:class:`core.data.media.SegmentStream`), calling
-    ``on_segment(path)`` for each; a stopped run leaves the segments so far. ``talk``: how
-    frames are made (:class:`TalkConfig`).
+    ``on_segment(path)`` for each; a stopped run leaves the segments so far. A streamed
+    Talk of long audio drives its first frames from the audio's first seconds
+    (``talk.lead``), so the first segment does not wait for the whole file's front end.
+    ``talk``: how frames are made (:class:`TalkConfig`).
     ``synthetic_voice``: the audio was synthesized from text by this voice (its
     description): the mark reads :data:`VOICE_MARK_TEXT` and the metadata says so.
     The audio is checked against ``max_seconds`` (and core.data.media's start-offset, gap and
@@ -459,10 +468,14 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     cfg = feature_config(spec, allow_download)
     feature_spec(cfg).check_matches(spec)
     feats = field_audio(av, wav, T, cfg)
-    mouth = av.drive.predicted(wav, T) if av.drive is not None else None
+    mouth: torch.Tensor | LeadCodes | None = None
+    if av.drive is not None and stream_dir is not None and talk.lead.lead_frames(T):
+        drive = av.drive
+        mouth = LeadCodes(lambda n: drive.predicted(wav, T, lead_frames=n), T, talk.lead, dev)
+    elif av.drive is not None:
+        mouth = av.drive.predicted(wav, T).to(dev)
     av = av.to(dev)
     feats = feats.to(dev)
-    mouth = mouth.to(dev) if mouth is not None else None
     t0 = time.perf_counter()
     n_done = 0
     stamp = (VOICE_MARK_TEXT if synthetic_voice else MARK_TEXT) if mark else False
@@ -508,6 +521,8 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
             enc.put(f)
             n_done += 1
     except BaseException:
+        # a lead's whole-file front end, if still running, ends by itself (its decode runs
+        # in a child process): a stopped stream does not wait for it
         gen.close()
         enc.abort()
         raise

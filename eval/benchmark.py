@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="CI-sized run (tiny preset, 2 s test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-seconds", type=float, default=None, help="held-out span (12; quick 2)")
-    p.add_argument("--curve-frames", type=int, default=25)
+    p.add_argument("--curve-frames", type=int, default=None,
+                   help="held-out frames scored per curve point (default 25; --quick 10)")
     p.add_argument("--curve-every", type=int, default=None, help="steps between curve points")
     p.add_argument("--curve-aperture", action="store_true",
                    help="score lip aperture r on the curve frames at every curve point")

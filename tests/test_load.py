@@ -1,8 +1,8 @@
-"""Load and fault test: ``python app.py`` (tiny preset) in its own process on loopback;
-three visitors create an avatar from a real clip and make it talk, at the same time, while
-hostile uploads arrive in between (the timestamp bomb, an hour of silence, a 10000x10000
-mov, a truncated mp4, a zip renamed .mp4, hostile Talk audio, and a flood of jobs from one
-visitor). Checks: the server's peak memory (VmHWM) stays under ``PEAK_LIMIT_MB``, every
+"""Load and fault test: ``python app.py`` (``tiny-fast``, the tests' shortest preset) in its
+own process on loopback; three visitors create an avatar from a real clip and make it talk,
+at the same time, while hostile uploads arrive in between (the timestamp bomb, an hour of
+silence, a 10000x10000 mov, a truncated mp4, a zip renamed .mp4, hostile Talk audio, and a
+flood of jobs from one visitor). Checks: the server's peak memory (VmHWM) stays under ``PEAK_LIMIT_MB``, every
 hostile input gets its specific error, every honest job finishes, nothing half-written
 remains. Bounded: the whole run is abandoned after ``DEADLINE_S``. Prints the numbers.
 """
@@ -60,7 +60,7 @@ def app_process(tmp_path_factory, clips_dir: Path):
     prior = app_prior(tmp_path_factory, clips_dir)
     tmp = tmp_path_factory.mktemp("load")
     port = free_port()
-    env = {**os.environ, "INSTAG_PRESET": "tiny", "INSTAG_PRIOR": prior,
+    env = {**os.environ, "INSTAG_PRESET": "tiny-fast", "INSTAG_PRIOR": prior,
            "INSTAG_APP_DATA": str(tmp / "data"), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "INSTAG_CONCURRENCY": "3", "INSTAG_MAX_WAITING": "2", "OMP_NUM_THREADS": "1",

@@ -157,14 +157,12 @@ def decode_phones(audio: np.ndarray, cfg: PhoneConfig = PhoneConfig()) -> list[P
 
 
 def _decode(pcm: bytes, cfg: PhoneConfig) -> list[PhoneSegment]:
-    """pocketsphinx allphone decoding of 16 kHz int16 mono ``pcm``."""
-    from pocketsphinx import Decoder
+    """pocketsphinx allphone decoding of 16 kHz int16 mono ``pcm`` (long audio in a child
+    process: :func:`core.data.allphone.decode_pcm`)."""
+    from core.data.allphone import decode_pcm
 
-    dec = Decoder(**_decoder_args(cfg.lw, cfg.pip, cfg.beam, cfg.pbeam))
-    dec.start_utt()
-    dec.process_raw(pcm, full_utt=True)
-    dec.end_utt()
-    return [PhoneSegment(s.word, int(s.start_frame), int(s.end_frame)) for s in dec.seg()]
+    args = _decoder_args(cfg.lw, cfg.pip, cfg.beam, cfg.pbeam)
+    return [PhoneSegment(p, a, b) for p, a, b in decode_pcm(pcm, args)]
 
 
 def viseme_of(phone: str) -> int:
@@ -227,16 +225,26 @@ def _fit_steps(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, pad], 0)
 
 
-def phone_features(audio: np.ndarray | torch.Tensor, cfg: PhoneConfig = PhoneConfig()) -> torch.Tensor:
+def phone_features(audio: np.ndarray | torch.Tensor, cfg: PhoneConfig = PhoneConfig(),
+                   decode_samples: int | None = None) -> torch.Tensor:
     """``(S, 14)`` float32 front-end features for 16 kHz mono audio, ``S = ceil(N / 320)``:
-    9 viseme posteriors, 4 band loudnesses, overall loudness (:data:`FEATURE_NAMES`)."""
+    9 viseme posteriors, 4 band loudnesses, overall loudness (:data:`FEATURE_NAMES`).
+
+    ``decode_samples``: decode the phones of only the first this many samples (the costly
+    part, about 0.05 s of CPU per second of audio) and return only their steps; the loudness
+    is still normalised over the whole audio, so those rows differ from the whole file's
+    only where the phone decoder sees the cut."""
     x = np.asarray(audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else audio,
                    dtype=np.float32).reshape(-1)
     S = -(-x.shape[0] // 320)
     if S == 0:
         return torch.zeros(0, FEATURE_DIM)
-    post = viseme_posteriors(decode_phones(x, cfg), S, cfg.smooth_steps)
     loud = loudness_bands(x, S, cfg)
+    if decode_samples is not None:
+        x = x[:max(0, decode_samples)]
+        S = -(-x.shape[0] // 320)
+        loud = loud[:S]
+    post = viseme_posteriors(decode_phones(x, cfg), S, cfg.smooth_steps)
     # the decoder labels near-silence (even digital zeros) with consonants: quiet steps are rest
     gate = np.clip((loud[:, -1:] - cfg.gate_lo) / (cfg.gate_hi - cfg.gate_lo), 0.0, 1.0)
     post = post * gate

@@ -122,11 +122,13 @@ class Identity(nn.Module):
 
     @torch.no_grad()
     def init_gaussians(self, canonical: Tensor | None = None,
-                       generator: torch.Generator | None = None) -> "Identity":
-        """METHOD §2 initialisation: 2000 face points uniform in ±0.1, 5000 mouth points in a
-        box half that size. The mouth box is centred on the clip's inner lips, 2 cm behind
-        them, when the canonical FaceMesh shape (478, 3) is given (our origin is the landmark
-        centroid, not the reference's 3DMM origin), else at (0, +0.05, 0) (below centre)."""
+                       generator: torch.Generator | None = None,
+                       mouth_points: int = MOUTH_INIT.n) -> "Identity":
+        """METHOD §2 initialisation: 2000 face points uniform in ±0.1, ``mouth_points`` (5000)
+        mouth points in a box half that size. The mouth box is centred on the clip's inner
+        lips, 2 cm behind them, when the canonical FaceMesh shape (478, 3) is given (our
+        origin is the landmark centroid, not the reference's 3DMM origin), else at
+        (0, +0.05, 0) (below centre)."""
         from core.data.masks import INNER_LIPS
 
         self.face.init_box(FACE_INIT, generator)
@@ -134,7 +136,7 @@ class Identity(nn.Module):
         if canonical is not None:
             c = canonical[list(INNER_LIPS)].mean(0)
             center = (float(c[0]), float(c[1]), float(c[2]) + 0.02)
-        self.mouth.init_random(MOUTH_INIT.n, center, MOUTH_INIT.half_extent, generator)
+        self.mouth.init_random(mouth_points, center, MOUTH_INIT.half_extent, generator)
         return self
 
 

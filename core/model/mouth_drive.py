@@ -255,9 +255,19 @@ class MouthDrive:
         return torch.from_numpy(self.stats.normalise(mouth_geometry(points3d)))
 
     @torch.no_grad()
-    def predicted(self, audio: np.ndarray | Tensor, num_frames: int) -> Tensor:
-        """(num_frames, 4) normalised code predicted from 16 kHz mono ``audio`` (x gain)."""
-        return self.codes(audio_front_end(audio, self.predictor.config.inputs), num_frames)
+    def predicted(self, audio: np.ndarray | Tensor, num_frames: int,
+                  lead_frames: int | None = None) -> Tensor:
+        """(num_frames, 4) normalised code predicted from 16 kHz mono ``audio`` (x gain).
+
+        ``lead_frames``: only the first this many frames' codes, with the phones of only
+        their audio decoded (:func:`core.model.mouth_predictor.audio_front_end`): a
+        fraction of the cost, for a streamed Talk's first frames
+        (:class:`core.model.lead_codes.LeadCodes`)."""
+        if lead_frames is None:
+            return self.codes(audio_front_end(audio, self.predictor.config.inputs), num_frames)
+        steps = audio_front_end(audio, self.predictor.config.inputs,
+                                decode_samples=lead_frames * SAMPLES_PER_FRAME)
+        return self.codes(steps, lead_frames)
 
     @torch.no_grad()
     def codes(self, steps: Tensor, num_frames: int) -> Tensor:

@@ -59,8 +59,13 @@ class MouthPredictorConfig:
         return {"mel": MEL_DIM, "phones": PHONE_DIM, "mel+phones": MEL_DIM + PHONE_DIM}[self.inputs]
 
 
-def audio_front_end(audio: np.ndarray | Tensor, inputs: str = "mel+phones") -> Tensor:
-    """``(S, D)`` float32 predictor input for 16 kHz mono audio, ``S = ceil(N / 320)``."""
+def audio_front_end(audio: np.ndarray | Tensor, inputs: str = "mel+phones",
+                    decode_samples: int | None = None) -> Tensor:
+    """``(S, D)`` float32 predictor input for 16 kHz mono audio, ``S = ceil(N / 320)``.
+
+    ``decode_samples``: only the steps of the first this many samples, their phones decoded
+    from those samples alone (:func:`core.data.phones.phone_features`); the log-mel and
+    loudness are those of the whole audio (cheap, normalised over all of it)."""
     from core.data.audio import AudioFeatureConfig, log_mel_steps
     from core.data.phones import phone_features
 
@@ -68,7 +73,10 @@ def audio_front_end(audio: np.ndarray | Tensor, inputs: str = "mel+phones") -> T
     if "mel" in inputs:
         parts.append(log_mel_steps(audio, AudioFeatureConfig(kind="mel")))
     if "phones" in inputs:
-        parts.append(phone_features(audio))
+        parts.append(phone_features(audio, decode_samples=decode_samples))
+    if decode_samples is not None:
+        S = -(-max(0, decode_samples) // 320)
+        parts = [p[:S] for p in parts]
     return torch.cat(parts, 1).float()
 
 

@@ -70,7 +70,8 @@ class BenchmarkConfig:
         clip_res: preprocessing res for raw videos; None = by preset (256 / 512 / 128).
         landmarks: compute the FaceMesh-based scores (aperture, LMD, AUE, sync).
         curve_frames: held-out frames scored per point of the PSNR-vs-steps curve (evenly
-            spaced over the cell's test span, ``eval.bench.protocol.HeldoutCurve``).
+            spaced over the cell's test span, ``eval.bench.protocol.HeldoutCurve``); None =
+            25 (quick 10).
         curve_every: a curve point every this many steps (None = 100 for 'cpu', 50 for
             'fast', else the preset's ckpt_every).
         curve_aperture: also score the curve frames' lip aperture r at every curve point
@@ -99,7 +100,7 @@ class BenchmarkConfig:
     test_seconds: float | None = None
     clip_res: int | None = None
     landmarks: bool = True
-    curve_frames: int = 25
+    curve_frames: int | None = None
     curve_every: int | None = None
     curve_aperture: bool = False
     videos: bool = True
@@ -118,6 +119,8 @@ class BenchmarkConfig:
             self.preset = "tiny"
         if self.test_seconds is None:
             self.test_seconds = 2.0 if self.quick else 12.0
+        if self.curve_frames is None:
+            self.curve_frames = 10 if self.quick else 25
         if self.clip_res is None:
             self.clip_res = QUICK_CLIP_RES if self.quick else CLIP_RES.get(self.preset, 256)
         if self.jobs < 1:
