@@ -96,23 +96,26 @@ def test_real_drive_prefix_codes_stay_close_to_the_whole_files(tiny_avatar: Path
 def test_streamed_talk_starts_from_the_lead_and_ends_as_a_whole_file_talk(
         tiny_avatar: Path, audio_dir: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """8.5 s of speech (the lead's shortest): the frames rendered with the staged codes equal
-    those of the whole file's codes after the fade, bit for bit, and differ little before
-    it; a streamed synthesis uses the staged codes, an unstreamed one does not."""
+    """3.2 s of speech with a 2 s lead (so the test renders few frames): the frames rendered
+    with the staged codes equal those of the whole file's codes after the fade, bit for bit,
+    and differ little before it; a streamed synthesis uses the staged codes, an unstreamed
+    one does not."""
     import core.synthesize as S
     from core.data.media import read_audio
     from core.model.avatar import load_avatar
 
+    lead = LeadConfig(seconds=2.0, margin_frames=15, fade_frames=10, min_rest_seconds=1.0)
     av = load_avatar(tiny_avatar)
-    wav = read_audio(audio_dir / "en_eng.wav", 16000, duration=8.5)
+    wav = read_audio(audio_dir / "en_eng.wav", 16000, duration=3.2)
     T = len(wav) // 640
-    wav = wav[:T * 640]
+    assert T == 80 and lead.lead_frames(T) == 50
     feats = S.field_audio(av, wav, T)
-    staged = LeadCodes(lambda n: av.drive.predicted(wav, T, lead_frames=n), T)
+    staged = LeadCodes(lambda n: av.drive.predicted(wav, T, lead_frames=n), T, lead)
     a = np.stack(list(S.render_frames_fast(av, feats, False, None, staged))).astype(float)
     b = np.stack(list(S.render_frames_fast(av, feats, False, None,
                                            av.drive.predicted(wav, T)))).astype(float)
     cut = staged.start + staged.fade
+    assert (staged.start, cut) == (25, 35)
     assert np.array_equal(a[cut:], b[cut:])
     head = np.abs(a[:staged.start] - b[:staged.start]).mean()
     print(f"mean |staged - whole| per pixel value before the fade: {head:.3f}")
@@ -126,10 +129,10 @@ def test_streamed_talk_starts_from_the_lead_and_ends_as_a_whole_file_talk(
             made.append(self)
 
     monkeypatch.setattr(S, "LeadCodes", Spy)
-    kw = dict(duration=8.5, frame="crop", mark=False)
+    kw = dict(duration=3.2, frame="crop", mark=False, talk=S.TalkConfig(lead=lead))
     streamed = S.synthesize(tiny_avatar, audio_dir / "en_eng.wav", tmp_path / "s.mp4",
                             stream_dir=tmp_path / "stream", **kw)
-    assert len(made) == 1 and made[0].num_frames == streamed.frames == 213  # ceil(8.5 * 25)
-    assert len(streamed.segments) == 10      # 0.4 s, eight of 1 s, the last 0.08 s
+    assert len(made) == 1 and made[0].num_frames == streamed.frames == 80
+    assert len(streamed.segments) == 4       # 0.4 s, two of 1 s, the last 0.8 s
     S.synthesize(tiny_avatar, audio_dir / "en_eng.wav", tmp_path / "w.mp4", **kw)
     assert len(made) == 1                    # unstreamed: the whole file's codes first
