@@ -218,9 +218,9 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
 
             # Benchmark (quick) on the new avatar's clip, the methods that need no training
             page.get_by_role("tab", name="Benchmark").click()
-            # keep the quick run to seconds: the methods that adapt an avatar (instag,
-            # scratch) and mean-mouth (which renders instag's avatar) are left out
-            for method in ("instag", "scratch", "mean-mouth"):
+            # keep the quick run to seconds: one baseline, the looped recording (the
+            # methods and their scores are tested in test_benchmark.py and test_app.py)
+            for method in ("instag", "scratch", "mean-mouth", "retrieval", "shifted"):
                 page.locator("#bench-methods").get_by_label(method, exact=True).uncheck()
             page.click("#bench-btn")
             wait_for(page.locator("#bench-table table"), 300)

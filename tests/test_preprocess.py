@@ -17,13 +17,14 @@ from core.preprocess import main
 from core.train.stages import TrainFrames
 
 QUICK = PreprocessConfig(res=128, max_frames=50)  # first 2 s, small frames
-#: Every clip of clips/: the first second (the crop, pose and focal checks hold there too).
-EVERY = PreprocessConfig(res=128, max_frames=25, full_frame=False)
+#: Every clip of clips/: the first half second (the crop, pose and focal checks hold there
+#: too).
+EVERY = PreprocessConfig(res=128, max_frames=13, full_frame=False)
 
 
 @pytest.fixture(scope="module")
 def all_clips(clips_dir: Path, tmp_path_factory) -> dict[str, Path]:
-    """Every clip in clips/ preprocessed (first second at 128²)."""
+    """Every clip in clips/ preprocessed (first half second at 128²)."""
     root = tmp_path_factory.mktemp("all")
     return {p.name: preprocess(p, root / p.stem, EVERY) for p in sorted(clips_dir.glob("*.mp4"))}
 
@@ -40,7 +41,7 @@ def test_every_clip_preprocesses(all_clips: dict[str, Path], clips_dir: Path) ->
     print("\nclip                                 crop                 reproj px (all / rigid)")
     for name, folder in all_clips.items():
         m = json.loads((folder / "manifest.json").read_text())
-        assert m["num_frames"] == 25 and m["res"] == 128 and m["fps"] == 25.0
+        assert m["num_frames"] == 13 and m["res"] == 128 and m["fps"] == 25.0
         x0, y0, x1, y1 = m["crop"]
         assert x1 - x0 == y1 - y0 > 0, f"{name}: crop {m['crop']} is not square"
         tr = m["tracking"]
