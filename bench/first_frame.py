@@ -21,24 +21,14 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+
+from bench.browser import CHROMIUM, FLAGS, loopback_only
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-CHROMIUM = Path("/usr/bin/chromium")
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: The streamed player has a frame to show.
 FIRST_FRAME_JS = ("() => { const v = document.querySelector('#talk-live video');"
                   " return !!v && v.readyState >= 2; }")
-
-
-def _loopback_only(route) -> None:
-    """Abort every request that would leave the machine (fonts, CDNs, telemetry)."""
-    url = route.request.url
-    if url.startswith(("data:", "blob:")) or urlparse(url).hostname in LOOPBACK:
-        route.continue_()
-    else:
-        route.abort()
 
 
 def measure(clip: Path, audios: list[tuple[float, Path]], repeats: int, preset: str | None,
@@ -48,7 +38,7 @@ def measure(clip: Path, audios: list[tuple[float, Path]], repeats: int, preset: 
     was still going then, and the whole render's time (s)."""
     from playwright.sync_api import sync_playwright
 
-    from bench.stream_player import FLAGS, free_port
+    from bench.stream_player import free_port
     from demo.config import AppConfig
     from demo.ui import build_app, launch
 
@@ -65,7 +55,7 @@ def measure(clip: Path, audios: list[tuple[float, Path]], repeats: int, preset: 
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                          args=FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.route("**/*", _loopback_only)
+            page.route("**/*", loopback_only)
             page.set_default_timeout(60_000)
             page.goto(url, wait_until="domcontentloaded")
             page.get_by_role("tab", name="Create avatar").wait_for()

@@ -24,16 +24,13 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
+from bench.browser import CHROMIUM, FLAGS, loopback_only
+
 FPS = 25.0
 SR = 16000
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage"]
 PROBE = """() => { const v = document.querySelector('video'); if (!v) return null;
   const b = []; for (let i = 0; i < v.buffered.length; i++) b.push([v.buffered.start(i), v.buffered.end(i)]);
   return {rs: v.readyState, t: v.currentTime, paused: v.paused, muted: v.muted,
@@ -155,11 +152,6 @@ def main() -> None:
     def stamp() -> str:
         return f"{time.time() - t0[0]:7.2f}s" if t0[0] else "  -    "
 
-    def route(r) -> None:
-        u = r.request.url
-        (r.continue_() if u.startswith(("data:", "blob:")) or urlparse(u).hostname in LOOPBACK
-         else r.abort())
-
     def on_response(resp) -> None:
         if "/stream/" in resp.url:
             log.append(f"{stamp()} {resp.status} {resp.url.split('/stream/')[1]}")
@@ -175,10 +167,10 @@ def main() -> None:
     first_ready = first_play = None
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                          args=flags)
             page = browser.new_page()
-            page.route("**/*", route)
+            page.route("**/*", loopback_only)
             page.on("console", lambda m: log.append(f"{stamp()} console.{m.type}: "
                                                     f"{m.text[:400]}"))
             page.on("pageerror", lambda e: log.append(f"{stamp()} pageerror: {e}"))

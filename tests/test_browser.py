@@ -15,23 +15,17 @@ import os
 import re
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
+from bench.browser import CHROMIUM, FLAGS, loopback_only
 from tests.test_app import app_config, app_prior, assert_marked_mp4, serve
 from tests.test_media import make_short_speech
 
-CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.is_file():
     pytest.skip("browser test needs Debian chromium at /usr/bin/chromium "
                 "(apt-get install -y chromium; .ci/run does this)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) not installed")
-
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage"]
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +41,6 @@ def shots(tmp_path_factory) -> Path:
     d = Path(os.environ.get("INSTAG_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def _loopback_only(route) -> None:
-    """Abort every request that would leave the machine (fonts, CDNs, telemetry)."""
-    url = route.request.url
-    if url.startswith(("data:", "blob:")) or urlparse(url).hostname in LOOPBACK:
-        route.continue_()
-    else:
-        route.abort()
 
 
 def _body(request) -> str:
@@ -76,7 +61,7 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.route("**/*", _loopback_only)
+            page.route("**/*", loopback_only)
             page.on("request", lambda r: requests.append((r.url, _body(r))))
             page.set_default_timeout(30_000)
 
@@ -247,7 +232,7 @@ def test_create_then_talk_in_browser(app_url, shots: Path, clips_dir: Path,
             # another browser (a fresh profile) sees none of them
             other = browser.new_context(viewport={"width": 1280, "height": 900})
             p2 = other.new_page()
-            p2.route("**/*", _loopback_only)
+            p2.route("**/*", loopback_only)
             p2.goto(app_url, wait_until="domcontentloaded")
             p2.get_by_role("tab", name="Talk").click()
             p2.locator("#avatar-table").wait_for()
