@@ -28,8 +28,8 @@ RES = 96
 def avatar(may_clip: Path, tmp_path_factory):
     root = tmp_path_factory.mktemp("seams")
     clip = ProcessedClip.load(may_clip)  # the session's may_5s: 128², first 75 frames
-    cfg = replace(PRESETS["tiny"], res=RES, seconds=3.0, face_steps=150, mouth_steps=50,
-                  fuse_steps=25)
+    cfg = replace(PRESETS["tiny"], res=RES, seconds=3.0, face_steps=100, mouth_steps=30,
+                  fuse_steps=20)
     av = load_avatar(adapt(clip.root, root / "av", None, cfg))
     frames = TrainFrames.from_clip(clip, torch.arange(75), RES, fit_frames=75, drive=av.drive)
     bg = F.interpolate(clip.bg.permute(2, 0, 1)[None].float() / 255.0, size=(RES, RES),
@@ -52,7 +52,9 @@ def test_no_background_line_along_the_jaw(avatar) -> None:
         img_flat = render_frame(av.umf, av.ident, frames.cond(j), flat).numpy()
         bad_flat += background_line_pixels(img_flat, head, torso, bg, rec)[0]
     assert checked > 300                      # the jaw band was really examined
-    # a 96 px avatar of 225 steps is not perfect: allow 2 % of the band (model error, the
+    # a 96 px avatar of 150 steps is not perfect: allow 2 % of the band (model error, the
     # same over either plate); the flat plate shows the line several times as often
+    print(f"\njaw band: {bad} of {checked} pixels background-coloured ({bad_flat} over the "
+          f"flat plate)")
     assert bad <= 0.02 * checked, (bad, checked)
     assert bad_flat >= 3 * max(bad, 1), (bad_flat, bad)
