@@ -63,8 +63,9 @@ def decode_in_child(pcm: bytes, args: dict) -> list[Segment]:
 def decode_pcm(pcm: bytes, args: dict) -> list[Segment]:
     """Decode ``pcm`` (16 kHz int16 mono): in a child process when it is longer than
     :data:`CHILD_PROCESS_SECONDS` (so this process's other threads keep running), else
-    here. A child that cannot start or fails is logged and the decode done here."""
-    if len(pcm) / 32000 <= CHILD_PROCESS_SECONDS:
+    here (also where there is no Python executable to start, e.g. an embedded
+    interpreter). A child that cannot start or fails is logged and the decode done here."""
+    if len(pcm) / 32000 <= CHILD_PROCESS_SECONDS or not sys.executable:
         return decode_here(pcm, args)
     try:
         return decode_in_child(pcm, args)
