@@ -17,7 +17,8 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+from core.project import python_path
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 CHILD_PROCESS_SECONDS = 8.0
 #: A child decode taking longer than this (s per second of audio, plus 30 s) is stopped.
 CHILD_TIMEOUT_PER_SECOND = 2.0
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 Segment = tuple[str, int, int]
 
@@ -46,8 +46,7 @@ def decode_in_child(pcm: bytes, args: dict) -> list[Segment]:
     """:func:`decode_here` in a child process (the pcm on its stdin, the segments as JSON on
     its stdout). Raises RuntimeError when the child fails or runs out of time."""
     seconds = len(pcm) / 32000
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     try:
         r = subprocess.run([sys.executable, "-m", "core.data.allphone", json.dumps(args)],
                            input=pcm, capture_output=True, env=env,

@@ -54,11 +54,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core.atomic import atomic_folder, write_bytes
+from core.project import PROJECT_ROOT, python_path
 from core.progress import ProgressFn, format_seconds
 
 T = TypeVar("T")
-#: The project folder: shipped to a remote cluster as the workers' working directory.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Never shipped with the code (outputs, caches, VCS).
 CODE_EXCLUDES = [".git", "runs", "out", "tmp", "**/__pycache__", "**/*.mp4", ".pytest_cache"]
 
@@ -302,9 +301,7 @@ def init_ray(opts: RayOptions) -> bool:
     if opts.address is None:  # "local": a new instance even when a cluster runs here
         kw.update(address="local", num_cpus=opts.local_cpus,
                   object_store_memory=int(opts.local_object_store_gb * 2**30),
-                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                      [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
-                          os.pathsep) if p])}})
+                  runtime_env={"env_vars": {"PYTHONPATH": python_path()}})
     else:
         kw.pop("include_dashboard")  # a property of the running cluster
         kw["address"] = opts.address
