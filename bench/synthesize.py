@@ -215,8 +215,11 @@ def first_segment(avatar: Path, audio: Path, lengths: list[float], threads: int,
     call to the first segment written, with the lead (the first frames driven from the
     phones of the audio's first seconds, :class:`core.model.lead_codes.LeadCodes`) and
     without it (the whole file's front end first), alternating, ``repeats`` times each;
-    the render stops once the first segment is out."""
-    from core.model.lead_codes import LeadConfig
+    the render stops once the first segment is out, and the next one starts once a stopped
+    lead's whole-file front end (which goes on by itself) has ended."""
+    import threading
+
+    from core.model.lead_codes import THREAD_NAME, LeadConfig
 
     class Done(Exception):
         pass
@@ -245,6 +248,9 @@ def first_segment(avatar: Path, audio: Path, lengths: list[float], threads: int,
                                    talk=talk, frame=frame)
                     except Done:
                         pass
+                    for t in threading.enumerate():
+                        if t.name == THREAD_NAME:
+                            t.join()
             for name, ts in times.items():
                 ts.sort()
                 print(f"{seconds:7.1f} {name:>17} {ts[len(ts) // 2]:25.2f} {ts[0]:6.2f} "

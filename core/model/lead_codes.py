@@ -20,6 +20,10 @@ import torch
 from torch import Tensor
 
 
+#: The name of the thread that runs the whole file's front end.
+THREAD_NAME = "whole-audio-front-end"
+
+
 @dataclass(frozen=True)
 class LeadConfig:
     """seconds: the prefix's length at least (6.0 s); fraction: and at least this share of
@@ -74,7 +78,7 @@ class LeadCodes:
             finally:
                 self._ready.set()
 
-        self._thread = threading.Thread(target=run, name="whole-audio-front-end", daemon=True)
+        self._thread = threading.Thread(target=run, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
     @property
