@@ -73,6 +73,28 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_phone_decodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One folder of phone decodes for the whole test run (``$INSTAG_PHONE_CACHE``, see
+    :func:`core.data.phones.decode_phones`), shared by the xdist workers and the processes
+    they start: the same seconds of the same clips are decoded by many tests, and each
+    decode is the same whoever makes it. The decoder itself is tested with the cache
+    unset (``tests/test_allphone.py``)."""
+    from core.data.phones import PHONE_CACHE_ENV
+
+    if os.environ.get(PHONE_CACHE_ENV):   # the caller chose a folder
+        yield Path(os.environ[PHONE_CACHE_ENV])
+        return
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "phone_decodes"
+    folder.mkdir(exist_ok=True)
+    os.environ[PHONE_CACHE_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.environ.pop(PHONE_CACHE_ENV, None)
+
+
 # ---------------------------------------------------------------- shared per test session
 # One small processed clip, one tiny prior and one tiny avatar per session, built on first
 # use and shared by the tests that only read them (a test that changes files works on its

@@ -12,7 +12,13 @@ import pytest
 
 from core.data import allphone
 from core.data.media import read_audio
-from core.data.phones import PhoneConfig, _decoder_args, decode_phones
+from core.data.phones import PHONE_CACHE_ENV, PhoneConfig, _decoder_args, decode_phones
+
+
+@pytest.fixture(autouse=True)
+def no_phone_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests time and compare real decodes: none is read from the suite's cache."""
+    monkeypatch.delenv(PHONE_CACHE_ENV, raising=False)
 
 
 def _pcm(audio_dir: Path, seconds: float) -> tuple[np.ndarray, bytes]:
@@ -64,3 +70,17 @@ def test_child_that_fails_falls_back_to_decoding_here(audio_dir: Path,
         allphone.decode_in_child(pcm, _args())
     assert allphone.decode_pcm(pcm, _args()) == allphone.decode_here(pcm, _args())
     assert "decoding in this process instead" in caplog.text
+
+
+def test_cached_decode_is_read_back_and_keyed_by_the_samples(audio_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$INSTAG_PHONE_CACHE``: a decode is written once and read back for the same samples
+    and settings (the decoder is not run again); other samples get their own decode."""
+    wav, _ = _pcm(audio_dir, 3.0)
+    fresh = decode_phones(wav)
+    monkeypatch.setenv(PHONE_CACHE_ENV, str(tmp_path))
+    assert decode_phones(wav) == fresh and len(list(tmp_path.glob("*.json"))) == 1
+    monkeypatch.setattr(allphone, "decode_here", lambda pcm, args: pytest.fail("decoded again"))
+    assert decode_phones(wav) == fresh
+    with pytest.raises(pytest.fail.Exception, match="decoded again"):
+        decode_phones(wav[:-160])

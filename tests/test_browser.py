@@ -1,5 +1,6 @@
 """End to end in a real browser: headless Debian Chromium driven by Playwright clicks through
-Create (consent refused, then a real clip with live progress) and Talk (real audio, then a
+Create (consent refused, then a real clip with live progress; ``tiny-fast``, the tests' counterpart
+of the app's CPU default) and Talk (real audio, then a
 typed sentence spoken by the offline voice), reloads
 the page (the avatars are still listed; another browser sees none; the owner token never
 appears in a URL), and takes screenshots. Skipped when /usr/bin/chromium is absent (``.ci/run`` installs it).
@@ -31,7 +32,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, clips_dir: Path):
     prior = app_prior(tmp_path_factory, clips_dir)
-    cfg = app_config(tmp_path_factory.mktemp("appdata"), prior, {"INSTAG_PRESET": "tiny"})
+    cfg = app_config(tmp_path_factory.mktemp("appdata"), prior, {"INSTAG_PRESET": "tiny-fast"})
     with serve(cfg) as (demo, url):
         yield url, demo
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.data.pose import HeadPose, fit_head_pose, procrustes_align, reprojection_error, rotation_angles_deg, similarity_fit
+from core.data.pose import (HeadPose, fit_head_pose, procrustes_align, reprojection_error,
+                            rotation_angles_deg, similarity_fit, similarity_fits)
 from tests.test_landmarks import CLIPS, RES, tracked
 
 
@@ -114,6 +115,26 @@ def test_similarity_fit_recovers_a_known_transform(dim):
     # a mirrored target still gets a proper rotation (det +1), never a reflection
     _, R_m, _ = similarity_fit(src, dst * np.r_[-1.0, np.ones(dim - 1)])
     assert np.linalg.det(R_m) == pytest.approx(1.0)
+
+
+def test_batched_fits_recover_each_pairs_own_transform():
+    """``similarity_fits`` on a batch: each pair gets its own known scale, rotation and
+    shift back, the same as ``similarity_fit`` of that pair alone (a mirrored pair included)."""
+    _, _, pts, _ = tracked("may_5s.mp4")
+    src = pts[:4].astype(np.float64)
+    Rs = [_rotation_matrix(np.array([0.1 * k, -0.2, 0.05 * k])) for k in range(4)]
+    dst = np.stack([(0.8 + 0.3 * k) * src[k] @ Rs[k].T + k for k in range(4)])
+    dst[3, :, 0] *= -1.0
+    s, R, t = similarity_fits(src, dst)
+    assert s.shape == (4,) and R.shape == (4, 3, 3) and t.shape == (4, 3)
+    for k in range(3):
+        assert s[k] == pytest.approx(0.8 + 0.3 * k, rel=1e-9)
+        assert np.allclose(R[k], Rs[k], atol=1e-9) and np.allclose(t[k], k, atol=1e-6)
+    for k in range(4):
+        one = similarity_fit(src[k], dst[k])
+        assert one[0] == pytest.approx(s[k], rel=1e-12)
+        assert np.allclose(one[1], R[k], atol=1e-12) and np.allclose(one[2], t[k], atol=1e-9)
+    assert np.allclose(np.linalg.det(R), 1.0)
 
 
 def test_procrustes_align_removes_a_per_frame_similarity():

@@ -135,14 +135,28 @@ def similarity_fit(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray,
     Returns:
         ``(s, R, t)``: scale, (D, D) proper rotation (det +1), (D,) translation.
     """
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    U, S, Vt = np.linalg.svd(b.T @ a)
-    D = np.eye(src.shape[1])
-    D[-1, -1] = np.sign(np.linalg.det(U @ Vt))
-    R = U @ D @ Vt
-    s = float((S * np.diag(D)).sum() / max((a**2).sum(), 1e-12))
-    return s, R, md - s * R @ ms
+    s, R, t = similarity_fits(np.asarray(src)[None], np.asarray(dst)[None])
+    return float(s[0]), R[0], t[0]
+
+
+def similarity_fits(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`similarity_fit` of many point-set pairs at once (one batched SVD).
+
+    Args:
+        src, dst: (B, N, D) matching point sets (``dst`` may be (N, D), shared by all).
+    Returns:
+        ``(s, R, t)``: (B,) scales, (B, D, D) proper rotations, (B, D) translations.
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.broadcast_to(np.asarray(dst, np.float64), src.shape)
+    ms, md = src.mean(1), dst.mean(1)
+    a, b = src - ms[:, None], dst - md[:, None]
+    U, S, Vt = np.linalg.svd(np.einsum("bnd,bne->bde", b, a))
+    D = np.ones(S.shape)
+    D[:, -1] = np.sign(np.linalg.det(U @ Vt))
+    R = (U * D[:, None, :]) @ Vt
+    s = (S * D).sum(1) / np.maximum((a ** 2).sum((1, 2)), 1e-12)
+    return s, R, md - s[:, None] * np.einsum("bde,be->bd", R, ms)
 
 
 def procrustes_align(points: np.ndarray, rigid_idx: Sequence[int] = SKULL_LANDMARKS,
@@ -151,7 +165,7 @@ def procrustes_align(points: np.ndarray, rigid_idx: Sequence[int] = SKULL_LANDMA
 
     Each frame is mapped by :func:`similarity_fit` of its ``rigid_idx`` points onto a
     reference (first the middle frame, then the mean of the aligned frames), ``iters``
-    rounds.
+    rounds (all frames of a round in one batched fit, :func:`similarity_fits`).
 
     Args:
         points: (T, N, D) points, D = 3 (removes the full head rotation) or 2 (pixels:
@@ -167,10 +181,8 @@ def procrustes_align(points: np.ndarray, rigid_idx: Sequence[int] = SKULL_LANDMA
     ref = P[n // 2]
     out = P
     for _ in range(max(iters, 1)):
-        out = np.empty_like(P)
-        for i, p in enumerate(P):
-            s, R, t = similarity_fit(p[idx], ref[idx])
-            out[i] = s * p @ R.T + t
+        s, R, t = similarity_fits(P[:, idx], ref[idx])
+        out = s[:, None, None] * (P @ R.transpose(0, 2, 1)) + t[:, None, :]
         ref = out[:n].mean(0)
     return out, ref
 

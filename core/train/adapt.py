@@ -42,7 +42,7 @@ from core.model.avatar import FullFrameFrames, ident_from_tensors, ident_tensors
 from core.data.dataset import ProcessedClip
 from core.errors import InputError
 from core.data.mouth_code import MOUTH_CODE_DIM
-from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY, MOUTH_INIT, Densifier, DensifyConfig
+from core.model.gaussians import FACE_DENSIFY, FACE_INIT, MOUTH_DENSIFY, MOUTH_INIT, Densifier, DensifyConfig
 from core.model.head import Identity, UMF, mouth_dilation
 from core.model.mouth_drive import MouthDrive, ReadoutConfig
 from core.progress import ProgressFn, format_seconds, run_cli_job
@@ -125,6 +125,7 @@ class AdaptConfig:
             scaled by the fraction used: each frame costs about a training step. 0 = every
             training frame.
         mouth_points: mouth Gaussians at initialisation (METHOD §2: 5000).
+        face_points: face Gaussians at initialisation (METHOD §2: 2000).
     """
 
     res: int = 256
@@ -161,6 +162,7 @@ class AdaptConfig:
     unseen_weight: float = UNSEEN_WEIGHT
     unseen_views: int = 32
     mouth_points: int = MOUTH_INIT.n
+    face_points: int = FACE_INIT.n
 
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
@@ -191,8 +193,8 @@ class AdaptConfig:
 #: 400 + 250 + 50 steps, about a quarter of its time; a schedule that annealed every
 #: Gaussian rate 10x over the short stages learned far slower and was dropped
 #: (docs/results/fast_preset.md); ``--resume --preset cpu`` refines a ``fast`` avatar.
-#: ``tiny``: tests (96², the first 3 s of a clip, 1000 mouth Gaussians, the unseen test
-#: on 8 frames).
+#: ``tiny``: tests (96², the first 3 s of a clip, 1000 face and 1000 mouth Gaussians, the
+#: unseen test on 8 frames).
 PRESETS: dict[str, AdaptConfig] = {
     "gpu": AdaptConfig(res=512, face_steps=10000, mouth_steps=10000, fuse_steps=2000, ckpt_every=1000),
     "zerogpu": AdaptConfig(res=512, face_steps=1500, mouth_steps=1000, fuse_steps=200,
@@ -200,7 +202,8 @@ PRESETS: dict[str, AdaptConfig] = {
     "cpu": AdaptConfig(),
     "fast": AdaptConfig(face_steps=400, mouth_steps=250, fuse_steps=50, ckpt_every=100),
     "tiny": AdaptConfig(res=96, seconds=3.0, face_steps=40, mouth_steps=20, fuse_steps=10,
-                        ckpt_every=20, person_steps=40, mouth_points=1000, unseen_views=8),
+                        ckpt_every=20, person_steps=40, mouth_points=1000, face_points=1000,
+                        unseen_views=8),
 }
 #: ``tiny-fast``: the tests' counterpart of ``fast`` (refined to ``tiny``).
 PRESETS["tiny-fast"] = replace(PRESETS["tiny"], face_steps=16, mouth_steps=8, fuse_steps=4)
@@ -500,7 +503,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             prm.requires_grad_(True)
     else:
         ident = Identity(sh_degree=cfg.sh_degree, aligners=has_prior)
-        ident.init_gaussians(pclip.arrays["canonical"], gen, cfg.mouth_points)
+        ident.init_gaussians(pclip.arrays["canonical"], gen, cfg.mouth_points, cfg.face_points)
     umf.to(dev)
     ident.to(dev)
     dgen = device_generator(gen, dev, cfg.seed)
