@@ -14,8 +14,10 @@ segment); ``restart`` writes every segment with timestamps starting at 0; ``mp4`
 each segment as an mp4 (Gradio converts it to .ts itself).
 
 Prints the playlists Gradio served, every segment request, the player's console messages
-(hls.js errors) and the time from the click to the first sample with ``readyState >= 2``
-and to ``currentTime > 0``. Needs /usr/bin/chromium and playwright.
+(hls.js errors), the time from the click to the first sample with ``readyState >= 2`` and
+to ``currentTime > 0``, how long the picture stood still after it started (samples whose
+``currentTime`` did not move while the video was not paused) and when the last segment had
+played out. Needs /usr/bin/chromium and playwright.
 """
 from __future__ import annotations
 
@@ -164,7 +166,8 @@ def main() -> None:
 
     flags = FLAGS + (["--autoplay-policy=no-user-gesture-required"] if args.autoplay_flag
                      else [])
-    first_ready = first_play = None
+    first_ready = first_play = played_out = None
+    samples: list[tuple[float, float, bool]] = []   # (s since the click, currentTime, paused)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
@@ -195,6 +198,10 @@ def main() -> None:
                         first_ready = dt
                     if first_play is None and st["t"] > 0:
                         first_play = dt
+                    samples.append((dt, st["t"], st["paused"]))
+                    if played_out is None and st["paused"] and st["buf"] and st["t"] > 0 \
+                            and st["t"] >= st["buf"][-1][1] - 1e-3:
+                        played_out = dt
                     key = (st["rs"], round(st["t"], 0), st["paused"], st["err"], str(st["buf"]))
                     if key != last:
                         log.append(f"{dt:7.2f}s video: {st}")
@@ -206,6 +213,19 @@ def main() -> None:
     print("\n".join(log))
     print(f"click -> readyState>=2: {first_ready if first_ready is None else f'{first_ready:.2f} s'}")
     print(f"click -> currentTime>0: {first_play if first_play is None else f'{first_play:.2f} s'}")
+    print(f"picture stood still after it started: {stood_still(samples):.2f} s")
+    print(f"click -> last segment played out: "
+          f"{'not within --watch' if played_out is None else f'{played_out:.2f} s'}")
+
+
+def stood_still(samples: list[tuple[float, float, bool]]) -> float:
+    """Seconds between consecutive samples, after playback started, in which ``currentTime``
+    did not move although the video was not paused (a stall)."""
+    total = 0.0
+    for (t0, c0, _), (t1, c1, paused) in zip(samples, samples[1:]):
+        if c0 > 0 and not paused and c1 == c0:
+            total += t1 - t0
+    return total
 
 
 if __name__ == "__main__":
