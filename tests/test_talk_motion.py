@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from core.data.media import read_audio
 from eval.studies.talk_motion import chance_r, frame_loudness, lagged_r
@@ -92,3 +93,22 @@ def test_fields_hear_silence_when_a_mouth_drive_speaks(tiny_avatar: Path, audio_
     av.drive = None
     assert torch.equal(field_audio(av, speech[: 2 * 16000], 50), spoken)
     assert (spoken - held).abs().mean() > 0.5
+
+
+def test_own_motion_measures_the_recorded_lips_against_their_own_loudness(may_clip: Path) -> None:
+    """The recording's side of the table: the aperture FaceMesh reads off the processed
+    clip's frames, correlated with the loudness of the clip's own audio by lag (the same
+    functions as for a render), with its chance level and the recording's offset."""
+    from core.data.dataset import ProcessedClip
+    from core.data.media import iter_frames
+    from eval.studies.talk_motion import aperture, own_motion
+
+    got = own_motion(may_clip)
+    gap, ok = aperture(np.stack(list(iter_frames(may_clip / "frames.mp4", fps=25.0))))
+    loud = frame_loudness(ProcessedClip.load(may_clip).arrays["audio"].numpy(), len(gap))
+    assert ok.mean() > 0.9 and got["std"] == pytest.approx(float(np.nanstd(gap)))
+    assert got["r_lags"] == lagged_r(gap, loud, ok) and set(got["r_lags"]) == set(range(5))
+    assert all(-1.0 <= r <= 1.0 for r in got["r_lags"].values())
+    assert got["r_lags"][got["best_lag"]] == max(got["r_lags"].values())
+    assert got["av_offset"] == ProcessedClip.load(may_clip).av_offset
+    assert 0.0 < got["r_chance"] < 1.0

@@ -6,7 +6,8 @@ For each audio file the avatar is driven (:func:`core.synthesize.synthesize`, no
 and FaceMesh measures the rendered lip aperture per frame (the benchmark's
 :func:`eval.metrics.frames.lip_aperture`: inner-lip gap over the eye-corner distance). The same
 measure on the avatar's own recording (``CLIP_DIR``: its processed clip) gives the person's
-real range. Reported per
+real range, and the same correlation of the recorded lips with the recording's own loudness
+(:func:`own_motion`: what real lips reach on this measure). Reported per
 audio: the rendered aperture's standard deviation over the recording's (``motion ratio``; 1 =
 moves as much as the person does), and the correlation of the rendered aperture with the
 audio's loudness per frame (:func:`core.data.phones.loudness_bands`, overall column), at
@@ -78,15 +79,32 @@ def chance_r(gap: np.ndarray, loud: np.ndarray, ok: np.ndarray, min_shift: int =
     return float(np.percentile(rs, quantile)) if rs else float("nan")
 
 
+def own_motion(clip_dir: Path) -> dict:
+    """The person's recorded lips (a processed clip's frames, FaceMesh as for the renders):
+    aperture ``std`` and ``mean``, and their correlation with the recording's own loudness by
+    lag (``r_lags``, ``best_lag``) with its chance level (``r_chance``), the recording's
+    audio-video offset (``av_offset``, frames, audio late > 0; None where not measured)
+    beside it."""
+    from core.data.dataset import ProcessedClip
+    from core.data.media import iter_frames
+
+    clip = ProcessedClip.load(clip_dir)
+    own, ok = aperture(np.stack(list(iter_frames(clip_dir / "frames.mp4", fps=25.0))))
+    loud = frame_loudness(clip.arrays["audio"].numpy(), len(own))
+    lags = lagged_r(own, loud, ok)
+    return {"std": float(np.nanstd(own)), "mean": float(np.nanmean(own)), "r_lags": lags,
+            "best_lag": max(lags, key=lambda k: lags[k]), "r_chance": chance_r(own, loud, ok),
+            "av_offset": clip.av_offset}
+
+
 def measure(avatar: Path, clip_dir: Path, audios: list[Path], videos: Path | None = None
             ) -> tuple[dict, list[dict]]:
-    """The person's own aperture statistics and one row per audio (see module doc); the Talk
-    renders are kept in ``videos`` when given."""
+    """The person's own lips (:func:`own_motion`) and one row per audio (see module doc); the
+    Talk renders are kept in ``videos`` when given."""
     from core.data.media import iter_frames, read_audio
     from core.synthesize import synthesize
 
-    own, _ = aperture(np.stack(list(iter_frames(clip_dir / "frames.mp4", fps=25.0))))
-    ref = {"std": float(np.nanstd(own)), "mean": float(np.nanmean(own))}
+    ref = own_motion(clip_dir)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) if videos is None else videos
@@ -113,8 +131,13 @@ def write(out: Path, ref: dict, rows: list[dict], avatar: Path) -> None:
 
     from core.atomic import write_bytes, write_text
 
+    offset = "not measured" if ref["av_offset"] is None else f"{ref['av_offset']:+d} frames"
     lines = [f"Avatar `{avatar.name}`; the person's own recording: aperture std {ref['std']:.4f} "
-             f"(mean {ref['mean']:.3f}, inner-lip gap / eye-corner distance).", "",
+             f"(mean {ref['mean']:.3f}, inner-lip gap / eye-corner distance); its lips against "
+             f"its own loudness: r {ref['r_lags'][0]:.2f} at lag 0, best "
+             f"{ref['r_lags'][ref['best_lag']]:.2f} (lag {ref['best_lag']}), chance "
+             f"{ref['r_chance']:.2f} (the recording's audio-video offset: "
+             f"{offset}).", "",
              "| audio | frames | rendered aperture std | motion ratio (rendered / own) | "
              "r with loudness | best r, lags 0-4 (lag) | chance (95 % of \\|r\\|) |",
              "|---|---|---|---|---|---|---|"]
@@ -168,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         ref, rows = measure(a.avatar, a.clip, [*a.audio, *spoken], a.videos)
     a.out.mkdir(parents=True, exist_ok=True)
     write(a.out, ref, rows, a.avatar)
+    own = " ".join(f"{k}:{v:.2f}" for k, v in ref["r_lags"].items())
+    print(f"the recording's own lips: r(loudness) by lag {own}, chance {ref['r_chance']:.2f}")
     for r in rows:
         lags = " ".join(f"{k}:{v:.2f}" for k, v in r["r_lags"].items())
         print(f"{r['audio']}: {r['frames'] / 25:.1f} s, motion ratio {r['ratio']:.2f}, "
