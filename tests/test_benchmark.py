@@ -411,6 +411,8 @@ def test_config_and_methods_are_checked(tmp_path: Path) -> None:
     assert AdaptConfig().av_offset == "recording"
     with pytest.raises(ValueError, match="av_offset"):
         AdaptConfig(av_offset="whole clip")
+    with pytest.raises(ValueError, match="face_points and mouth_points must be at least 1"):
+        BenchmarkConfig(quick=True, adapt_overrides={"face_points": 0}).adapt_config(3.0)
 
 
 def test_a_cell_being_adapted_elsewhere_is_left_alone(tmp_path: Path) -> None:

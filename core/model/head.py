@@ -126,11 +126,10 @@ class Identity(nn.Module):
                        mouth_points: int = MOUTH_INIT.n,
                        face_points: int = FACE_INIT.n) -> "Identity":
         """METHOD §2 initialisation: ``face_points`` (2000) face points uniform in ±0.1,
-        ``mouth_points`` (5000)
-        mouth points in a box half that size. The mouth box is centred on the clip's inner
-        lips, 2 cm behind them, when the canonical FaceMesh shape (478, 3) is given (our
-        origin is the landmark centroid, not the reference's 3DMM origin), else at
-        (0, +0.05, 0) (below centre)."""
+        ``mouth_points`` (5000) mouth points in a box half that size. The mouth box is
+        centred on the clip's inner lips, 2 cm behind them, when the canonical FaceMesh shape
+        (478, 3) is given (our origin is the landmark centroid, not the reference's 3DMM
+        origin), else at (0, +0.05, 0) (below centre)."""
         from core.data.masks import INNER_LIPS
 
         self.face.init_random(face_points, FACE_INIT.center, FACE_INIT.half_extent, generator)

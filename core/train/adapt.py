@@ -167,6 +167,9 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
             raise ValueError(f"av_offset must be one of {AV_OFFSET_SOURCES}, got {self.av_offset!r}")
+        if self.face_points < 1 or self.mouth_points < 1:
+            raise ValueError("face_points and mouth_points must be at least 1, got "
+                             f"{self.face_points} and {self.mouth_points}")
         self.readout  # validates the read-out settings
         self.person  # and the person model's
 
