@@ -16,7 +16,7 @@ Frames are conditioned by a :class:`FrameCond`: camera, 8-frame audio window, ex
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -132,12 +132,12 @@ class Identity(nn.Module):
         origin), else at (0, +0.05, 0) (below centre)."""
         from core.data.masks import INNER_LIPS
 
-        self.face.init_random(face_points, FACE_INIT.center, FACE_INIT.half_extent, generator)
+        self.face.init_box(replace(FACE_INIT, n=face_points), generator)
         center = MOUTH_INIT.center
         if canonical is not None:
             c = canonical[list(INNER_LIPS)].mean(0)
             center = (float(c[0]), float(c[1]), float(c[2]) + 0.02)
-        self.mouth.init_random(mouth_points, center, MOUTH_INIT.half_extent, generator)
+        self.mouth.init_box(replace(MOUTH_INIT, n=mouth_points, center=center), generator)
         return self
 
 

@@ -86,10 +86,9 @@ def own_motion(clip_dir: Path) -> dict:
     audio-video offset (``av_offset``, frames, audio late > 0; None where not measured)
     beside it."""
     from core.data.dataset import ProcessedClip
-    from core.data.media import iter_frames
 
-    clip = ProcessedClip.load(clip_dir)
-    own, ok = aperture(np.stack(list(iter_frames(clip_dir / "frames.mp4", fps=25.0))))
+    clip = ProcessedClip.load(clip_dir)     # decodes frames.mp4 (at 25 fps) once
+    own, ok = aperture(clip.frames.numpy())
     loud = frame_loudness(clip.arrays["audio"].numpy(), len(own))
     lags = lagged_r(own, loud, ok)
     return {"std": float(np.nanstd(own)), "mean": float(np.nanmean(own)), "r_lags": lags,
