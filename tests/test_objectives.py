@@ -1,5 +1,5 @@
 """Training objectives with known answers: the soft head edge and the region-normalised
-opacity term (core.train.objectives)."""
+opacity term, the separable SSIM against the 2-D window (core.train.objectives)."""
 from __future__ import annotations
 
 import pytest
@@ -62,3 +62,26 @@ def test_edge_band_and_masked_l1_known_answers():
     assert float(masked_l1(pred, target, band)) == pytest.approx(0.5)
     assert float(masked_l1(pred, target, ~band)) == 0.0
     assert float(masked_l1(pred, target, torch.zeros_like(band))) == 0.0
+
+
+def test_separable_ssim_equals_the_2d_window(may_clip) -> None:
+    """The training SSIM (two 1-D passes over the five maps at once) equals the 11x11 2-D
+    window's computed in float64, value and gradient, on real frames and their noisy copies,
+    at even and odd sizes and at the smallest size the window fits (closer to it than the
+    float32 2-D form, whose variances lose digits); identical images give exactly 1."""
+    from core.data.dataset import ProcessedClip
+    from core.train.objectives import ssim, ssim_reference
+
+    frames = ProcessedClip.load(may_clip).frames[:2].float() / 255.0  # (2, 128, 128, 3)
+    gen = torch.Generator().manual_seed(0)
+    for a, b in [(frames[0], frames[1]), (frames[0][5:62, 9:40], frames[1][5:62, 9:40]),
+                 (frames[0][:11, :11], frames[1][:11, :11])]:
+        b = (b + 0.05 * torch.randn(b.shape, generator=gen)).clamp(0, 1)
+        x, x64 = a.clone().requires_grad_(True), a.double().requires_grad_(True)
+        s, s64 = ssim(x, b), ssim_reference(x64, b.double())
+        (g,), (g64,) = torch.autograd.grad(s, x), torch.autograd.grad(s64, x64)
+        assert 0.0 < float(s64) < 1.0
+        assert abs(float(s) - float(s64)) < 1e-6
+        assert abs(float(ssim_reference(a, b)) - float(s64)) < 2e-5  # the float32 2-D form
+        assert float((g.double() - g64).abs().max()) < 1e-3 * float(g64.abs().max())
+    assert float(ssim(frames[0], frames[0])) == pytest.approx(1.0, abs=1e-6)

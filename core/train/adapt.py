@@ -196,16 +196,17 @@ class AdaptConfig:
 #: 400 + 250 + 50 steps, about a quarter of its time; a schedule that annealed every
 #: Gaussian rate 10x over the short stages learned far slower and was dropped
 #: (docs/results/fast_preset.md); ``--resume --preset cpu`` refines a ``fast`` avatar.
-#: ``tiny``: tests (96², the first 3 s of a clip, 1000 face and 1000 mouth Gaussians, the
+#: ``tiny``: tests (96², the first 3 s of a clip, 1000 face and 500 mouth Gaussians, the
 #: unseen test on 8 frames).
 PRESETS: dict[str, AdaptConfig] = {
     "gpu": AdaptConfig(res=512, face_steps=10000, mouth_steps=10000, fuse_steps=2000, ckpt_every=1000),
     "zerogpu": AdaptConfig(res=512, face_steps=1500, mouth_steps=1000, fuse_steps=200,
                            ckpt_every=500),
     "cpu": AdaptConfig(),
-    "fast": AdaptConfig(face_steps=400, mouth_steps=250, fuse_steps=50, ckpt_every=100),
+    "fast": AdaptConfig(face_steps=400, mouth_steps=250, fuse_steps=50, ckpt_every=100,
+                        densify_min_start=50, densify_interval=50),
     "tiny": AdaptConfig(res=96, seconds=3.0, face_steps=40, mouth_steps=20, fuse_steps=10,
-                        ckpt_every=20, person_steps=40, mouth_points=1000, face_points=1000,
+                        ckpt_every=20, person_steps=40, mouth_points=500, face_points=1000,
                         unseen_views=8),
 }
 #: ``tiny-fast``: the tests' counterpart of ``fast`` (refined to ``tiny``).

@@ -30,7 +30,29 @@ def _gauss_window(size: int = 11, sigma: float = 1.5,
 
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean SSIM of two (H, W, C) images in [0, 1]: Gaussian window 11x11, sigma 1.5,
-    C1 = 0.01², C2 = 0.03², 'same' zero-padded filtering (the 3DGS training loss form)."""
+    C1 = 0.01², C2 = 0.03², 'same' zero-padded filtering (the 3DGS training loss form).
+
+    The window is the outer product of a 1-D Gaussian, so the five local means are taken
+    in one pass of two 1-D filterings (rows, then columns) over the five maps stacked as
+    channels: 22 instead of 121 multiply-adds per pixel and map. Equal to the 2-D filtering
+    (:func:`ssim_reference`) up to float32 rounding (``tests/test_objectives.py``)."""
+    c = a.shape[-1]
+    g = _gauss_window(window, sigma, a.device).to(a)
+    x, y = a.permute(2, 0, 1), b.permute(2, 0, 1)
+    maps = torch.cat([x, y, x * x, y * y, x * y])[None]  # (1, 5C, H, W)
+    n = maps.shape[1]
+    pad = window // 2
+    f = F.conv2d(maps, g.view(1, 1, 1, window).expand(n, 1, 1, window), padding=(0, pad),
+                 groups=n)
+    f = F.conv2d(f, g.view(1, 1, window, 1).expand(n, 1, window, 1), padding=(pad, 0),
+                 groups=n)
+    mx, my, fxx, fyy, fxy = f[0].split(c)
+    return _ssim_from_moments(mx, my, fxx - mx * mx, fyy - my * my, fxy - mx * my)
+
+
+def ssim_reference(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """:func:`ssim` with the 11x11 window applied as one 2-D filter per map (the plain
+    form; slower)."""
     c = a.shape[-1]
     g = _gauss_window(window, sigma, a.device).to(a)
     w = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
@@ -40,9 +62,12 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
         return F.conv2d(t, w, padding=window // 2, groups=c)
 
     mx, my = filt(x), filt(y)
-    sxx = filt(x * x) - mx * mx
-    syy = filt(y * y) - my * my
-    sxy = filt(x * y) - mx * my
+    return _ssim_from_moments(mx, my, filt(x * x) - mx * mx, filt(y * y) - my * my,
+                              filt(x * y) - mx * my)
+
+
+def _ssim_from_moments(mx: Tensor, my: Tensor, sxx: Tensor, syy: Tensor, sxy: Tensor) -> Tensor:
+    """Mean of the SSIM map from local means ``mx``, ``my``, variances and covariance."""
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
     return s.mean()
