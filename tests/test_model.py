@@ -363,3 +363,34 @@ def test_closing_a_stream_stops_the_render(avatar: Path, audio_dir: Path, tmp_pa
     assert not [t for t in threading.enumerate() if t.name in ("synthesis", "encoder")
                 or t.name.startswith("render")]
     assert n < 500 and not (tmp_path / "out.mp4").exists()  # 20 s = 500 frames: stopped early
+
+
+def test_mouth_stage_on_the_interior_alone_learns_nothing_from_a_closed_mouth(
+        avatar: Path, clips: dict[str, Path]) -> None:
+    """``interior_only``: the mouth stage's photometric term sees only the recorded mouth
+    interior. On a frame whose interior label is empty the mouth Gaussians' colours get no
+    gradient at all (the plain target, flat background over the whole lips box, does push
+    them); on the frame with the most interior they do."""
+    from core.data.masks import Label
+    from core.model.head import HOOK_K_EVAL
+    from core.train.stages import mouth_step
+
+    av = load_avatar(avatar)
+    fr = TrainFrames.from_clip(ProcessedClip.load(clips["may_5s"]), torch.arange(75), av.res,
+                               drive=av.drive)
+    interior = (fr.labels == Label.MOUTH).flatten(1).sum(1)
+    closed, widest = int(torch.nonzero(interior == 0)[0]), int(interior.argmax())
+    assert int(interior[widest]) > 20
+    bg = torch.tensor([0.2, 0.7, 0.4])
+
+    def colour_grad(j: int, interior_only: bool) -> float:
+        colours = av.ident.mouth.sh_dc
+        colours.grad = None
+        colours.requires_grad_(True)
+        mouth_step(av.umf, av.ident, fr, j, bg, HOOK_K_EVAL,
+                   interior_only=interior_only).loss.backward()
+        return float(colours.grad.abs().sum()) if colours.grad is not None else 0.0
+
+    assert colour_grad(closed, True) == 0.0
+    assert colour_grad(closed, False) > 0.0
+    assert colour_grad(widest, True) > 0.0

@@ -10,7 +10,7 @@ from core.model.motion_field import (
     EMA, FACE_PLANES, MOUTH_PLANES, AudioAttention, AudioConfig, AudioEncoder, AudioNet,
     ExpressionEncoder, FaceMotionField, FaceUMF, Motion, MotionAligner, MouthMotionField,
     MouthUMF, PersonalizedField, TriPlaneConfig, TriPlaneEncoder, aligned_motion,
-    audio_windows, face_mouth_hook, motion_magnitude_loss,
+    audio_windows, bound_offset, face_mouth_hook, motion_magnitude_loss,
     negative_contrast_loss, sample_hook_k)
 
 
@@ -385,3 +385,36 @@ def test_umf_branches_end_to_end():
     # generic aligner on the mouth field
     mal = aligned_motion(mouth.field, MotionAligner(MOUTH_PLANES), mouth_g.means[:10], a, hook)
     assert mal.d_xyz.shape == (10, 3) and mal.p_scale.shape == (10, 3)
+
+
+def test_mouth_offsets_are_bounded_when_asked_and_reset_to_none():
+    """``bound_offset``: the identity without a bound, about the identity for small offsets,
+    never beyond the bound, order kept; a mouth field with ``max_offset`` applies it to its
+    whole Δxyz (code basis included); :func:`reset_mouth_offsets` makes every offset 0."""
+    from core.model.head import UMF
+    from core.train.adapt import reset_mouth_offsets
+
+    d = torch.tensor([[-1.0, -0.02, -1e-4], [0.0, 1e-4, 0.02], [0.3, 5.0, -5.0]])
+    assert torch.equal(bound_offset(d, None), d)
+    b = bound_offset(d, 0.02)
+    assert torch.allclose(b[d.abs() <= 1e-4], d[d.abs() <= 1e-4], rtol=1e-6)
+    assert float(b.abs().max()) < 0.02 and float(b[2, 1]) == pytest.approx(0.02, rel=1e-6)
+    assert float(b[0, 1]) == pytest.approx(-0.02 * float(torch.tanh(torch.tensor(1.0))))
+    flat = d.flatten().sort().values
+    assert bool((bound_offset(flat, 0.02).diff() >= 0).all())  # never reorders (ties saturate)
+
+    umf = UMF(80, code_dim=4)
+    f = umf.mouth.field
+    with torch.no_grad():
+        f.mlp[-1].weight.normal_(0, 50.0)                 # offsets of metres, as a broken prior
+        f.code_basis.mlp[-1].weight.normal_(0, 50.0)
+    xyz, code = torch.rand(30, 3) * 0.04 - 0.02, torch.randn(4)
+    audio_dim = f.mlp[0].in_features - f.encoder.out_dim - 3   # the audio code + code features
+    args = (xyz, torch.randn(audio_dim), torch.tensor([0.7, -3.0, 3.7]))
+    free = f(*args, code=code).d_xyz
+    assert float(free.abs().max()) > 0.1
+    f.max_offset = 0.02
+    held = f(*args, code=code).d_xyz
+    assert torch.allclose(held, bound_offset(free, 0.02)) and float(held.abs().max()) < 0.02
+    reset_mouth_offsets(umf)
+    assert torch.equal(f(*args, code=code).d_xyz, torch.zeros(30, 3))

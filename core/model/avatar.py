@@ -166,6 +166,8 @@ def save_avatar(out: str | os.PathLike, umf: UMF, ident: Identity, viewmats: Ten
         tensors = {**ident_tensors(ident), **checkpoint.module_tensors(umf, "umf."),
                    "viewmats": viewmats, "K": K, "expr": expr}
         extra: dict[str, Any] = {"code_dim": umf.code_dim}
+        if umf.mouth.field.max_offset is not None:
+            extra["mouth_max_offset"] = umf.mouth.field.max_offset
         if drive is not None:
             tensors.update(drive.tensors())
             extra["drive"] = drive.meta()
@@ -212,6 +214,7 @@ def load_avatar(folder: str | os.PathLike) -> Avatar:
     t, meta = checkpoint.load(root / "model.safetensors", kind=KIND)
     umf = UMF(int(meta["audio_dim"]), int(meta.get("code_dim", 0)))
     umf.load_state_dict(checkpoint.prefixed(t, "umf."))
+    umf.mouth.field.max_offset = meta.get("mouth_max_offset")  # None: made before the bound
     drive = MouthDrive.from_tensors(t, meta["drive"]) if "drive" in meta else None
     ident = ident_from_tensors(t)
     plates = np.stack(list(iter_frames(root / "plates.mp4", fps=25.0)))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from core.model.gaussians import FACE_INIT, MOUTH_INIT, GaussianConfig, GaussianSet
 from core.model.motion_field import (AudioConfig, FaceUMF, Motion, MotionAligner, MouthUMF,
                                PersonalizedField, aligned_motion, face_mouth_hook, HOOK_K_EVAL, MOUTH_PLANES,
-                               mouth_axis_weights)
+                               mouth_axis_weights, bound_offset)
 from core.raster.projection import camera_center
 from core.raster.sh import sh_to_rgb
 from core.raster.render import RenderOutput, rasterize
@@ -382,6 +382,7 @@ class InferenceHead:
         d = d * self.mouth_axis * s
         if self.mouth_basis is not None:
             d = d + torch.einsum("nkc,bc->bnk", self.mouth_basis, code.to(d)) * self.mouth_axis
+        d = bound_offset(d, umf.mouth.field.max_offset)
         if self.mouth_p_scale is not None:
             d = d * self.mouth_p_scale
         return FrameMotions(face_means=face_means, face_quats=face_quats,

@@ -434,6 +434,14 @@ class MouthFieldConfig:
     code_hidden: int = 32
 
 
+def bound_offset(d: Tensor, max_offset: float | None) -> Tensor:
+    """Δxyz (…, 3) metres held within ``max_offset`` per axis, smoothly:
+    ``max_offset * tanh(d / max_offset)`` (about ``d`` for small offsets); None: unchanged."""
+    if max_offset is None:
+        return d
+    return max_offset * torch.tanh(d / max_offset)
+
+
 def mouth_axis_weights(c: MouthFieldConfig, ref: Tensor) -> Tensor:
     """(3,) per-axis weights of the mouth field's Δxyz (lateral axes damped), like ``ref``."""
     return ref.new_tensor([c.lateral_scale, 1.0, c.lateral_scale]) * c.xyz_scale
@@ -449,6 +457,9 @@ class MouthMotionField(nn.Module):
     def __init__(self, config: MouthFieldConfig = MouthFieldConfig()) -> None:
         super().__init__()
         self.config = c = config
+        #: Δxyz held within this many metres per axis (:func:`bound_offset`); None: unbounded
+        #: (priors and avatars made before the bound). Set per avatar, saved in its metadata.
+        self.max_offset: float | None = None
         self.encoder = TriPlaneEncoder(c.planes)
         e = self.encoder.out_dim
         self.mlp = MLP([e + c.audio_dim + c.hook_dim, c.hidden, c.hidden, 3])
@@ -469,7 +480,7 @@ class MouthMotionField(nn.Module):
             d, s = d[0], s[0]
         if self.code_basis is not None:
             d = d + self.code_basis(enc, code) * mouth_axis_weights(self.config, d)
-        return Motion(d_xyz=d, scaler=s)
+        return Motion(d_xyz=bound_offset(d, self.max_offset), scaler=s)
 
 
 # ---------------------------------------------------------------------------------------------

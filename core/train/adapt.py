@@ -126,6 +126,16 @@ class AdaptConfig:
             training frame.
         mouth_points: mouth Gaussians at initialisation (METHOD §2: 5000).
         face_points: face Gaussians at initialisation (METHOD §2: 2000).
+        mouth_interior_only: the mouth stage's photometric term counts the recorded mouth
+            interior only (elsewhere in the lips box the face layer covers the mouth in the
+            composite); False: the flat background is asked for there too, which pushes
+            every mouth Gaussian to transparency (docs/results/mouth_interior.md).
+        mouth_max_offset: the mouth field's Δxyz held within this many metres per axis
+            (2 cm: :func:`core.model.motion_field.bound_offset`), saved with the avatar; None
+            = unbounded. Unbounded, the shipped prior's mouth field moved the mouth Gaussians
+            10-40 cm, out of the picture, where nothing could correct them.
+        mouth_field_reset: zero the prior's mouth-field output layers before adapting
+            (:func:`reset_mouth_offsets`): the mouth Gaussians start in the mouth.
     """
 
     res: int = 256
@@ -163,6 +173,9 @@ class AdaptConfig:
     unseen_views: int = 32
     mouth_points: int = MOUTH_INIT.n
     face_points: int = FACE_INIT.n
+    mouth_interior_only: bool = True
+    mouth_max_offset: float | None = 0.02
+    mouth_field_reset: bool = True
 
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
@@ -394,6 +407,17 @@ def load_prior(path: str | os.PathLike, spec: AudioFeatureSpec | None = None,
     return umf, meta
 
 
+def reset_mouth_offsets(umf: UMF) -> None:
+    """Zero the mouth field's output layers (the Δxyz MLP's last layer and the code basis's):
+    every mouth Gaussian starts where it is, and the field learns its motion from there."""
+    f = umf.mouth.field
+    with torch.no_grad():
+        f.mlp[-1].weight.zero_()
+        if f.code_basis is not None:
+            f.code_basis.mlp[-1].weight.zero_()
+            f.code_basis.mlp[-1].bias.zero_()
+
+
 def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathLike | None,
           cfg: AdaptConfig | None = None, progress: ProgressFn | None = None,
           resume: bool = False, work: str | os.PathLike | None = None,
@@ -485,6 +509,10 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         umf, prior_meta = load_prior(prior, spec, MOUTH_CODE_DIM if cfg.mouth_code else 0)
     else:
         umf, prior_meta = UMF(spec.dim, MOUTH_CODE_DIM if cfg.mouth_code else 0), None
+    if base is None:
+        umf.mouth.field.max_offset = cfg.mouth_max_offset
+        if cfg.mouth_field_reset and start_at["mouth"] == 0:
+            reset_mouth_offsets(umf)
     if not umf.code_dim:
         drive = None
     elif base is not None:
@@ -615,7 +643,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
                     j = curriculum.mouth()
                     k = sample_hook_k(True, gen)
                     r = mouth_step(umf, ident, frames, j, bg, k, use_aligner=aligner_on,
-                                   tracked=tracked)
+                                   tracked=tracked, interior_only=cfg.mouth_interior_only)
                 else:
                     j = curriculum.uniform()
                     r = fuse_step(umf, ident, frames, j, dilate=mouth_dilation(frames.res),

@@ -283,9 +283,11 @@ def face_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor
 def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tensor, hook_k: int,
                static: bool = False, use_aligner: bool = True,
                contrast_fields: list | None = None, contrast_weight: float = 1.0,
-               tracked: bool = True) -> StepResult:
+               tracked: bool = True, interior_only: bool = False) -> StepResult:
     """Mouth stage loss for frame ``j``: the mouth interior inside the lips box (see module
-    doc); the face field only supplies the hook (no gradient)."""
+    doc); the face field only supplies the hook (no gradient). ``interior_only``: only the
+    recorded interior's pixels count (elsewhere in the box the face layer covers the mouth
+    in the composite), instead of asking for the flat background there too."""
     from core.model.head import personal_mouth_offsets
     from core.model.motion_field import negative_contrast_loss
 
@@ -301,6 +303,10 @@ def mouth_step(umf: UMF, ident: Identity, frames: TrainFrames, j: int, bg: Tenso
     y0, y1, x0, x1 = _lips_crop(frames, j)
     inside = torch.zeros_like(mouth)
     inside[y0:y1, x0:x1] = True
+    if interior_only:
+        # pixels off the recorded interior are the face layer's (it is opaque there and
+        # covers the mouth in the composite): no error, no gradient
+        pred = torch.where(mouth[..., None], pred, target)
     loss = box_photometric(pred, target, (y0, y1, x0, x1))
     loss = loss + MOUTH_OUTSIDE_WEIGHT * (out.alpha[..., 0] * (~inside).to(pred)).mean()
     logs = {}
