@@ -363,3 +363,23 @@ def test_aperture_r_on_real_frames(may_track):
     # the same mouth 5 frames (0.2 s) late does not follow the recording
     late = aperture_scores(pts[5:], pts[:-5])
     assert late.r < 0.3 and late.spread == pytest.approx(1.0, abs=0.1)
+
+
+def test_mouth_crops_pick_the_widest_open_frames_and_centre_the_lips() -> None:
+    """``eval.studies.mouth_crops``: frames ranked by the inner-lip gap (no face last), the crop
+    centred on the outer lips and sized by the eye distance, clipped to the frame."""
+    from core.data.masks import OUTER_LIPS
+    from eval.metrics.frames import EYE_CORNERS, INNER_LIP_PAIRS
+    from eval.studies.mouth_crops import lips_box, widest_open
+
+    pts = np.zeros((5, 478, 3))
+    pts[:, EYE_CORNERS[0], :2], pts[:, EYE_CORNERS[1], :2] = (100, 100), (150, 100)  # 50 px
+    pts[:, list(OUTER_LIPS), :2] = (125, 160)
+    for t, gap in enumerate([2.0, 9.0, 0.0, 5.0, 1.0]):
+        for a, b in INNER_LIP_PAIRS:
+            pts[t, a, :2], pts[t, b, :2] = (125, 160 - gap / 2), (125, 160 + gap / 2)
+    pts[4] = np.nan                                   # no face found
+    assert widest_open(pts, 3).tolist() == [1, 3, 0]
+    assert widest_open(pts, 5)[-1] == 4
+    assert lips_box(pts[0], 256) == (105, 144, 145, 176)   # 40 x 32 px around (125, 160)
+    assert lips_box(pts[0], 170) == (105, 144, 145, 170)   # clipped at the frame's edge
