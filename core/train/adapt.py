@@ -206,7 +206,8 @@ class AdaptConfig:
 #: measurement: docs/results/gpu.md). ``cpu``: 256², about 5 min for a 5 s clip on two idle
 #: cores (see docs/ARCHITECTURE.md for the measured step times). ``fast``: the ``cpu``
 #: schedule's shape (warm-up, decay, densification window as fractions of each stage) in
-#: 400 + 250 + 50 steps, about a quarter of its time; a schedule that annealed every
+#: 400 + 250 + 50 steps, densifying every 50 steps from step 50 (twice as often: it kept a
+#: tenth of ``cpu``'s Gaussians otherwise), about a quarter of its time; a schedule that annealed every
 #: Gaussian rate 10x over the short stages learned far slower and was dropped
 #: (docs/results/fast_preset.md); ``--resume --preset cpu`` refines a ``fast`` avatar.
 #: ``tiny``: tests (96², the first 3 s of a clip, 1000 face and 500 mouth Gaussians, the
