@@ -510,9 +510,9 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         umf, prior_meta = load_prior(prior, spec, MOUTH_CODE_DIM if cfg.mouth_code else 0)
     else:
         umf, prior_meta = UMF(spec.dim, MOUTH_CODE_DIM if cfg.mouth_code else 0), None
-    if base is None:
+    if base is None:  # a refine keeps the avatar's own mouth field and bound
         umf.mouth.field.max_offset = cfg.mouth_max_offset
-        if cfg.mouth_field_reset and start_at["mouth"] == 0:
+        if cfg.mouth_field_reset:
             reset_mouth_offsets(umf)
     if not umf.code_dim:
         drive = None

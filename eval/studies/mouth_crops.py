@@ -16,6 +16,7 @@ looking at, not for committing.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -69,8 +70,11 @@ def mouth_crops(clip_dir: Path, runs: list[Path], method: str = "instag",
     if any(r.shape != renders[0].shape for r in renders):
         raise ValueError("the runs' renders differ in size or length: "
                          f"{[r.shape for r in renders]}")
-    recorded = _recorded(clip_dir, Path(runs[0]), cell, n, res)
-    points, _ = landmarks(recorded, Path(runs[0]) / "cache" / f"{cell}_recorded_{res}px.npz")
+    start = int(json.loads((Path(runs[0]) / "cells" / f"{cell}.json").read_text())["test_start"])
+    recorded = _recorded(clip_dir, start, n, res)
+    # the benchmark's own landmark cache of these frames (same frames, same file: read back)
+    points, _ = landmarks(recorded, Path(runs[0]) / "cache"
+                          / f"{clip_dir.name}_test{start}-{start + n}_{res}px.npz")
     rows = []
     for k in widest_open(points, frames):
         x0, y0, x1, y1 = lips_box(points[k], res)
@@ -82,24 +86,24 @@ def mouth_crops(clip_dir: Path, runs: list[Path], method: str = "instag",
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], 0)
 
 
-def _recorded(clip_dir: Path, run: Path, cell: str, n: int, res: int) -> np.ndarray:
-    """The recorded held-out frames (n, res, res, 3) uint8 the run's renders stand for."""
-    import json
-
-    import cv2
+def _recorded(clip_dir: Path, start: int, n: int, res: int) -> np.ndarray:
+    """The recorded held-out frames (n, res, res, 3) uint8 the run's renders stand for, made
+    as the benchmark makes them (:meth:`core.train.stages.TrainFrames.from_clip`: area
+    resize in [0, 1], then :func:`eval.bench.protocol.ground_truth`'s rounding)."""
+    import torch
+    import torch.nn.functional as F
 
     from core.data.dataset import ProcessedClip
 
-    row = json.loads((run / "cells" / f"{cell}.json").read_text())
-    start = int(row["test_start"])
     clip = ProcessedClip.load(clip_dir)
-    frames = clip.frames[start:start + n].numpy()
+    frames = clip.frames[start:start + n]
     if frames.shape[0] != n:
         raise ValueError(f"{clip_dir} has {clip.num_frames} frames; the run's test span is "
                          f"{n} frames from {start}: not the same clip")
-    if frames.shape[1] != res:
-        frames = np.stack([cv2.resize(f, (res, res), interpolation=cv2.INTER_AREA) for f in frames])
-    return frames
+    if frames.shape[1] == res:
+        return frames.numpy()
+    x = F.interpolate(frames.permute(0, 3, 1, 2).float() / 255.0, size=(res, res), mode="area")
+    return (x.permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
