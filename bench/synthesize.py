@@ -2,12 +2,14 @@
 side in one process (frames per second end to end, their ratio, and how far apart their
 frames are), and optionally where the per-frame path spends its time. With ``--frames crop
 full``: full-frame output against crop output instead (fast path), side by side in one
-run, each synthesis in a fresh process so its peak memory is its own.
+run, each synthesis in a fresh process so its peak memory is its own; ``@native`` draws the
+head at the crop box's own side up to 512 px (``head_res='native'``, the GPU default), the
+others at the avatar's res (the CPU default).
 
     python -m bench.synthesize --avatar AVATAR [--audio ../shared/data/audio/en_radio31.wav]
                                [--threads 1 2] [--seconds S] [--profile]
-    python -m bench.synthesize --avatar AVATAR --frames crop full [full:box] [--threads 2] [--seconds S]
-                               [--audio-seconds 120]
+    python -m bench.synthesize --avatar AVATAR --frames crop full [full:box] [full@native]
+                               [--threads 2] [--seconds S] [--audio-seconds 120]
     python -m bench.synthesize --avatar AVATAR --first-segment 7.4 30 120 [--threads 2]
                                [--frame crop|full] [--repeats 3]
 
@@ -68,7 +70,7 @@ def _rss_mb() -> tuple[float, float]:
 
 
 def _frame_child(avatar: str, audio: str, out: str, threads: int, frame: str, blend: str,
-                 seconds: float | None, q) -> None:
+                 seconds: float | None, q, head_res: str = "avatar") -> None:
     """One synthesis in a fresh process: puts (wall s, CPU s, frames, size, frame made, RSS
     before MB, peak RSS MB, face sharpness ratio) on ``q``."""
     from eval.bench.full_res import talk_sharpness
@@ -78,7 +80,7 @@ def _frame_child(avatar: str, audio: str, out: str, threads: int, frame: str, bl
     before, _ = _rss_mb()
     w0, c0 = time.perf_counter(), time.process_time()
     r = synthesize(av, audio, out, duration=seconds, talk=TalkConfig(workers=threads),
-                   frame=frame, blend=blend)
+                   frame=frame, blend=blend, head_res=head_res)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     peak = _rss_mb()[1]
     sharp = talk_sharpness(Path(out), av) if av.full is not None else float("nan")
@@ -116,15 +118,17 @@ def compare_frames(avatar: Path, audio: Path, frames: list[str], threads: list[i
     with tempfile.TemporaryDirectory() as tmp:
         for n in threads:
             for mode in frames:
+                mode, _, head = mode.partition("@")
                 frame, _, blend = mode.partition(":")
                 q = ctx.Queue()
                 proc = ctx.Process(target=_frame_child, args=(
-                    str(avatar), str(audio), str(Path(tmp) / f"{frame}_{blend}_{n}.mp4"), n,
-                    frame, blend or "lower-face", seconds, q))
+                    str(avatar), str(audio), str(Path(tmp) / f"{frame}_{blend}_{head}_{n}.mp4"),
+                    n, frame, blend or "lower-face", seconds, q, head or "avatar"))
                 proc.start()
                 wall, cpu, T, size, made, before, peak, sharp = q.get()
                 proc.join()
                 label = made if made == "crop" else f"{made}:{blend or 'lower-face'}"
+                label += "@native" if head == "native" and made != "crop" else ""
                 print(f"{n:>7} {label:>17} {size[0]:>4}x{size[1]:<5} {T:>6} {wall:>7.1f} "
                       f"{T / wall:>6.2f} {cpu:>7.1f} {T / cpu:>12.2f} {before:>7.0f} "
                       f"{peak:>8.0f} {peak - before:>9.0f} {sharp:>9.2f}", flush=True)
@@ -264,9 +268,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--seconds", type=float, default=None, help="use the first S s of audio")
     p.add_argument("--profile", action="store_true", help="per-stage CPU time, one thread")
-    p.add_argument("--frames", nargs="+", choices=("crop", "full", "full:box"), default=None,
+    p.add_argument("--frames", nargs="+", default=None,
+                   choices=("crop", "full", "full:box", "full@native", "full:box@native"),
                    help="compare these output frames (fast path) instead of the two paths "
-                   "(full = full:lower-face)")
+                   "(full = full:lower-face; @native: the head drawn at the box's own side)")
     p.add_argument("--audio-seconds", type=float, default=None,
                    help="with --frames: the audio repeated to this length (a long Talk)")
     p.add_argument("--first-segment", type=float, nargs="+", default=None, metavar="S",

@@ -118,6 +118,49 @@ class TalkConfig:
 FRAME_MODES = ("full", "crop")
 #: What ``blend=`` accepts in full-frame mode (see :func:`full_frame_alpha`).
 BLEND_MODES = ("lower-face", "box")
+#: What ``head_res=`` accepts besides a side in pixels (see :func:`head_resolution`).
+HEAD_RES_MODES = ("auto", "avatar", "native")
+#: The largest head render of ``head_res='native'`` (px): the crop box's own side up to this.
+MAX_HEAD_RES = 512
+
+
+def check_head_res(head_res: str | int) -> str | int:
+    """``head_res`` as :func:`head_resolution` takes it (digits become an int).
+
+    Raises:
+        ValueError: neither one of :data:`HEAD_RES_MODES` nor a side of 16-2048 px."""
+    if isinstance(head_res, str) and head_res.isdigit():
+        head_res = int(head_res)
+    if isinstance(head_res, int) and not isinstance(head_res, bool):
+        if not 16 <= head_res <= 2048:
+            raise ValueError(f"head_res must be 16-2048 px, got {head_res}")
+        return head_res
+    if head_res not in HEAD_RES_MODES:
+        raise ValueError(f"head_res must be one of {HEAD_RES_MODES} or a side in pixels "
+                         f"(16-2048), got {head_res!r}")
+    return head_res
+
+
+def head_resolution(av: Avatar, frame: str, head_res: str | int, device: torch.device) -> int:
+    """The side (px) of the square the head is rendered at.
+
+    ``'avatar'``: the avatar's own ``res``. ``'native'``: in full-frame output, the crop
+    box's side at the output size (a 512² source's box is 512 px, a 1080p one's about
+    830), at most :data:`MAX_HEAD_RES` and never below the avatar's ``res``: the head is
+    drawn with the pixels it will have on screen instead of upscaled. ``'auto'`` (the
+    default): ``'native'`` on a GPU, ``'avatar'`` on a CPU, where a 512² head costs several
+    times a 256² one and Talk would fall behind real time. An int: that side (16-2048).
+    Crop output always has the avatar's ``res`` (its size is the crop's)."""
+    head_res = check_head_res(head_res)
+    if frame != "full" or av.full is None:
+        return av.res
+    if isinstance(head_res, int):
+        return head_res
+    if head_res == "auto":
+        head_res = "native" if device.type != "cpu" else "avatar"
+    if head_res == "avatar":
+        return av.res
+    return max(av.res, min(MAX_HEAD_RES, int(av.full.side)))
 
 
 @dataclass
@@ -405,14 +448,16 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
                talk: TalkConfig = TalkConfig(),
                device: str | torch.device | None = "auto",
                synthetic_voice: str | None = None, frame: str = "full",
-               blend: str = "lower-face") -> SynthesisResult:
+               blend: str = "lower-face", head_res: str | int = "auto") -> SynthesisResult:
     """Render the avatar speaking ``audio`` into an mp4 with the audio muxed in.
 
     ``frame``: ``'full'`` (default): the recording's own frame size and aspect (long side
     at most 1920 px), the rendered head put back into the crop box over the avatar's
     recorded frames looped (:func:`full_frames`, ``blend`` as :func:`full_frame_alpha`);
     an avatar without the recorded frames renders the crop instead and the result's
-    ``note`` says why. ``'crop'``: the avatar's ``res x res`` square.
+    ``note`` says why. ``'crop'``: the avatar's ``res x res`` square. ``head_res``: the
+    side the head is rendered at in full-frame output (:func:`head_resolution`; default:
+    the crop box's own side up to 512 px on a GPU, the avatar's ``res`` on a CPU).
 
     ``device``: where the frames render (:func:`core.device.resolve_device`); the audio
     front end and the mouth drive run on the CPU once, their outputs move to the device once,
@@ -443,6 +488,7 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
         raise ValueError(f"frame must be one of {FRAME_MODES}, got {frame!r}")
     if blend not in BLEND_MODES:
         raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    head_res = check_head_res(head_res)
     dev = resolve_device(device)
     # limits first, from the headers (nothing decoded yet), then a decode capped at them
     limits = DEFAULT_LIMITS.with_seconds(max_seconds if duration is None else math.inf)
@@ -454,6 +500,7 @@ def synthesize(avatar: str | os.PathLike | Avatar, audio: str | os.PathLike,
     if frame == "full" and av.full is None:
         frame, note = "crop", av.full_note or "this avatar renders the crop only"
     size = (av.full.width, av.full.height) if frame == "full" else (av.res, av.res)
+    av = av.at_res(head_resolution(av, frame, head_res, dev))
     seconds = wav.shape[0] / 16000
     name = Path(audio).name
     if seconds < 0.2 or not np.any(np.abs(wav) > 1e-4):
@@ -624,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="full frame only: lower-face (default) renders only what the audio "
                    "drives and keeps the recording's sharper pixels elsewhere; box: the whole "
                    "rendered crop with a feathered edge")
+    p.add_argument("--head-res", default="auto", metavar="auto|avatar|native|PX",
+                   help="full frame only: the side the head is rendered at; native: the crop "
+                   f"box's own side up to {MAX_HEAD_RES} px (sharper on larger sources), avatar: "
+                   "the avatar's own (fastest), auto (default): native on a GPU, avatar on a CPU")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
     if "--list-voices" in (sys.argv[1:] if argv is None else argv):  # needs no avatar
@@ -636,15 +687,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give either AUDIO or --text")
     if a.audio is not None and (a.voice or a.lang or a.rate != 1.0):
         p.error("--voice, --lang and --rate go with --text")
+    try:
+        a.head_res = check_head_res(a.head_res)
+    except ValueError as e:
+        p.error(str(e))
     if a.text is None:
         job = lambda bar: synthesize(a.avatar, a.audio, a.out, bar, a.max_seconds,  # noqa: E731
                                      mark=not a.no_mark, stream_dir=a.stream, device=a.device,
-                                     frame=a.frame, blend=a.blend)
+                                     frame=a.frame, blend=a.blend, head_res=a.head_res)
     else:
         job = lambda bar: synthesize_text(a.avatar, a.text, a.out, a.voice, a.lang,  # noqa: E731
                                           a.rate, bar, a.max_seconds, mark=not a.no_mark,
                                           stream_dir=a.stream, device=a.device,
-                                          frame=a.frame, blend=a.blend)
+                                          frame=a.frame, blend=a.blend,
+                                          head_res=a.head_res)
     with raster_backend(a.raster):
         r, code = run_cli_job(job)
     if code:

@@ -275,21 +275,26 @@ def write_outputs(rows: list[dict], methods: list[str], train_seconds: list[floa
 
 
 def write_full_res(out: Path, clips: list[Path], methods: list[str],
-                   train_seconds: list[float], cfg: BenchmarkConfig, stride: int = 1) -> str:
+                   train_seconds: list[float], cfg: BenchmarkConfig, stride: int = 1,
+                   head: str = "stored", progress: ProgressFn | None = None) -> str:
     """Score the stored renders at the source's size (:mod:`eval.bench.full_res`, every
-    ``stride``-th held-out frame); writes ``full_res.md`` / ``full_res.csv`` under ``out`` and
-    returns the table."""
+    ``stride``-th held-out frame; ``head='native'``: the avatars' heads drawn again at the
+    crop box's own side); writes ``full_res.md`` / ``full_res.csv`` under ``out`` (with
+    ``head='native'``: ``full_res_native.md`` / ``.csv``) and returns the table."""
     from eval.bench.full_res import full_res_markdown, full_res_rows, write_full_res_csv
 
     dirs = {(c.name if c.is_dir() else c.stem): (c if c.is_dir() else out / "clips" / c.stem)
             for c in clips}
     rows = full_res_rows(out, dirs, methods, [float(s) for s in train_seconds],
-                         cfg.test_seconds, stride=stride)
+                         cfg.test_seconds, progress=progress, stride=stride, head=head)
+    how = ("the adapted heads drawn again at the crop box's own side (up to 512 px)"
+           if head == "native" else "the stored renders")
     md = ("# Scores at the source's resolution\n\nEach held-out render put back into the "
           "recorded frame's crop box at the source's size (long side at most 1920 px); "
-          "see eval/bench/full_res.py.\n\n" + full_res_markdown(rows))
-    write_text(out / "full_res.md", md)
-    write_full_res_csv(rows, out / "full_res.csv")
+          f"{how}; see eval/bench/full_res.py.\n\n" + full_res_markdown(rows))
+    stem = "full_res_native" if head == "native" else "full_res"
+    write_text(out / f"{stem}.md", md)
+    write_full_res_csv(rows, out / f"{stem}.csv")
     return md
 
 
@@ -329,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. mouth_code=false); use a separate --out per variant")
     p.add_argument("--full-res", action="store_true",
                    help="also score the renders at the source's size (full_res.md / .csv)")
+    p.add_argument("--full-res-head", choices=("stored", "native"), default="stored",
+                   help="with --full-res: stored (default) scores the renders at the "
+                        "evaluation resolution resized into the box; native draws the "
+                        "adapted heads again at the box's own side up to 512 px, as "
+                        "full-frame Talk does on a GPU (full_res_native.md / .csv)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--raster", choices=RASTER_CHOICES, default="auto", help=RASTER_HELP)
     a = p.parse_args(argv)
@@ -367,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     print(r.table_md)
     print(f"results: {r.csv_path}; plots: {', '.join(map(str, r.plots))}")
     if a.full_res:
-        print(write_full_res(Path(a.out), [Path(c) for c in a.clips], a.methods,
-                             a.train_seconds, cfg))
+        with ProgressBar() as bar:
+            md = write_full_res(Path(a.out), [Path(c) for c in a.clips], a.methods,
+                                a.train_seconds, cfg, head=a.full_res_head, progress=bar)
+        print(md)
     bad = [row for row in r.rows if row.get("status") != "ok"]
     for row in bad:
         print(f"\n{row['clip']} {row['method']} {float(row['train_seconds']):g} s: "

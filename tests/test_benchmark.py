@@ -378,6 +378,17 @@ def test_full_res_scores_the_stored_renders_at_the_source_size(bench: dict) -> N
     assert float(inst["psnr_head"]) < float(inst["psnr_head_ceiling"])
     assert 0 < float(inst["sharpness"]) < 1 and 0 < float(inst["sharpness_ceiling"]) <= 1.01
     assert 0 < float(inst["ssim_head"]) < 1 and math.isfinite(float(inst["psnr_seam"]))
+    # --full-res-head native: the avatar's head drawn again at the box's side (512), the
+    # same held-out frames; a method without an avatar keeps its stored render
+    md2 = write_full_res(bench["out"], [bench["out"] / "clips" / "may_5s"], ["instag", "loop"],
+                         [TRAIN], cfg, stride=10, head="native")
+    assert (bench["out"] / "full_res.md").read_text() == md            # untouched
+    assert (bench["out"] / "full_res_native.md").read_text() == md2 and "drawn again" in md2
+    nat, loop = list(csv.DictReader(io.StringIO(
+        (bench["out"] / "full_res_native.csv").read_text())))
+    assert (int(nat["res"]), int(loop["res"]), int(nat["frames"])) == (512, 96, 5)
+    assert abs(float(nat["psnr_head"]) - float(inst["psnr_head"])) < 1.5   # the same head
+    assert nat["psnr_head_ceiling"] == inst["psnr_head_ceiling"]
 
 
 def test_config_and_methods_are_checked(tmp_path: Path) -> None:

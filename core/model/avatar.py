@@ -26,7 +26,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
@@ -112,6 +112,33 @@ class Avatar:
     @property
     def device(self) -> torch.device:
         return self.viewmats.device
+
+    def at_res(self, res: int) -> "Avatar":
+        """This avatar rendering ``res x res`` crops instead of its own ``meta['res']``: the
+        same model (shared, not copied), the intrinsics scaled by ``res / self.res`` about
+        the crop's centre as :class:`core.train.stages.TrainFrames` scales them, and the
+        plates resized (bilinear; (n, res, res, 3) uint8). ``self`` when ``res`` is its own.
+        Gaussians are continuous, so a head adapted at 256² can be drawn with more pixels
+        (full-frame output of a larger source), at the cost of the plates' detail, which
+        full-frame output replaces with the recording's own pixels outside the head."""
+        import torch.nn.functional as F
+
+        res = int(res)
+        if res == self.res:
+            return self
+        if not 16 <= res <= 2048:
+            raise ValueError(f"render size must be 16-2048 px, got {res}")
+        K = self.K.clone()
+        K[:2] *= res / self.res
+        K[0, 2] = K[1, 2] = res / 2.0
+        plates = torch.empty((self.num_frames, res, res, 3), dtype=torch.uint8,
+                             device=self.plates.device)
+        for s in range(0, self.num_frames, 16):   # 16 frames at a time: bounded float memory
+            x = self.plates[s:s + 16].permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False,
+                              antialias=res < self.res)
+            plates[s:s + 16] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return replace(self, K=K, plates=plates, meta={**self.meta, "res": res})
 
     def to(self, device: torch.device | str) -> "Avatar":
         """This avatar with its model, poses, expression inputs and plates on ``device`` (in

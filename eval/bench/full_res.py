@@ -140,27 +140,80 @@ COLUMNS = ("psnr_head", "ssim_head", "sharpness", "psnr_seam", "psnr_head_ceilin
            "ssim_head_ceiling", "sharpness_ceiling")
 
 
+#: What ``head=`` of :func:`full_res_rows` accepts.
+HEAD_MODES = ("stored", "native")
+
+
+def native_renders(avatar_dir: Path, clip_dir: Path, test_idx: Sequence[int],
+                   train_frames: int, stride: int = 1, progress=None) -> np.ndarray:
+    """(n, s, s, 3) uint8 held-out renders of an avatar drawn at the crop box's own side
+    ``s`` at the output size, at most :data:`core.synthesize.MAX_HEAD_RES` and never below
+    the avatar's res (``head_res='native'`` of :func:`core.synthesize.head_resolution`, as
+    full-frame Talk draws the head on a GPU). The held-out frames are the benchmark's
+    (:func:`eval.bench.protocol.heldout_frames` at the avatar's res: their audio, pose,
+    expression and plates, the codes of the avatar's mouth drive); only every
+    ``stride``-th is drawn, the others stay black (the scorer skips them). ``progress(text,
+    fraction)`` is called every 25 frames drawn."""
+    import torch
+
+    from core.model.avatar import load_avatar
+    from core.synthesize import MAX_HEAD_RES
+    from eval.bench.cells import load_clip
+    from eval.bench.protocol import frame_subset, heldout_frames, render_frames
+
+    av = load_avatar(avatar_dir)
+    clip = load_clip(clip_dir)
+    if clip.full_frame is None:
+        raise ValueError(f"{clip_dir} keeps no recorded frames: preprocess it again")
+    side = max(av.res, min(MAX_HEAD_RES, clip.full_frame.side))
+    idx = torch.as_tensor(list(test_idx))
+    frames = heldout_frames(clip, idx, av.res, train_frames, drive=av.drive)
+    pick = torch.arange(0, len(idx), stride)
+    out = np.zeros((len(idx), side, side, 3), np.uint8)
+    for s in range(0, len(pick), 25):
+        part = pick[s:s + 25]
+        out[part.numpy()] = render_frames(av.umf, av.ident, frame_subset(frames, part), side=side)
+        if progress:
+            progress(f"{avatar_dir.name}: drawn {s + len(part)}/{len(pick)} held-out heads "
+                     f"at {side}²", (s + len(part)) / len(pick))
+    return out
+
+
 def full_res_rows(out: Path, clip_dirs: dict[str, Path], methods: Sequence[str],
                   train_seconds: Sequence[float], test_seconds: float,
-                  progress=None, stride: int = 1) -> list[dict]:
+                  progress=None, stride: int = 1, head: str = "stored") -> list[dict]:
     """One row per (clip, method, training seconds) whose render is stored under ``out``:
     :func:`score_frames` of it (every ``stride``-th held-out frame), or a ``note`` when the
-    clip kept no recorded frames or the render is missing."""
+    clip kept no recorded frames or the render is missing.
+
+    ``head``: ``'stored'`` scores the benchmark's own renders (the evaluation resolution,
+    resized into the box); ``'native'`` draws the held-out heads of the methods that keep
+    an avatar again at the crop box's own side (:func:`native_renders`) and scores those,
+    the others' stored renders as they are."""
     from eval.bench.cells import cell_name, load_clip, read_render, render_path, test_span
 
+    if head not in HEAD_MODES:
+        raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
     rows: list[dict] = []
     for stem, d in clip_dirs.items():
         idx = test_span(load_clip(d), list(train_seconds), test_seconds)
         for s in train_seconds:
             for m in methods:
-                path = render_path(out, cell_name(stem, m, s))
+                name = cell_name(stem, m, s)
+                path = render_path(out, name)
                 row: dict = {"clip": stem, "method": m, "train_seconds": float(s)}
                 if progress:
-                    progress(f"full-resolution scores: {cell_name(stem, m, s)}", 0.95)
+                    progress(f"full-resolution scores: {name}", 0.95)
                 if not path.is_file():
                     rows.append({**row, "note": "no stored render"})
                     continue
-                scores = score_frames(d, read_render(path), idx.tolist(), stride=stride)
+                avatar = out / "avatars" / name
+                if head == "native" and (avatar / "model.safetensors").is_file():
+                    renders = native_renders(avatar, d, idx.tolist(), round(25 * s), stride,
+                                             progress)
+                else:
+                    renders = read_render(path)
+                scores = score_frames(d, renders, idx.tolist(), stride=stride)
                 rows.append({**row, **scores} if scores is not None else
                             {**row, "note": "the processed clip keeps no recorded frames "
                              "(made before full-frame output): preprocess it again"})

@@ -88,9 +88,13 @@ RENDER_BATCH = 8
 
 
 @torch.no_grad()
-def render_frames(umf, ident, frames: TrainFrames, batch: int = RENDER_BATCH) -> np.ndarray:
+def render_frames(umf, ident, frames: TrainFrames, batch: int = RENDER_BATCH,
+                  side: int | None = None) -> np.ndarray:
     """(n, res, res, 3) uint8 renders of ``umf`` + ``ident`` for every frame of ``frames``,
     on the models' device (the frames move there once; each render comes back to the CPU).
+    ``side``: draw the head at ``side x side`` instead (the intrinsics scaled about the
+    crop's centre, each plate resized bilinearly, as :meth:`core.model.avatar.Avatar.at_res`
+    does for Talk): (n, side, side, 3).
 
     The renderer Talk uses (:class:`core.model.head.InferenceHead`: the fields' per-avatar
     constants computed once, ``batch`` frames per field evaluation, only the head's box
@@ -100,7 +104,16 @@ def render_frames(umf, ident, frames: TrainFrames, batch: int = RENDER_BATCH) ->
     dev = next(umf.parameters()).device
     if frames.device != dev:
         frames = frames.to(dev)
-    out = np.empty((frames.n, frames.res, frames.res, 3), np.uint8)
+    side = frames.res if side is None else int(side)
+    out = np.empty((frames.n, side, side, 3), np.uint8)
+    K = frames.K
+    if side != frames.res:
+        if not InferenceHead.supports(ident):
+            raise ValueError("drawing at another size needs the fast renderer, which this "
+                             "identity (personalised fields) does not support")
+        K = K.clone()
+        K[:2] *= side / frames.res
+        K[0, 2] = K[1, 2] = side / 2.0
     if not InferenceHead.supports(ident):
         for j in range(frames.n):
             img = render_frame(umf, ident, frames.cond(j), frames.plates[j])
@@ -114,8 +127,12 @@ def render_frames(umf, ident, frames: TrainFrames, batch: int = RENDER_BATCH) ->
             expr=frames.expr[s:e],
             mouth=None if frames.mouth_pred is None else frames.mouth_pred[s:e]))
         for b, j in enumerate(range(s, e)):
-            out[j] = head.render(motions, b, frames.viewmats[j], frames.K,
-                                 frames.plates[j]).cpu().numpy()
+            plate = frames.plates[j]
+            if side != frames.res:
+                plate = torch.nn.functional.interpolate(
+                    plate.permute(2, 0, 1)[None].float(), size=(side, side), mode="bilinear",
+                    align_corners=False)[0].permute(1, 2, 0)
+            out[j] = head.render(motions, b, frames.viewmats[j], K, plate).cpu().numpy()
     return out
 
 
