@@ -88,6 +88,16 @@ def choose_crop(track: LandmarkTrack, frame_w: int, frame_h: int, cfg: CropConfi
     return (int(x0), int(y0), int(x0 + side), int(y0 + side))
 
 
+def crop_intrinsics(K, res_from: int, res_to: int):
+    """(3, 3) pinhole intrinsics (a torch tensor, copied) of a square crop drawn at
+    ``res_to`` px instead of ``res_from``: focal lengths scaled by ``res_to / res_from``,
+    principal point at the crop's centre, ``res_to / 2`` (pixel centres at ``j + 0.5``)."""
+    K = K.clone()
+    K[:2] *= res_to / res_from
+    K[0, 2] = K[1, 2] = res_to / 2.0
+    return K
+
+
 def scale_crop(crop: Sequence[int], scale: float, frame_w: int, frame_h: int) -> tuple[int, int, int, int]:
     """Scale a square crop found on downscaled frames to the original frames.
 

@@ -123,14 +123,14 @@ class Avatar:
         full-frame output replaces with the recording's own pixels outside the head."""
         import torch.nn.functional as F
 
+        from core.data.crop import crop_intrinsics
+
         res = int(res)
         if res == self.res:
             return self
         if not 16 <= res <= 2048:
             raise ValueError(f"render size must be 16-2048 px, got {res}")
-        K = self.K.clone()
-        K[:2] *= res / self.res
-        K[0, 2] = K[1, 2] = res / 2.0
+        K = crop_intrinsics(self.K, self.res, res)
         plates = torch.empty((self.num_frames, res, res, 3), dtype=torch.uint8,
                              device=self.plates.device)
         for s in range(0, self.num_frames, 16):   # 16 frames at a time: bounded float memory

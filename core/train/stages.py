@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.data.crop import crop_intrinsics
 from core.data.dataset import ProcessedClip
 from core.device import host_values
 from core.model.gaussians import GaussianLR, GaussianSet
@@ -123,9 +124,7 @@ class TrainFrames:
             imgs = _resize(imgs, res)
             plates = _resize(plates, res)
             labels = F.interpolate(labels[:, None].float(), size=(res, res), mode="nearest")[:, 0].to(torch.uint8)
-        K = clip.K.clone()
-        K[:2] *= scale
-        K[0, 2] = K[1, 2] = res / 2.0
+        K = crop_intrinsics(clip.K, clip.res, res)
         if audio_span is None and fit_frames is not None:
             audio_span = (0, int(fit_frames))
         start = 0 if audio_span is None else int(audio_span[0])

@@ -208,7 +208,8 @@ def full_res_rows(out: Path, clip_dirs: dict[str, Path], methods: Sequence[str],
                     rows.append({**row, "note": "no stored render"})
                     continue
                 avatar = out / "avatars" / name
-                if head == "native" and (avatar / "model.safetensors").is_file():
+                if (head == "native" and (avatar / "model.safetensors").is_file()
+                        and load_clip(d).full_frame is not None):
                     renders = native_renders(avatar, d, idx.tolist(), round(25 * s), stride,
                                              progress)
                 else:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from core.model.avatar import Avatar, load_avatar
+from core.data.crop import crop_intrinsics
 from core.data.dataset import ProcessedClip
 from core.device import host_values
 from core.model.head import DrivenFrames, InferenceHead, render_frame
@@ -111,9 +112,7 @@ def render_frames(umf, ident, frames: TrainFrames, batch: int = RENDER_BATCH,
         if not InferenceHead.supports(ident):
             raise ValueError("drawing at another size needs the fast renderer, which this "
                              "identity (personalised fields) does not support")
-        K = K.clone()
-        K[:2] *= side / frames.res
-        K[0, 2] = K[1, 2] = side / 2.0
+        K = crop_intrinsics(K, frames.res, side)
     if not InferenceHead.supports(ident):
         for j in range(frames.n):
             img = render_frame(umf, ident, frames.cond(j), frames.plates[j])
