@@ -198,7 +198,8 @@ def _cli_modules() -> list[str]:
 def test_every_eval_cli_is_found() -> None:
     assert {"eval.benchmark", "eval.sync.train_expert", "eval.studies.readout_cv",
             "eval.studies.band_floor", "eval.studies.pose_share", "eval.studies.talk_motion",
-            "eval.studies.jawline", "eval.studies.mouth_crops"} <= set(_cli_modules())
+            "eval.studies.jawline", "eval.studies.mouth_crops",
+            "eval.studies.drive_spread"} <= set(_cli_modules())
 
 
 @pytest.mark.parametrize("module", _cli_modules())

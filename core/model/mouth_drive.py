@@ -44,6 +44,15 @@ from core.model.mouth_predictor import (MouthPredictor, MouthPredictorConfig, au
 #: Largest audio-video offset searched, frames either way (0.32 s at 25 fps).
 MAX_OFFSET = 8
 
+#: How much wider a finished avatar's predicted mouth codes are drawn than fitted
+#: (:attr:`MouthDrive.spread`). Fitted on 5 s of a person, the drive's codes spread 0.86-0.96x
+#: as wide as the person's tracked lips on those seconds but 0.71x (0.46-0.90) on the seconds
+#: after them: measured on the nine people of ``../shared/data/clips_pretrain``, whom no
+#: shipped model saw (``python -m eval.studies.drive_spread``). Regression toward the mean
+#: is what a fit on a few seconds does on new speech; on screen it is a mouth that mumbles.
+#: 1.4 is about 1 / 0.71. Adaptation fits and trains with 1 and stores this in the avatar.
+HELDOUT_SPREAD = 1.4
+
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two (n,) arrays; 0 when either is constant or n < 3."""
@@ -170,7 +179,9 @@ class MouthDrive:
     """See the module doc. ``gain`` (4,); ``av_offset`` frames; ``readout`` (4, hidden + 1)
     the person's last layer (None: the prior's alone) and ``mix`` its weight; ``person``
     the person's own model, ``person_weight`` its weight in the blend and ``blend_gain``
-    (4,) the factor that gives the blend the members' mean spread (see :meth:`set_person`)."""
+    (4,) the factor that gives the blend the members' mean spread (see :meth:`set_person`);
+    ``spread`` the factor on every predicted code of a finished avatar (1 while it learns:
+    see :data:`HELDOUT_SPREAD`)."""
 
     predictor: MouthPredictor
     gain: np.ndarray
@@ -181,6 +192,7 @@ class MouthDrive:
     person: MouthPredictor | None = None
     person_weight: float = 0.0
     blend_gain: np.ndarray | None = None
+    spread: float = 1.0
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -273,9 +285,12 @@ class MouthDrive:
     def codes(self, steps: Tensor, num_frames: int) -> Tensor:
         """:meth:`predicted` from the audio's (S, D) front-end steps, already computed."""
         if self.person is None or self.person_weight <= 0:
-            return self.prior_codes(steps, num_frames)
-        _, _, blend = self._blend(steps, num_frames)
-        return blend if self.blend_gain is None else blend * torch.from_numpy(self.blend_gain)
+            code = self.prior_codes(steps, num_frames)
+        else:
+            _, _, code = self._blend(steps, num_frames)
+            if self.blend_gain is not None:
+                code = code * torch.from_numpy(self.blend_gain)
+        return code if self.spread == 1.0 else code * self.spread
 
     def _blend(self, steps: Tensor, num_frames: int) -> tuple[Tensor, Tensor, Tensor]:
         """(prior, own, blend) codes, each (num_frames, 4), the blend not yet rescaled."""
@@ -326,6 +341,8 @@ class MouthDrive:
             out.update(module_tensors(self.person, prefix + "person."))
             out[prefix + "person_weight"] = torch.tensor([self.person_weight], dtype=torch.float32)
             out[prefix + "blend_gain"] = torch.from_numpy(self.blend_gain)
+        if self.spread != 1.0:
+            out[prefix + "spread"] = torch.tensor([self.spread], dtype=torch.float64)
         return out
 
     def meta(self) -> dict:
@@ -357,6 +374,8 @@ class MouthDrive:
             drive.person = person
             drive.person_weight = float(t[prefix + "person_weight"][0])
             drive.blend_gain = t[prefix + "blend_gain"].numpy()
+        if prefix + "spread" in t:   # avatars made before it have none: 1
+            drive.spread = float(t[prefix + "spread"][0])
         return drive
 
 

@@ -44,7 +44,7 @@ from core.errors import InputError
 from core.data.mouth_code import MOUTH_CODE_DIM
 from core.model.gaussians import FACE_DENSIFY, FACE_INIT, MOUTH_DENSIFY, MOUTH_INIT, Densifier, DensifyConfig
 from core.model.head import Identity, UMF, mouth_dilation
-from core.model.mouth_drive import MouthDrive, ReadoutConfig
+from core.model.mouth_drive import HELDOUT_SPREAD, MouthDrive, ReadoutConfig
 from core.progress import ProgressFn, format_seconds, run_cli_job
 from core.weights import DEFAULT_PRIOR
 from core.model.motion_field import sample_hook_k
@@ -98,6 +98,10 @@ class AdaptConfig:
             ``av_offset``; clips made without it fall back to the training frames) or
             ``'training'`` (measured on the training frames only; the benchmark's choice, so
             held-out frames never inform the avatar).
+        drive_spread: the finished avatar draws its predicted mouth codes this much wider
+            than fitted (:data:`core.model.mouth_drive.HELDOUT_SPREAD`, 1.4: a drive fitted
+            on 5 s predicts new speech 0.71x as wide as the person's lips move); adaptation
+            itself trains with the codes as fitted. 1 = as fitted.
         readout_mix, readout_penalty: the person-specific read-out of the audio-to-mouth
             drive (:class:`core.model.mouth_drive.ReadoutConfig`): its weight against the
             speaker-independent prior's last layer (0 = the prior alone) and the ridge
@@ -162,6 +166,7 @@ class AdaptConfig:
     mouth_code: bool = True
     predicted_code_prob: float = 0.2
     av_offset: str = "recording"
+    drive_spread: float = HELDOUT_SPREAD
     readout_mix: float = 1.0
     readout_penalty: float = 300.0
     person_weight: float = 0.5
@@ -180,6 +185,8 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.av_offset not in AV_OFFSET_SOURCES:
             raise ValueError(f"av_offset must be one of {AV_OFFSET_SOURCES}, got {self.av_offset!r}")
+        if not self.drive_spread > 0:
+            raise ValueError(f"drive_spread must be above 0, got {self.drive_spread}")
         if self.face_points < 1 or self.mouth_points < 1:
             raise ValueError("face_points and mouth_points must be at least 1, got "
                              f"{self.face_points} and {self.mouth_points}")
@@ -528,6 +535,8 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
                           av_offset=known, readout=cfg.readout, person=cfg.person, seed=cfg.seed)
         where = "measured in preprocessing" if known is not None else "from the training frames"
         say(f"audio-video offset of the clip: {drive.av_offset:+d} frames ({where})")
+    if drive is not None and drive.spread != 1.0:   # a refined avatar's: learn as fitted
+        drive = replace(drive, spread=1.0)
     frames = TrainFrames.from_clip(pclip, torch.arange(n_train), cfg.res, fit_frames=n_train,
                                    drive=drive).to(dev)
     if base is not None:
@@ -718,6 +727,8 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
         say("note: the processed clip keeps no recorded frames (made before full-frame "
             "output): the avatar renders the crop only; preprocess the clip again for "
             "full-frame output")
+    if drive is not None:
+        drive = replace(drive, spread=float(cfg.drive_spread))
     save_avatar(out, umf, ident, frames.viewmats, frames.K, frames.expr, plates, meta, drive=drive,
                 full=full)
     shutil.rmtree(work, ignore_errors=True)
