@@ -141,6 +141,12 @@ def check_head_res(head_res: str | int) -> str | int:
     return head_res
 
 
+def native_head_side(avatar_res: int, box_side: int) -> int:
+    """The side (px) of ``head_res='native'``: the crop box's side at the output size, at
+    most :data:`MAX_HEAD_RES`, never below the avatar's ``res``."""
+    return max(int(avatar_res), min(MAX_HEAD_RES, int(box_side)))
+
+
 def head_resolution(av: Avatar, frame: str, head_res: str | int, device: torch.device) -> int:
     """The side (px) of the square the head is rendered at.
 
@@ -160,7 +166,7 @@ def head_resolution(av: Avatar, frame: str, head_res: str | int, device: torch.d
         head_res = "native" if device.type != "cpu" else "avatar"
     if head_res == "avatar":
         return av.res
-    return max(av.res, min(MAX_HEAD_RES, int(av.full.side)))
+    return native_head_side(av.res, av.full.side)
 
 
 @dataclass

@@ -98,6 +98,24 @@ def crop_intrinsics(K, res_from: int, res_to: int):
     return K
 
 
+def resize_crops(crops, res: int):
+    """(n, H, W, 3) square crops (a torch tensor, uint8 or float) resized to (n, res, res, 3)
+    of the same dtype: bilinear, antialiased when shrinking, 16 crops at a time (bounded float
+    memory); uint8 is rounded back."""
+    import torch
+    import torch.nn.functional as F
+
+    out = torch.empty((crops.shape[0], res, res, crops.shape[-1]), dtype=crops.dtype,
+                      device=crops.device)
+    for s in range(0, crops.shape[0], 16):
+        x = F.interpolate(crops[s:s + 16].permute(0, 3, 1, 2).float(), size=(res, res),
+                          mode="bilinear", align_corners=False, antialias=res < crops.shape[1])
+        if crops.dtype == torch.uint8:
+            x = x.round().clamp(0, 255)
+        out[s:s + 16] = x.to(crops.dtype).permute(0, 2, 3, 1)
+    return out
+
+
 def scale_crop(crop: Sequence[int], scale: float, frame_w: int, frame_h: int) -> tuple[int, int, int, int]:
     """Scale a square crop found on downscaled frames to the original frames.
 

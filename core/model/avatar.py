@@ -121,24 +121,15 @@ class Avatar:
         Gaussians are continuous, so a head adapted at 256² can be drawn with more pixels
         (full-frame output of a larger source), at the cost of the plates' detail, which
         full-frame output replaces with the recording's own pixels outside the head."""
-        import torch.nn.functional as F
-
-        from core.data.crop import crop_intrinsics
+        from core.data.crop import crop_intrinsics, resize_crops
 
         res = int(res)
         if res == self.res:
             return self
         if not 16 <= res <= 2048:
             raise ValueError(f"render size must be 16-2048 px, got {res}")
-        K = crop_intrinsics(self.K, self.res, res)
-        plates = torch.empty((self.num_frames, res, res, 3), dtype=torch.uint8,
-                             device=self.plates.device)
-        for s in range(0, self.num_frames, 16):   # 16 frames at a time: bounded float memory
-            x = self.plates[s:s + 16].permute(0, 3, 1, 2).float()
-            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False,
-                              antialias=res < self.res)
-            plates[s:s + 16] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        return replace(self, K=K, plates=plates, meta={**self.meta, "res": res})
+        return replace(self, K=crop_intrinsics(self.K, self.res, res),
+                       plates=resize_crops(self.plates, res), meta={**self.meta, "res": res})
 
     def to(self, device: torch.device | str) -> "Avatar":
         """This avatar with its model, poses, expression inputs and plates on ``device`` (in

@@ -147,8 +147,8 @@ HEAD_MODES = ("stored", "native")
 def native_renders(avatar_dir: Path, clip_dir: Path, test_idx: Sequence[int],
                    train_frames: int, stride: int = 1, progress=None) -> np.ndarray:
     """(n, s, s, 3) uint8 held-out renders of an avatar drawn at the crop box's own side
-    ``s`` at the output size, at most :data:`core.synthesize.MAX_HEAD_RES` and never below
-    the avatar's res (``head_res='native'`` of :func:`core.synthesize.head_resolution`, as
+    ``s`` at the output size (:func:`core.synthesize.native_head_side`: at most 512 px, never
+    below the avatar's res; ``head_res='native'`` of :func:`core.synthesize.head_resolution`, as
     full-frame Talk draws the head on a GPU). The held-out frames are the benchmark's
     (:func:`eval.bench.protocol.heldout_frames` at the avatar's res: their audio, pose,
     expression and plates, the codes of the avatar's mouth drive); only every
@@ -157,7 +157,7 @@ def native_renders(avatar_dir: Path, clip_dir: Path, test_idx: Sequence[int],
     import torch
 
     from core.model.avatar import load_avatar
-    from core.synthesize import MAX_HEAD_RES
+    from core.synthesize import native_head_side
     from eval.bench.cells import load_clip
     from eval.bench.protocol import frame_subset, heldout_frames, render_frames
 
@@ -165,7 +165,7 @@ def native_renders(avatar_dir: Path, clip_dir: Path, test_idx: Sequence[int],
     clip = load_clip(clip_dir)
     if clip.full_frame is None:
         raise ValueError(f"{clip_dir} keeps no recorded frames: preprocess it again")
-    side = max(av.res, min(MAX_HEAD_RES, clip.full_frame.side))
+    side = native_head_side(av.res, clip.full_frame.side)
     idx = torch.as_tensor(list(test_idx))
     frames = heldout_frames(clip, idx, av.res, train_frames, drive=av.drive)
     pick = torch.arange(0, len(idx), stride)

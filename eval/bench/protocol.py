@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from core.model.avatar import Avatar, load_avatar
-from core.data.crop import crop_intrinsics
+from core.data.crop import crop_intrinsics, resize_crops
 from core.data.dataset import ProcessedClip
 from core.device import host_values
 from core.model.head import DrivenFrames, InferenceHead, render_frame
@@ -128,9 +128,7 @@ def render_frames(umf, ident, frames: TrainFrames, batch: int = RENDER_BATCH,
         for b, j in enumerate(range(s, e)):
             plate = frames.plates[j]
             if side != frames.res:
-                plate = torch.nn.functional.interpolate(
-                    plate.permute(2, 0, 1)[None].float(), size=(side, side), mode="bilinear",
-                    align_corners=False)[0].permute(1, 2, 0)
+                plate = resize_crops(plate[None], side)[0]
             out[j] = head.render(motions, b, frames.viewmats[j], K, plate).cpu().numpy()
     return out
 

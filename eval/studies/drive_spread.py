@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-#: Frames of one second (25 fps) and audio samples per frame (16 kHz).
-FPS, SAMPLES = 25, 640
 #: Shortest held-out part measured (frames, 3 s).
 MIN_HELDOUT = 75
 
@@ -44,12 +42,12 @@ class Spread:
 def predicted_span(drive, audio: np.ndarray, start: int, stop: int) -> np.ndarray:
     """(stop - start, 4) codes the drive predicts for frames ``start:stop`` from their own
     audio (and the offset's frames after it), re-timed by the drive's audio-video offset."""
-    from core.model.mouth_drive import MAX_OFFSET
+    from core.model.mouth_drive import MAX_OFFSET, SAMPLES_PER_FRAME, shift_frames
 
     n = stop - start
-    wav = audio[start * SAMPLES:(stop + MAX_OFFSET) * SAMPLES]
+    wav = audio[start * SAMPLES_PER_FRAME:(stop + MAX_OFFSET) * SAMPLES_PER_FRAME]
     codes = drive.predicted(wav, n + MAX_OFFSET).numpy()
-    return codes[np.clip(np.arange(n) + drive.av_offset, 0, n + MAX_OFFSET - 1)]
+    return codes[shift_frames(n, drive.av_offset, n + MAX_OFFSET).numpy()]
 
 
 def measure(clip, n_train: int, seed: int = 0) -> Spread:
@@ -105,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from core.atomic import write_text
     from core.data.dataset import ProcessedClip
-    from core.data.preprocess import PreprocessConfig, preprocess
+    from core.data.preprocess import FPS, PreprocessConfig, preprocess
 
     n_train = int(round(a.train_seconds * FPS))
     rows: list[Spread] = []
