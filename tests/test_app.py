@@ -108,8 +108,14 @@ def server(tmp_path_factory, prior: str):
         yield demo, url, root
 
 
+#: The test servers listen on plain http on loopback: no client loads the system's CA bundle
+#: (httpx builds a verifying SSL context for every request, about 25 ms of CPU each; the
+#: suite's clients made several hundred).
+LOOPBACK = {"ssl_verify": False}
+
+
 def client(url: str) -> Client:
-    return Client(url, verbose=False, download_files=False)
+    return Client(url, verbose=False, download_files=False, **LOOPBACK)
 
 
 class Visitor:
@@ -165,7 +171,7 @@ def fetch_status(url: str, path: str | Path) -> int:
     """HTTP status of ``/gradio_api/file=<path>`` for a client with no session at all."""
     import httpx
 
-    return httpx.get(f"{url}gradio_api/file={path}", timeout=30).status_code
+    return httpx.get(f"{url}gradio_api/file={path}", timeout=30, verify=False).status_code
 
 
 def assert_marked_mp4(path: Path) -> None:
@@ -655,18 +661,20 @@ def test_streamed_talk_plays_segments_and_a_closed_stream_frees_the_avatar(
     assert not renders.exists() or not list(renders.iterdir())
 
 
-def test_delete_removes_every_file(server, created, audio_dir: Path) -> None:
+def test_delete_removes_every_file(server, created, audio_dir: Path, tmp_path: Path) -> None:
     """After Delete, every URL tied to the avatar (uploaded clip, preview, uploaded audio,
     Talk render, benchmark outputs) is refused to a client with no session, and the
     files are gone from Gradio's cache."""
     demo, url, root = server
     owner, (_, preview, pick, _, _), *_ = created
     aid = pick["value"]
-    video, file, _ = owner.predict(aid, handle_file(str(audio_dir / "en_imagine.wav")),
-                                   api_name="/talk")
+    from tests.test_media import make_short_speech
+
+    speech = make_short_speech(audio_dir, tmp_path / "short_speech.wav")
+    video, file, _ = owner.predict(aid, handle_file(str(speech)), api_name="/talk")
     ext = [Path(d) for d in json.loads((root / "avatars" / aid / "external.json").read_text())]
     upload = next(d for d in ext if (d / "may_5s.mp4").is_file()) / "may_5s.mp4"
-    audio_up = next(d for d in ext if (d / "en_imagine.wav").is_file()) / "en_imagine.wav"
+    audio_up = next(d for d in ext if (d / speech.name).is_file()) / speech.name
     paths = [upload, local(preview), audio_up, local(video), local(file)]
     jobs = [d for d in (root / "jobs").iterdir()
             if json.loads((d / "job.json").read_text())["avatar"] == aid]

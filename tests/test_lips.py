@@ -29,24 +29,12 @@ OPEN = [VISEMES.index(v) for v in ("open", "wide")]
 
 @pytest.fixture(scope="module")
 def processed(clips_dir: Path, tmp_path_factory) -> dict[str, ProcessedClip]:
+    """obama_20s whole at 128² (the avatar tests below use the session's may_5s and its tiny
+    avatar: ``may_clip``, ``tiny_avatar``, ``may_cli``)."""
     root = tmp_path_factory.mktemp("lips")
-    out = {}
-    for name in ("obama_20s", "may_5s"):
-        d = preprocess(clips_dir / f"{name}.mp4", root / name,
-                       PreprocessConfig(res=128, full_frame=False))
-        out[name] = ProcessedClip.load(d)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_avatar(processed, tmp_path_factory) -> Path:
-    """An avatar adapted (tiny preset) on the first 3 s of may_5s."""
-    from dataclasses import replace
-
-    from core.train.adapt import PRESETS, adapt
-
-    return adapt(processed["may_5s"].root, tmp_path_factory.mktemp("tiny") / "av", None,
-                 replace(PRESETS["tiny"], seconds=3.0))
+    d = preprocess(clips_dir / "obama_20s.mp4", root / "obama_20s",
+                   PreprocessConfig(res=128, full_frame=False))
+    return {"obama_20s": ProcessedClip.load(d)}
 
 
 def test_silence_is_rest_and_speech_is_spoken(audio_dir: Path) -> None:
@@ -134,8 +122,10 @@ def test_readout_learns_a_speaker_the_prior_does_not_know(processed, clips_dir: 
     from core.model.mouth_drive import ReadoutConfig
 
     root = tmp_path_factory.mktemp("readout")
+    # his first 17 s: 5 s to fit on, the 12 s after them held out
     man = ProcessedClip.load(preprocess(clips_dir / "man_256_26s_30fps.mp4", root / "man",
-                                        PreprocessConfig(res=64, full_frame=False)))
+                                        PreprocessConfig(res=64, full_frame=False,
+                                                         max_frames=425)))
     prior_r, _ = _heldout_aperture_r(man, None)
     own_r, drive = _heldout_aperture_r(man, ReadoutConfig())
     assert prior_r < 0.15 and own_r > 0.35 and own_r > prior_r + 0.25
@@ -242,7 +232,7 @@ def test_expression_input_carries_no_mouth_state(processed) -> None:
     assert r2_from(mouth_free_expression(loose)[n:], lips[n:]) > 1.5 * kept
 
 
-def test_adaptation_takes_the_offset_measured_in_preprocessing(processed, tmp_path: Path) -> None:
+def test_adaptation_takes_the_offset_measured_in_preprocessing(may_clip: Path, tmp_path: Path) -> None:
     """An avatar re-times its clip by the manifest's offset (``av_offset='recording'``), or
     by its own measurement on the training seconds (``'training'``, the benchmark's)."""
     import json
@@ -253,7 +243,7 @@ def test_adaptation_takes_the_offset_measured_in_preprocessing(processed, tmp_pa
     from core.train.adapt import PRESETS, adapt
 
     clip = tmp_path / "clip"
-    shutil.copytree(processed["may_5s"].root, clip)
+    shutil.copytree(may_clip, clip)
     m = json.loads((clip / "manifest.json").read_text())
     m["av_offset"] = {"frames": 3, "gain": 0.1, "curve": {}, "method": "test"}
     (clip / "manifest.json").write_text(json.dumps(m))
@@ -265,7 +255,7 @@ def test_adaptation_takes_the_offset_measured_in_preprocessing(processed, tmp_pa
     assert got == {"recording": 3, "training": 0}     # may_5s is in sync
 
 
-def test_edge_band_term_trains_face_and_fuse_stages(processed, tmp_path: Path) -> None:
+def test_edge_band_term_trains_face_and_fuse_stages(may_clip: Path, tmp_path: Path) -> None:
     """``edge_weight`` reaches both stages that use it: the same seed gives other weights."""
     from dataclasses import replace
 
@@ -275,7 +265,7 @@ def test_edge_band_term_trains_face_and_fuse_stages(processed, tmp_path: Path) -
     cfg = replace(PRESETS["tiny"], seconds=3.0, face_steps=3, mouth_steps=1, fuse_steps=2)
     got = {}
     for w in (0.0, 2.0):
-        av = adapt(processed["may_5s"].root, tmp_path / f"w{w}", None, replace(cfg, edge_weight=w))
+        av = adapt(may_clip, tmp_path / f"w{w}", None, replace(cfg, edge_weight=w))
         tensors, meta = load(av / "model.safetensors")
         assert meta["run"]["config"]["edge_weight"] == w
         got[w] = tensors
@@ -283,7 +273,8 @@ def test_edge_band_term_trains_face_and_fuse_stages(processed, tmp_path: Path) -
     assert any(k.startswith("face.") for k in changed)
 
 
-def test_tiny_avatar_mouth_follows_its_audio(processed, audio_dir: Path, tiny_avatar: Path) -> None:
+def test_tiny_avatar_mouth_follows_its_audio(may_clip: Path, audio_dir: Path,
+                                            tiny_avatar: Path) -> None:
     """Different audio gives a different mouth; silence gives a closed one."""
     from core.model.avatar import load_avatar
     from core.model.head import FrameCond, render_frame
@@ -293,7 +284,7 @@ def test_tiny_avatar_mouth_follows_its_audio(processed, audio_dir: Path, tiny_av
     speech = read_audio(audio_dir / "en_radio31.wav")[: 4 * 16000]
     codes_speech = av.drive.predicted(speech, 100)
     codes_silence = av.drive.predicted(np.zeros(4 * 16000, np.float32), 100)
-    tracked = av.drive.tracked(processed["may_5s"].arrays["points3d"].numpy()[:75])
+    tracked = av.drive.tracked(ProcessedClip.load(may_clip).arrays["points3d"].numpy()[:75])
     assert float(codes_silence[:, 0].mean()) < float(np.percentile(tracked[:, 0], 25))
     assert float(codes_speech[:, 0].std()) > 0.5
     assert float(codes_speech[:, 0].max()) > float(codes_silence[:, 0].max()) + 1.0
@@ -334,13 +325,13 @@ def test_prior_without_code_input_loads_unchanged() -> None:
         assert not torch.equal(moved, old.face(xyz, win, aus, blink).d_xyz)
 
 
-def test_pose_share_holds_the_pose_and_scores_every_condition(processed, tiny_avatar: Path) -> None:
+def test_pose_share_holds_the_pose_and_scores_every_condition(may_cli, tiny_avatar: Path) -> None:
     """The pose-held frames are all seen from the first frame's pose; every driving
     condition of a small real avatar gets a correlation."""
     from core.train.stages import TrainFrames
     from eval.studies.pose_share import held_pose, pose_share
 
-    clip = processed["may_5s"]
+    clip = ProcessedClip.load(may_cli.out)  # all 125 frames: 3 s to train, 2 s held out
     av = tiny_avatar
     frames = TrainFrames.from_clip(clip, torch.arange(75, 90), 64, fit_frames=75, audio_span=(75, 90))
     held = held_pose(frames)
