@@ -148,6 +148,31 @@ def test_refine_continues_a_short_avatar_and_keeps_it_until_done(clips: dict[str
     assert (out / "model.safetensors").read_bytes() == before
 
 
+def test_face_densify_gradient_reaches_the_face_stage_alone(clips: dict[str, Path], prior: Path,
+                                                             tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``face_densify_grad`` is the threshold the face stage densifies with (the mouth stage
+    keeps its own); 0 is refused. What a lower one does to the Gaussian count and the fit:
+    docs/results/fast_preset.md."""
+    import core.train.adapt as A
+    from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY
+
+    seen: list[float] = []
+    real = A._densifier
+
+    def spy(base, *args, **kwargs):
+        seen.append(base.grad_threshold)
+        return real(base, *args, **kwargs)
+
+    monkeypatch.setattr(A, "_densifier", spy)
+    cfg = replace(TINY, face_steps=2, mouth_steps=1, fuse_steps=1)
+    assert cfg.face_densify_grad == FACE_DENSIFY.grad_threshold == 5e-4
+    adapt(clips["may_5s"], tmp_path / "av", prior, replace(cfg, face_densify_grad=1e-4))
+    assert seen == [1e-4, MOUTH_DENSIFY.grad_threshold]
+    with pytest.raises(ValueError, match="face_densify_grad"):
+        replace(TINY, face_densify_grad=0.0)
+
+
 def test_adapt_accepts_a_raw_video_with_monotonic_progress(clips_dir: Path, prior: Path,
                                                             tmp_path: Path) -> None:
     cfg = replace(TINY, face_steps=10, mouth_steps=5, fuse_steps=2)

@@ -86,6 +86,8 @@ class AdaptConfig:
             is 5%; at least ``densify_min_start`` steps), every ``densify_interval`` steps,
             until 90% of the stage.
         densify_min_start, densify_interval: steps (100 and 100).
+        face_densify_grad: the face stage densifies Gaussians whose mean screen-space
+            gradient reaches this (5e-4, ``FACE_DENSIFY``; the mouth stage keeps 2e-4).
         ckpt_every: checkpoint every this many steps.
         seed: seeds initialisation, frame sampling, backgrounds and hooks.
         mouth_code: give the motion fields the mouth-code input (tracked codes while adapting,
@@ -161,6 +163,7 @@ class AdaptConfig:
     densify_start_frac: float = 0.05
     densify_min_start: int = 100
     densify_interval: int = 100
+    face_densify_grad: float = FACE_DENSIFY.grad_threshold
     ckpt_every: int = 250
     seed: int = 0
     mouth_code: bool = True
@@ -187,6 +190,8 @@ class AdaptConfig:
             raise ValueError(f"av_offset must be one of {AV_OFFSET_SOURCES}, got {self.av_offset!r}")
         if not self.drive_spread > 0:
             raise ValueError(f"drive_spread must be above 0, got {self.drive_spread}")
+        if not self.face_densify_grad > 0:
+            raise ValueError(f"face_densify_grad must be above 0, got {self.face_densify_grad}")
         if self.face_points < 1 or self.mouth_points < 1:
             raise ValueError("face_points and mouth_points must be at least 1, got "
                              f"{self.face_points} and {self.mouth_points}")
@@ -256,7 +261,7 @@ def gauss_lr_factor(step: int, stage_steps: int, cfg: AdaptConfig) -> float:
 #: setting of the refined avatar must match the one it continues.
 SCHEDULE_FIELDS = ("face_steps", "mouth_steps", "fuse_steps", "umf_warm_frac", "umf_lr_end",
                    "gauss_lr_end", "densify_start_frac", "densify_min_start",
-                   "densify_interval", "ckpt_every", "curriculum_frac", "aligner_start_frac")
+                   "densify_interval", "face_densify_grad", "ckpt_every", "curriculum_frac", "aligner_start_frac")
 
 
 def _prior_name(prior: str | os.PathLike | None) -> str | None:
@@ -607,8 +612,9 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             if aligner is not None:
                 opts["aligner"] = torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner_lr,
                                                     weight_decay=cfg.weight_decay)
-            d = _densifier(FACE_DENSIFY if stage == "face" else MOUTH_DENSIFY, steps, cfg, gs.num,
-                           dev)
+            dens = (replace(FACE_DENSIFY, grad_threshold=cfg.face_densify_grad)
+                    if stage == "face" else MOUTH_DENSIFY)
+            d = _densifier(dens, steps, cfg, gs.num, dev)
         else:
             opts["face"] = gaussian_optimizer(ident.face, colours_and_opacity_only=True)
             opts["mouth"] = gaussian_optimizer(ident.mouth, colours_and_opacity_only=True)
