@@ -261,7 +261,8 @@ def gauss_lr_factor(step: int, stage_steps: int, cfg: AdaptConfig) -> float:
 #: setting of the refined avatar must match the one it continues.
 SCHEDULE_FIELDS = ("face_steps", "mouth_steps", "fuse_steps", "umf_warm_frac", "umf_lr_end",
                    "gauss_lr_end", "densify_start_frac", "densify_min_start",
-                   "densify_interval", "face_densify_grad", "ckpt_every", "curriculum_frac", "aligner_start_frac")
+                   "densify_interval", "face_densify_grad", "ckpt_every", "curriculum_frac",
+                   "aligner_start_frac")
 
 
 def _prior_name(prior: str | os.PathLike | None) -> str | None:
