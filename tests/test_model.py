@@ -158,13 +158,13 @@ def test_face_densify_gradient_reaches_the_face_stage_alone(clips: dict[str, Pat
     from core.model.gaussians import FACE_DENSIFY, MOUTH_DENSIFY
 
     seen: list[float] = []
-    real = A._densifier
+    real = A.Densifier
 
-    def spy(base, *args, **kwargs):
-        seen.append(base.grad_threshold)
-        return real(base, *args, **kwargs)
+    def spy(cfg, *args, **kwargs):
+        seen.append(cfg.grad_threshold)
+        return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(A, "_densifier", spy)
+    monkeypatch.setattr(A, "Densifier", spy)
     cfg = replace(TINY, face_steps=2, mouth_steps=1, fuse_steps=1)
     assert cfg.face_densify_grad == FACE_DENSIFY.grad_threshold == 5e-4
     adapt(clips["may_5s"], tmp_path / "av", prior, replace(cfg, face_densify_grad=1e-4))

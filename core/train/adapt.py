@@ -42,7 +42,7 @@ from core.model.avatar import FullFrameFrames, ident_from_tensors, ident_tensors
 from core.data.dataset import ProcessedClip
 from core.errors import InputError
 from core.data.mouth_code import MOUTH_CODE_DIM
-from core.model.gaussians import FACE_DENSIFY, FACE_INIT, MOUTH_DENSIFY, MOUTH_INIT, Densifier, DensifyConfig
+from core.model.gaussians import FACE_DENSIFY, FACE_INIT, MOUTH_DENSIFY, MOUTH_INIT, Densifier
 from core.model.head import Identity, UMF, mouth_dilation
 from core.model.mouth_drive import HELDOUT_SPREAD, MouthDrive, ReadoutConfig
 from core.progress import ProgressFn, format_seconds, run_cli_job
@@ -363,8 +363,12 @@ class AdaptState:
     losses: dict[str, float] = field(default_factory=dict)
 
 
-def _densifier(base: DensifyConfig, stage_steps: int, cfg: AdaptConfig, n: int,
+def _densifier(stage: str, stage_steps: int, cfg: AdaptConfig, n: int,
                device: torch.device | None = None) -> Densifier:
+    """The densifier of the ``'face'`` or ``'mouth'`` stage: its branch's thresholds
+    (``FACE_DENSIFY`` with ``cfg.face_densify_grad``, ``MOUTH_DENSIFY``) on ``cfg``'s schedule."""
+    base = (replace(FACE_DENSIFY, grad_threshold=cfg.face_densify_grad) if stage == "face"
+            else MOUTH_DENSIFY)
     start = max(cfg.densify_min_start, int(cfg.densify_start_frac * stage_steps))
     return Densifier(replace(base, start_step=start, interval=cfg.densify_interval), n, device)
 
@@ -613,9 +617,7 @@ def adapt(clip: str | os.PathLike, out: str | os.PathLike, prior: str | os.PathL
             if aligner is not None:
                 opts["aligner"] = torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner_lr,
                                                     weight_decay=cfg.weight_decay)
-            dens = (replace(FACE_DENSIFY, grad_threshold=cfg.face_densify_grad)
-                    if stage == "face" else MOUTH_DENSIFY)
-            d = _densifier(dens, steps, cfg, gs.num, dev)
+            d = _densifier(stage, steps, cfg, gs.num, dev)
         else:
             opts["face"] = gaussian_optimizer(ident.face, colours_and_opacity_only=True)
             opts["mouth"] = gaussian_optimizer(ident.mouth, colours_and_opacity_only=True)
