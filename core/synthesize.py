@@ -56,7 +56,7 @@ from core.data.audio import AudioFeatureConfig, AudioFeatureSpec
 from core.data.features import audio_features, feature_config, feature_spec
 from core.device import DEVICE_HELP, resolve_device
 from core.raster.render import RASTER_CHOICES, RASTER_HELP, raster_backend
-from core.model.avatar import Avatar, load_avatar
+from core.model.avatar import MAX_RENDER_RES, MIN_RENDER_RES, Avatar, load_avatar
 from core.errors import InputError
 from core.model.head import DrivenFrames, FrameCond, InferenceHead, render_frame
 from core.model.lead_codes import LeadCodes, LeadConfig
@@ -131,13 +131,14 @@ def check_head_res(head_res: str | int) -> str | int:
         ValueError: neither one of :data:`HEAD_RES_MODES` nor a side of 16-2048 px."""
     if isinstance(head_res, str) and head_res.isdigit():
         head_res = int(head_res)
+    span = f"{MIN_RENDER_RES}-{MAX_RENDER_RES}"
     if isinstance(head_res, int) and not isinstance(head_res, bool):
-        if not 16 <= head_res <= 2048:
-            raise ValueError(f"head_res must be 16-2048 px, got {head_res}")
+        if not MIN_RENDER_RES <= head_res <= MAX_RENDER_RES:
+            raise ValueError(f"head_res must be {span} px, got {head_res}")
         return head_res
     if head_res not in HEAD_RES_MODES:
         raise ValueError(f"head_res must be one of {HEAD_RES_MODES} or a side in pixels "
-                         f"(16-2048), got {head_res!r}")
+                         f"({span}), got {head_res!r}")
     return head_res
 
 

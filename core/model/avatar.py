@@ -46,6 +46,8 @@ KIND = "avatar"
 #: The recorded frames' x264 crf and key-frame interval in the avatar folder (the file:
 #: :data:`core.data.full_frame.SOURCE_FILE`).
 SOURCE_CRF, SOURCE_KEYINT = 20, 10
+#: The square sides (px) an avatar can be drawn at (:meth:`Avatar.at_res`).
+MIN_RENDER_RES, MAX_RENDER_RES = 16, 2048
 
 
 @dataclass
@@ -126,8 +128,9 @@ class Avatar:
         res = int(res)
         if res == self.res:
             return self
-        if not 16 <= res <= 2048:
-            raise ValueError(f"render size must be 16-2048 px, got {res}")
+        if not MIN_RENDER_RES <= res <= MAX_RENDER_RES:
+            raise ValueError(f"render size must be {MIN_RENDER_RES}-{MAX_RENDER_RES} px, "
+                             f"got {res}")
         return replace(self, K=crop_intrinsics(self.K, self.res, res),
                        plates=resize_crops(self.plates, res), meta={**self.meta, "res": res})
 
